@@ -1,0 +1,37 @@
+//! Compiles `proto/` with protox (pure Rust, no `protoc` needed) and tonic-prost-build,
+//! and writes the descriptor set (with comments) that reflection and `jisu docs` serve.
+use std::{env, path::PathBuf};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/jisucloud/v1/users.proto",
+        "proto/jisucloud/v1/orders.proto",
+    ];
+    println!("cargo:rerun-if-changed=proto");
+
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler.include_source_info(true).include_imports(true);
+    compiler.open_files(protos)?;
+    let fds = compiler.file_descriptor_set();
+
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("jisucloud_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        // JSON for `jisu call` output and `--data` input.
+        .message_attribute(
+            ".jisucloud",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .enum_attribute(
+            ".jisucloud",
+            "#[derive(serde::Serialize, serde::Deserialize)]",
+        )
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! The command line: one file per subcommand, each calling the library only.
+use clap::{Parser, Subcommand};
+
+mod call;
+mod certs;
+mod docs;
+mod serve;
+mod token;
+
+/// Jisu: JisuCloud's UserService and OrderService over mutual TLS with JWT auth.
+#[derive(Debug, Parser)]
+#[command(name = "jisu", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gRPC server.
+    Serve(serve::ServeArgs),
+    /// Create the development CA, server, client and JWT keys; issue client certificates.
+    #[command(subcommand)]
+    Certs(certs::CertsCommand),
+    /// Mint bearer tokens with the local JWT key.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Call a running server (JSON on stdout).
+    Call(call::CallArgs),
+    /// Generate documentation.
+    #[command(subcommand)]
+    Docs(docs::DocsCommand),
+}
+
+/// Runs one command to completion.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Certs(cmd) => certs::run(cmd),
+        Command::Token(cmd) => token::run(cmd),
+        Command::Call(args) => call::run(args),
+        Command::Docs(cmd) => docs::run(cmd),
+    }
+}
+
+/// Parses `90s`, `15m`, `1h`, `24h`, `30d`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 90s, 15m, 1h, 24h)"))
+}

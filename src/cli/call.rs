@@ -1,0 +1,339 @@
+//! `jisu call`: a small typed client for people. JSON on stdout; errors on stderr with
+//! their gRPC code, reason and field violations.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use jisu::{
+    client::{ClientConfig, JisuClient},
+    pb,
+    security::jwt::TokenIssuer,
+};
+use serde::Serialize;
+use tonic_types::StatusExt;
+
+#[derive(Debug, Args)]
+pub struct CallArgs {
+    /// Server address.
+    #[arg(long, default_value = "https://localhost:50051")]
+    endpoint: String,
+    /// Certificates directory (ca.pem, the client certificate, jwt.key).
+    #[arg(long, default_value = "certs")]
+    certs: PathBuf,
+    /// Which client certificate in the certs directory to present (NAME.pem/NAME.key).
+    #[arg(long, default_value = "client")]
+    client: String,
+    /// Bearer token; when absent, one is minted from <certs>/jwt.key.
+    #[arg(long, env = "JISU_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Deadline of the call.
+    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
+    timeout: Duration,
+    #[command(subcommand)]
+    target: Target,
+}
+
+#[derive(Debug, Subcommand)]
+enum Target {
+    /// UserService.
+    #[command(subcommand)]
+    Users(UsersCall),
+    /// OrderService.
+    #[command(subcommand)]
+    Orders(OrdersCall),
+    /// grpc.health.v1.Health/Check (empty SERVICE means the whole server).
+    Health {
+        #[arg(default_value = "")]
+        service: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsersCall {
+    Get {
+        id: String,
+    },
+    List {
+        #[arg(long, default_value_t = 0)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        #[arg(long, default_value = "")]
+        status: String,
+    },
+    Create {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        email: String,
+        #[arg(long, default_value = "")]
+        phone: String,
+    },
+    Update {
+        id: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        email: Option<String>,
+        #[arg(long)]
+        phone: Option<String>,
+        #[arg(long)]
+        status: Option<String>,
+    },
+    Delete {
+        id: String,
+    },
+    BatchGet {
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OrdersCall {
+    /// Place an order: --item PRODUCT_ID:QUANTITY:PRICE[:NAME], repeated.
+    Create {
+        #[arg(long)]
+        user: String,
+        #[arg(long = "item", value_parser = parse_item, required = true)]
+        items: Vec<pb::OrderItem>,
+    },
+    Get {
+        id: String,
+    },
+    /// Stream the order's updates until the server ends the stream.
+    Watch {
+        id: String,
+    },
+}
+
+fn parse_item(s: &str) -> Result<pb::OrderItem, String> {
+    let mut parts = s.splitn(4, ':');
+    let usage = || format!("{s:?}: expected PRODUCT_ID:QUANTITY:PRICE[:NAME]");
+    let product_id = parts.next().filter(|p| !p.is_empty()).ok_or_else(usage)?;
+    let quantity = parts
+        .next()
+        .and_then(|q| q.parse().ok())
+        .ok_or_else(usage)?;
+    let price = parts
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(usage)?;
+    Ok(pb::OrderItem {
+        product_id: product_id.into(),
+        product_name: parts.next().unwrap_or_default().into(),
+        quantity,
+        price,
+    })
+}
+
+const ALL_SCOPES: &str = "users:read users:write orders:read orders:write";
+
+pub fn run(args: CallArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(call(args))
+}
+
+async fn call(args: CallArgs) -> anyhow::Result<()> {
+    let token = match args.token.clone() {
+        Some(t) => t,
+        None => TokenIssuer::from_file(&args.certs.join("jwt.key"), "jisu", "jisucloud")
+            .context("no --token or JISU_TOKEN given, and no key to mint one")?
+            .issue("jisu-cli", ALL_SCOPES, Duration::from_secs(300)),
+    };
+    let mut config = ClientConfig::from_certs_dir(&args.endpoint, &args.certs, &args.client)?;
+    config.token = Some(token);
+    config.timeout = args.timeout;
+    let client = JisuClient::connect(config).await?;
+    let result = dispatch(&client, args.target).await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(Failure::Status(status)) => {
+            eprintln!(
+                "{}",
+                serde_json::to_string_pretty(&StatusReport::from(&status))?
+            );
+            bail!("call failed with {:?}", status.code())
+        }
+        Err(Failure::Other(e)) => Err(e),
+    }
+}
+
+enum Failure {
+    Status(tonic::Status),
+    Other(anyhow::Error),
+}
+
+impl From<tonic::Status> for Failure {
+    fn from(s: tonic::Status) -> Self {
+        Failure::Status(s)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Failure::Other(e.into())
+    }
+}
+
+fn print(value: &impl Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+async fn dispatch(client: &JisuClient, target: Target) -> Result<(), Failure> {
+    match target {
+        Target::Users(call) => users(client, call).await,
+        Target::Orders(call) => orders(client, call).await,
+        Target::Health { service } => {
+            let reply = client
+                .health()
+                .check(tonic_health::pb::HealthCheckRequest { service })
+                .await?
+                .into_inner();
+            let status =
+                tonic_health::pb::health_check_response::ServingStatus::try_from(reply.status)
+                    .map(|s| s.as_str_name())
+                    .unwrap_or("UNKNOWN");
+            print(&serde_json::json!({ "status": status }))
+        }
+    }
+}
+
+async fn users(client: &JisuClient, call: UsersCall) -> Result<(), Failure> {
+    let mut users = client.users();
+    match call {
+        UsersCall::Get { id } => print(
+            &users
+                .get_user(pb::GetUserRequest { user_id: id })
+                .await?
+                .into_inner(),
+        ),
+        UsersCall::List {
+            page_size,
+            page_token,
+            status,
+        } => {
+            let mut stream = users
+                .list_users(pb::ListUsersRequest {
+                    page_size,
+                    page_token,
+                    status,
+                })
+                .await?
+                .into_inner();
+            let mut list = Vec::new();
+            while let Some(user) = stream.next().await {
+                list.push(user?);
+            }
+            let next = stream.trailers().await?.and_then(|t| {
+                t.get(jisu::service::users::NEXT_PAGE_TOKEN)
+                    .and_then(|v| v.to_str().ok().map(str::to_owned))
+            });
+            print(&serde_json::json!({ "users": list, "next_page_token": next }))
+        }
+        UsersCall::Create { name, email, phone } => print(
+            &users
+                .create_user(pb::CreateUserRequest { name, email, phone })
+                .await?
+                .into_inner(),
+        ),
+        UsersCall::Update {
+            id,
+            name,
+            email,
+            phone,
+            status,
+        } => print(
+            &users
+                .update_user(pb::UpdateUserRequest {
+                    user_id: id,
+                    name,
+                    email,
+                    phone,
+                    status,
+                })
+                .await?
+                .into_inner(),
+        ),
+        UsersCall::Delete { id } => print(
+            &users
+                .delete_user(pb::DeleteUserRequest { user_id: id })
+                .await?
+                .into_inner(),
+        ),
+        UsersCall::BatchGet { ids } => print(
+            &users
+                .batch_get_users(pb::BatchGetUsersRequest { user_ids: ids })
+                .await?
+                .into_inner(),
+        ),
+    }
+}
+
+async fn orders(client: &JisuClient, call: OrdersCall) -> Result<(), Failure> {
+    let mut orders = client.orders();
+    match call {
+        OrdersCall::Create { user, items } => print(
+            &orders
+                .create_order(pb::CreateOrderRequest {
+                    user_id: user,
+                    items,
+                })
+                .await?
+                .into_inner(),
+        ),
+        OrdersCall::Get { id } => print(
+            &orders
+                .get_order(pb::GetOrderRequest { order_id: id })
+                .await?
+                .into_inner(),
+        ),
+        OrdersCall::Watch { id } => {
+            let mut stream = orders
+                .stream_order_updates(pb::StreamOrderUpdatesRequest { order_id: id })
+                .await?
+                .into_inner();
+            while let Some(order) = stream.next().await {
+                // One JSON document per line, as updates arrive.
+                println!("{}", serde_json::to_string(&order?)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A failed call as the user sees it.
+#[derive(Debug, Serialize)]
+struct StatusReport {
+    code: String,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    field_violations: Vec<serde_json::Value>,
+}
+
+impl From<&tonic::Status> for StatusReport {
+    fn from(status: &tonic::Status) -> Self {
+        let details = status.get_error_details();
+        Self {
+            code: format!("{:?}", status.code()),
+            message: status.message().to_owned(),
+            reason: details.error_info().map(|i| i.reason.clone()),
+            field_violations: details
+                .bad_request()
+                .map(|b| {
+                    b.field_violations
+                        .iter()
+                        .map(
+                            |v| serde_json::json!({"field": v.field, "description": v.description}),
+                        )
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! `jisu serve`: the secured gRPC server.
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::Context;
+use clap::Args;
+use figment::value::Value;
+use jisu::{
+    config::{LogFormat, Settings, Sources},
+    security::certs,
+    startup::Application,
+    telemetry,
+};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Certificates directory; created with development certificates when missing.
+    #[arg(long)]
+    certs: Option<PathBuf>,
+    /// gRPC listen address (default 0.0.0.0:50051).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Load the origin document's 100 demo users into an empty store.
+    #[arg(long)]
+    demo_data: bool,
+    /// Log format.
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    fn overrides(&self) -> Vec<(String, Value)> {
+        let mut o = Vec::new();
+        if let Some(certs) = &self.certs {
+            o.push(("certs".into(), Value::from(certs.display().to_string())));
+        }
+        if let Some(listen) = self.listen {
+            o.push(("listen".into(), Value::from(listen.to_string())));
+        }
+        if self.demo_data {
+            o.push(("demo_data".into(), Value::from(true)));
+        }
+        if let Some(format) = self.log_format {
+            let name = match format {
+                LogFormat::Json => "json",
+                LogFormat::Pretty => "pretty",
+            };
+            o.push(("log.format".into(), Value::from(name)));
+        }
+        o
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let sources = Sources {
+        file: args.config.clone(),
+        env: std::env::vars().collect(),
+        overrides: args.overrides(),
+    };
+    let settings = Settings::load(&sources)?;
+    telemetry::init_logging(&settings.log, std::env::var("RUST_LOG").ok().as_deref());
+    if !settings.certs.exists() {
+        certs::init(&settings.certs, &[], false).with_context(|| {
+            format!(
+                "creating development certificates in {}",
+                settings.certs.display()
+            )
+        })?;
+        tracing::warn!(
+            dir = %settings.certs.display(),
+            "certificates directory was missing: created a development CA, server and client \
+             certificates and a JWT key pair there (not for production)"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let app = Application::build(settings).await?;
+        // A machine-readable line for scripts and tests; logs go to stderr.
+        println!("jisu: serving gRPC on {}", app.grpc_addr());
+        app.run_until_stopped(shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}

@@ -1,0 +1,181 @@
+//! The typed Jisu client: an mTLS channel, a bearer token on every call and a default
+//! deadline. Used by `jisu call` and by the tests.
+use std::{path::Path, time::Duration};
+
+use tonic::{
+    Request, Status,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+
+use crate::pb::{order_service_client::OrderServiceClient, user_service_client::UserServiceClient};
+
+/// Errors while setting up a client.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid endpoint {0:?}: expected https://host:port")]
+    Endpoint(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the token is not a valid header value")]
+    Token,
+    #[error("cannot connect to {endpoint}: {detail}")]
+    Connect { endpoint: String, detail: String },
+}
+
+/// Where and how to connect.
+#[derive(Clone)]
+pub struct ClientConfig {
+    /// `https://host:port`.
+    pub endpoint: String,
+    pub ca_pem: Vec<u8>,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// The bearer token sent on every call, when set.
+    pub token: Option<String>,
+    /// Deadline of calls that do not set their own.
+    pub timeout: Duration,
+    /// Name to verify the server certificate against (default: the endpoint's host).
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("endpoint", &self.endpoint)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+    std::fs::read(path).map_err(|source| ClientError::Read {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+impl ClientConfig {
+    /// Trusts `<dir>/ca.pem` and presents `<dir>/<name>.pem` / `<name>.key`.
+    pub fn from_certs_dir(endpoint: &str, dir: &Path, name: &str) -> Result<Self, ClientError> {
+        Ok(Self {
+            endpoint: endpoint.to_owned(),
+            ca_pem: read(&dir.join("ca.pem"))?,
+            cert_pem: read(&dir.join(format!("{name}.pem")))?,
+            key_pem: read(&dir.join(format!("{name}.key")))?,
+            token: None,
+            timeout: Duration::from_secs(10),
+            server_name: None,
+        })
+    }
+
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+}
+
+/// Adds the bearer token and the default deadline to every call.
+#[derive(Debug, Clone)]
+pub struct CallCredentials {
+    authorization: Option<AsciiMetadataValue>,
+    timeout: Duration,
+}
+
+impl Interceptor for CallCredentials {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        if !request.metadata().contains_key("grpc-timeout") {
+            request.set_timeout(self.timeout);
+        }
+        Ok(request)
+    }
+}
+
+/// A connected client.
+#[derive(Debug, Clone)]
+pub struct JisuClient {
+    channel: Channel,
+    credentials: CallCredentials,
+}
+
+pub type Authed = InterceptedService<Channel, CallCredentials>;
+
+impl JisuClient {
+    /// Connects (TLS handshake included) and fails if the server refuses us.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|_| ClientError::Endpoint(config.endpoint.clone()))?;
+        let host = endpoint
+            .uri()
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or_else(|| ClientError::Endpoint(config.endpoint.clone()))?;
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&config.ca_pem))
+            .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
+            .domain_name(config.server_name.clone().unwrap_or(host));
+        let connect_err = |e: &dyn std::error::Error| ClientError::Connect {
+            endpoint: config.endpoint.clone(),
+            detail: error_chain(e),
+        };
+        let channel = endpoint
+            .tls_config(tls)
+            .map_err(|e| connect_err(&e))?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .map_err(|e| connect_err(&e))?;
+        let authorization = config
+            .token
+            .as_deref()
+            .map(|t| MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::Token))
+            .transpose()?;
+        Ok(Self {
+            channel,
+            credentials: CallCredentials {
+                authorization,
+                timeout: config.timeout,
+            },
+        })
+    }
+
+    pub fn users(&self) -> UserServiceClient<Authed> {
+        UserServiceClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub fn orders(&self) -> OrderServiceClient<Authed> {
+        OrderServiceClient::with_interceptor(self.channel.clone(), self.credentials.clone())
+    }
+
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+        tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
+    }
+
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+}
+
+/// An error and its sources on one line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}

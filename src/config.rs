@@ -1,0 +1,287 @@
+//! Typed settings, layered: defaults ← TOML file ← `JISU_*` environment ← command-line flags.
+//!
+//! The environment is passed in (never read here), so tests need no `set_var`. Nested keys
+//! use `__` in variable names: `JISU_AUTH__LEEWAY_SECS=10` sets `auth.leeway_secs`.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use figment::{
+    Figment,
+    providers::{Format, Serialized, Toml},
+    value::Value,
+};
+use serde::{Deserialize, Serialize};
+
+/// Everything the server needs to start. Holds paths, never key material.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// gRPC listen address (TLS only).
+    pub listen: SocketAddr,
+    /// Directory of `ca.pem`, `server.pem`, `server.key`, `jwt.pub`, ...
+    pub certs: PathBuf,
+    /// Load the origin document's 100 demo users into an empty store.
+    pub demo_data: bool,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    pub server: ServerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Server certificate chain (default `<certs>/server.pem`).
+    pub cert: Option<PathBuf>,
+    /// Server private key (default `<certs>/server.key`).
+    pub key: Option<PathBuf>,
+    /// CA bundle client certificates must chain to (default `<certs>/ca.pem`).
+    pub client_ca: Option<PathBuf>,
+    /// Also accept TLS 1.2 (TLS 1.3 only by default).
+    pub allow_tls12: bool,
+    /// Time a new connection has to finish its handshake.
+    pub handshake_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// ES256 public key tokens are verified with (default `<certs>/jwt.pub`).
+    pub public_key: Option<PathBuf>,
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway_secs: u64,
+    /// Tokens larger than this are refused before decoding.
+    pub max_token_bytes: usize,
+    /// Verified tokens kept to skip repeated signature checks.
+    pub cache_capacity: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// HTTP/2 streams one connection may have open.
+    pub max_concurrent_streams: u32,
+    /// Largest decoded request message.
+    pub max_decoding_message_bytes: usize,
+    /// Largest encoded response message.
+    pub max_encoding_message_bytes: usize,
+    /// How long shutdown waits for in-flight calls.
+    pub shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `RUST_LOG`-style filter; `RUST_LOG` itself wins when set.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:50051".parse().expect("valid address"),
+            certs: PathBuf::from("certs"),
+            demo_data: false,
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            server: ServerSettings::default(),
+            log: LogSettings::default(),
+        }
+    }
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert: None,
+            key: None,
+            client_ca: None,
+            allow_tls12: false,
+            handshake_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            public_key: None,
+            issuer: "jisu".into(),
+            audience: "jisucloud".into(),
+            leeway_secs: 30,
+            max_token_bytes: 8 * 1024,
+            cache_capacity: 10_000,
+        }
+    }
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            max_decoding_message_bytes: 4 * 1024 * 1024,
+            max_encoding_message_bytes: 4 * 1024 * 1024,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Pretty,
+        }
+    }
+}
+
+/// A configuration that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(#[from] Box<figment::Error>);
+
+const TOP_LEVEL_KEYS: [&str; 7] = [
+    "listen",
+    "certs",
+    "demo_data",
+    "tls",
+    "auth",
+    "server",
+    "log",
+];
+
+/// The sources of one configuration, highest precedence last.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// A TOML file; a missing file is an error.
+    pub file: Option<PathBuf>,
+    /// Environment variables (only `JISU_*` are read).
+    pub env: Vec<(String, String)>,
+    /// Values from flags, as dotted keys (`tls.allow_tls12`).
+    pub overrides: Vec<(String, Value)>,
+}
+
+impl Settings {
+    /// Merges the sources over the defaults.
+    pub fn load(sources: &Sources) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = &sources.file {
+            if !file.is_file() {
+                return Err(ConfigError(Box::new(figment::Error::from(format!(
+                    "config file {} not found",
+                    file.display()
+                )))));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        for (name, raw) in &sources.env {
+            let Some(key) = name.strip_prefix("JISU_") else {
+                continue;
+            };
+            let key = key.to_ascii_lowercase().replace("__", ".");
+            // Other JISU_* variables (JISU_TOKEN, the client's) are not server settings.
+            let top = key.split('.').next().unwrap_or_default();
+            if !TOP_LEVEL_KEYS.contains(&top) {
+                continue;
+            }
+            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        for (key, value) in &sources.overrides {
+            figment = figment.merge(Serialized::global(key, value.clone()));
+        }
+        figment.extract().map_err(|e| ConfigError(Box::new(e)))
+    }
+
+    fn in_certs(&self, explicit: &Option<PathBuf>, file: &str) -> PathBuf {
+        explicit.clone().unwrap_or_else(|| self.certs.join(file))
+    }
+
+    pub fn server_cert(&self) -> PathBuf {
+        self.in_certs(&self.tls.cert, "server.pem")
+    }
+    pub fn server_key(&self) -> PathBuf {
+        self.in_certs(&self.tls.key, "server.key")
+    }
+    pub fn client_ca(&self) -> PathBuf {
+        self.in_certs(&self.tls.client_ca, "ca.pem")
+    }
+    pub fn jwt_public_key(&self) -> PathBuf {
+        self.in_certs(&self.auth.public_key, "jwt.pub")
+    }
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.tls.handshake_timeout_ms)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.server.shutdown_grace_ms)
+    }
+
+    /// Settings for a test or embedded server: `127.0.0.1:0`, certificates from `certs`.
+    pub fn for_certs(certs: &Path) -> Self {
+        Self {
+            listen: "127.0.0.1:0".parse().expect("valid address"),
+            certs: certs.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jisu.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:7000\"\ndemo_data = true\n[auth]\nleeway_secs = 5\nissuer = \"file\"\n",
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(file),
+            env: vec![
+                ("JISU_AUTH__LEEWAY_SECS".into(), "7".into()),
+                ("JISU_LISTEN".into(), "127.0.0.1:7001".into()),
+                ("JISU_TOKEN".into(), "secret".into()),
+                ("PATH".into(), "/bin".into()),
+            ],
+            overrides: vec![("listen".into(), Value::from("127.0.0.1:7002"))],
+        };
+        let s = Settings::load(&sources).unwrap();
+        assert_eq!(s.listen.port(), 7002);
+        assert_eq!(s.auth.leeway_secs, 7);
+        assert_eq!(s.auth.issuer, "file");
+        assert!(s.demo_data);
+        assert_eq!(s.auth.audience, "jisucloud");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let bad_key = Sources {
+            env: vec![("JISU_AUTH__LEWAY".into(), "x".into())],
+            ..Default::default()
+        };
+        assert!(Settings::load(&bad_key).is_err());
+        let bad_value = Sources {
+            env: vec![("JISU_LISTEN".into(), "not-an-address".into())],
+            ..Default::default()
+        };
+        assert!(Settings::load(&bad_value).is_err());
+    }
+}

@@ -1,0 +1,35 @@
+//! Jisu: a secured, observable gRPC server for JisuCloud's `UserService` and
+//! `OrderService` (package `jisucloud.v1`).
+//!
+//! # Layout
+//!
+//! - [`pb`]: the generated protobuf types, gRPC stubs and the descriptor set.
+//! - [`config`]: typed settings, layered defaults ← TOML file ← `JISU_*` env ← flags.
+//! - [`startup`]: [`startup::Application`] binds its listeners and composes the one
+//!   middleware stack; tests start it on port 0.
+//! - [`transport`]: the TLS accept loop (handshake timeout, peer identity per connection).
+//! - [`security`]: rustls configs and peer identity (`tls`), rcgen certificates (`certs`),
+//!   JWT issuing and verification (`jwt`), the method → scope table (`policy`).
+//! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope.
+//! - [`service`]: the business rules of each proto service; knows nothing of TLS or CLI.
+//! - [`store`]: storage behind a trait, with a concurrent in-memory implementation.
+//! - [`client`]: the typed client (mTLS channel, bearer token, deadline).
+//! - [`telemetry`]: the tracing subscriber (log filter and format).
+//! - [`docs`]: renders `docs/api.md` from the proto comments.
+//! - [`error`]: the library's errors and their one mapping to `tonic::Status`.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod docs;
+pub mod error;
+pub mod middleware;
+pub mod pb;
+pub mod security;
+pub mod service;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+pub mod transport;
+
+pub use error::Error;

@@ -1,0 +1,371 @@
+//! Bearer tokens: ES256 JWTs issued from `jwt.key` and verified against `jwt.pub`.
+//!
+//! Verification allows one algorithm, requires `exp`, `iss`, `aud` and `sub`, honours
+//! `nbf` with a leeway, caps the token size before decoding, and caches verified tokens
+//! (bounded, never past `exp`) because an ES256 check costs ~50 µs. Tokens are never logged.
+use std::{
+    path::Path,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// The claims Jisu reads. `scope` is space-separated (RFC 8693 style).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Claims {
+    pub sub: String,
+    pub iss: String,
+    pub aud: serde_json::Value,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    #[serde(default)]
+    pub scope: String,
+}
+
+/// A verified caller, as handlers and logs see it.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub subject: String,
+    pub scopes: Vec<String>,
+    pub expires_at: u64,
+    pub not_before: Option<u64>,
+}
+
+impl Principal {
+    pub fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+/// Why a token was refused. [`AuthFailure::label`] is a bounded metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthFailure {
+    #[error("missing bearer token: send `authorization: Bearer <jwt>`")]
+    Missing,
+    #[error("malformed authorization header or token")]
+    Malformed,
+    #[error("bearer token too large")]
+    TooLarge,
+    #[error("bearer token expired")]
+    Expired,
+    #[error("bearer token not valid yet (nbf)")]
+    NotYetValid,
+    #[error("bearer token signature invalid")]
+    BadSignature,
+    #[error("bearer token algorithm not accepted")]
+    WrongAlgorithm,
+    #[error("bearer token issuer not accepted")]
+    WrongIssuer,
+    #[error("bearer token audience not accepted")]
+    WrongAudience,
+    #[error("bearer token lacks a required claim (exp, iss, aud, sub)")]
+    MissingClaim,
+}
+
+impl AuthFailure {
+    /// Lower-case label for metrics (`jisu_auth_failures_total{reason}`).
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Malformed => "malformed",
+            AuthFailure::TooLarge => "too_large",
+            AuthFailure::Expired => "expired",
+            AuthFailure::NotYetValid => "not_yet_valid",
+            AuthFailure::BadSignature => "bad_signature",
+            AuthFailure::WrongAlgorithm => "wrong_algorithm",
+            AuthFailure::WrongIssuer => "wrong_issuer",
+            AuthFailure::WrongAudience => "wrong_audience",
+            AuthFailure::MissingClaim => "missing_claim",
+        }
+    }
+
+    /// Upper-case `ErrorInfo.reason`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "TOKEN_MISSING",
+            AuthFailure::Malformed => "TOKEN_MALFORMED",
+            AuthFailure::TooLarge => "TOKEN_TOO_LARGE",
+            AuthFailure::Expired => "TOKEN_EXPIRED",
+            AuthFailure::NotYetValid => "TOKEN_NOT_YET_VALID",
+            AuthFailure::BadSignature => "TOKEN_BAD_SIGNATURE",
+            AuthFailure::WrongAlgorithm => "TOKEN_WRONG_ALGORITHM",
+            AuthFailure::WrongIssuer => "TOKEN_WRONG_ISSUER",
+            AuthFailure::WrongAudience => "TOKEN_WRONG_AUDIENCE",
+            AuthFailure::MissingClaim => "TOKEN_MISSING_CLAIM",
+        }
+    }
+}
+
+/// Errors while loading keys.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not an EC P-256 key in PEM: {detail}")]
+    Format { path: String, detail: String },
+}
+
+fn read_key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn format_err(path: &Path, e: jsonwebtoken::errors::Error) -> KeyError {
+    KeyError::Format {
+        path: path.display().to_string(),
+        detail: e.to_string(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Mints tokens with the ES256 private key.
+#[derive(Clone)]
+pub struct TokenIssuer {
+    key: EncodingKey,
+    issuer: String,
+    audience: String,
+}
+
+impl std::fmt::Debug for TokenIssuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenIssuer")
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenIssuer {
+    pub fn from_pem(
+        pem: &[u8],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, jsonwebtoken::errors::Error> {
+        Ok(Self {
+            key: EncodingKey::from_ec_pem(pem)?,
+            issuer: issuer.into(),
+            audience: audience.into(),
+        })
+    }
+
+    pub fn from_file(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
+        Self::from_pem(&read_key(path)?, issuer, audience).map_err(|e| format_err(path, e))
+    }
+
+    /// Claims for `sub` with `scopes`, valid from now for `ttl`.
+    pub fn claims(&self, sub: &str, scopes: &str, ttl: Duration) -> Claims {
+        let now = unix_now();
+        Claims {
+            sub: sub.into(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone().into(),
+            exp: now + ttl.as_secs(),
+            nbf: Some(now),
+            iat: Some(now),
+            scope: scopes.split_whitespace().collect::<Vec<_>>().join(" "),
+        }
+    }
+
+    pub fn issue(&self, sub: &str, scopes: &str, ttl: Duration) -> String {
+        self.sign(&self.claims(sub, scopes, ttl))
+    }
+
+    /// Signs arbitrary claims (tests use this for wrong-issuer or expired tokens).
+    pub fn sign(&self, claims: &Claims) -> String {
+        jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.key)
+            .expect("ES256 signing with a parsed key cannot fail")
+    }
+}
+
+/// Settings of a [`TokenVerifier`].
+#[derive(Debug, Clone)]
+pub struct VerifierSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub leeway: Duration,
+    pub max_token_bytes: usize,
+    pub cache_capacity: u64,
+}
+
+/// Verifies bearer tokens and caches the verified ones.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: Arc<DecodingKey>,
+    validation: Arc<Validation>,
+    leeway: u64,
+    max_token_bytes: usize,
+    cache: moka::sync::Cache<Arc<str>, Arc<Principal>>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("validation", &self.validation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    pub fn from_pem(
+        public_pem: &[u8],
+        settings: &VerifierSettings,
+    ) -> Result<Self, jsonwebtoken::errors::Error> {
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.leeway = settings.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        Ok(Self {
+            key: Arc::new(DecodingKey::from_ec_pem(public_pem)?),
+            validation: Arc::new(validation),
+            leeway: settings.leeway.as_secs(),
+            max_token_bytes: settings.max_token_bytes,
+            cache: moka::sync::Cache::builder()
+                .max_capacity(settings.cache_capacity)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+        })
+    }
+
+    pub fn from_file(path: &Path, settings: &VerifierSettings) -> Result<Self, KeyError> {
+        Self::from_pem(&read_key(path)?, settings).map_err(|e| format_err(path, e))
+    }
+
+    /// Verifies `token` (without the `Bearer ` prefix) at time `now` (Unix seconds).
+    pub fn verify(&self, token: &str, now: u64) -> Result<Arc<Principal>, AuthFailure> {
+        if token.len() > self.max_token_bytes {
+            return Err(AuthFailure::TooLarge);
+        }
+        if token.is_empty() {
+            return Err(AuthFailure::Missing);
+        }
+        if let Some(hit) = self.cache.get(token) {
+            // A cached token is still checked against the clock on every use.
+            if self.in_time(&hit, now) {
+                return Ok(hit);
+            }
+            self.cache.invalidate(token);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| classify(e.kind()))?;
+        let claims = data.claims;
+        if claims.sub.is_empty() {
+            return Err(AuthFailure::MissingClaim);
+        }
+        let principal = Arc::new(Principal {
+            subject: claims.sub,
+            scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
+            expires_at: claims.exp,
+            not_before: claims.nbf,
+        });
+        // jsonwebtoken checks exp/nbf against its own clock; re-check against `now`.
+        if !self.in_time(&principal, now) {
+            return Err(if principal.expires_at + self.leeway <= now {
+                AuthFailure::Expired
+            } else {
+                AuthFailure::NotYetValid
+            });
+        }
+        self.cache.insert(Arc::from(token), principal.clone());
+        Ok(principal)
+    }
+
+    fn in_time(&self, p: &Principal, now: u64) -> bool {
+        now < p.expires_at + self.leeway && p.not_before.is_none_or(|nbf| nbf <= now + self.leeway)
+    }
+}
+
+fn classify(kind: &ErrorKind) -> AuthFailure {
+    match kind {
+        ErrorKind::ExpiredSignature => AuthFailure::Expired,
+        ErrorKind::ImmatureSignature => AuthFailure::NotYetValid,
+        ErrorKind::InvalidSignature | ErrorKind::InvalidEcdsaKey => AuthFailure::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+            AuthFailure::WrongAlgorithm
+        }
+        ErrorKind::InvalidIssuer => AuthFailure::WrongIssuer,
+        ErrorKind::InvalidAudience => AuthFailure::WrongAudience,
+        ErrorKind::MissingRequiredClaim(_) => AuthFailure::MissingClaim,
+        _ => AuthFailure::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::certs::jwt_key_pair;
+    use base64::Engine;
+
+    fn settings() -> VerifierSettings {
+        VerifierSettings {
+            issuer: "jisu".into(),
+            audience: "jisucloud".into(),
+            leeway: Duration::from_secs(30),
+            max_token_bytes: 4096,
+            cache_capacity: 100,
+        }
+    }
+
+    fn pair() -> (TokenIssuer, TokenVerifier) {
+        let pem = jwt_key_pair().unwrap();
+        (
+            TokenIssuer::from_pem(pem.key.as_bytes(), "jisu", "jisucloud").unwrap(),
+            TokenVerifier::from_pem(pem.cert.as_bytes(), &settings()).unwrap(),
+        )
+    }
+
+    #[test]
+    fn cached_tokens_still_expire() {
+        let (issuer, verifier) = pair();
+        let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
+        let now = unix_now();
+        assert_eq!(verifier.verify(&token, now).unwrap().subject, "alice");
+        // Second call is served from the cache, and the clock is still enforced.
+        assert!(verifier.verify(&token, now).is_ok());
+        assert_eq!(
+            verifier.verify(&token, now + 60 + 31).unwrap_err(),
+            AuthFailure::Expired
+        );
+    }
+
+    #[test]
+    fn size_is_capped_before_decoding() {
+        let (_, verifier) = pair();
+        let huge = "a".repeat(5000);
+        assert_eq!(
+            verifier.verify(&huge, unix_now()).unwrap_err(),
+            AuthFailure::TooLarge
+        );
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let (issuer, verifier) = pair();
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let claims = issuer.claims("mallory", "users:write", Duration::from_secs(60));
+        let token = format!(
+            "{}.{}.",
+            b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+            b64.encode(serde_json::to_vec(&claims).unwrap())
+        );
+        assert!(verifier.verify(&token, unix_now()).is_err());
+    }
+}

@@ -1,0 +1,33 @@
+//! The business rules of each proto service. Knows nothing of TLS, tokens or the CLI.
+pub mod orders;
+pub mod users;
+pub mod validate;
+
+pub use orders::OrderApi;
+pub use users::UserApi;
+
+use crate::{error::Error, store::StoreError};
+
+/// Seconds since the Unix epoch, as the API's timestamps are.
+pub fn now() -> i64 {
+    crate::security::jwt::unix_now() as i64
+}
+
+/// Maps a storage refusal to the API error a caller sees.
+fn store_error(err: StoreError, id: &str) -> Error {
+    match err {
+        StoreError::UserNotFound => Error::NotFound {
+            reason: "USER_NOT_FOUND",
+            message: format!("user {id:?} not found"),
+        },
+        StoreError::OrderNotFound => Error::NotFound {
+            reason: "ORDER_NOT_FOUND",
+            message: format!("order {id:?} not found"),
+        },
+        StoreError::EmailTaken => Error::AlreadyExists {
+            reason: "EMAIL_TAKEN",
+            message: "a user with this email already exists".into(),
+        },
+        StoreError::Unavailable(detail) => Error::Unavailable(detail),
+    }
+}

@@ -1,0 +1,219 @@
+//! [`Application`]: builds everything the server needs, binds its listener (port 0 works,
+//! and the real address is exposed), and runs until a shutdown signal, then drains.
+//!
+//! This is THE one place the gRPC middleware stack is composed.
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::{codec::CompressionEncoding, transport::Server};
+
+use crate::{
+    config::Settings,
+    middleware::AuthLayer,
+    pb::{self, order_service_server::OrderServiceServer, user_service_server::UserServiceServer},
+    security::{
+        jwt::{KeyError, TokenVerifier, VerifierSettings},
+        tls::{self, ServerTlsFiles, TlsError},
+    },
+    service::{OrderApi, UserApi},
+    store::{self, MemoryStore, Store, StoreError},
+    transport::{Peer, tls_incoming},
+};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A built server, bound but not yet serving.
+pub struct Application {
+    settings: Settings,
+    listener: TcpListener,
+    grpc_addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    verifier: TokenVerifier,
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Application {
+    /// Loads TLS material and keys, prepares the store and binds the gRPC listener.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let tls = tls::server_config(
+            &ServerTlsFiles {
+                cert: &settings.server_cert(),
+                key: &settings.server_key(),
+                client_ca: &settings.client_ca(),
+            },
+            settings.tls.allow_tls12,
+        )?;
+        let verifier = TokenVerifier::from_file(
+            &settings.jwt_public_key(),
+            &VerifierSettings {
+                issuer: settings.auth.issuer.clone(),
+                audience: settings.auth.audience.clone(),
+                leeway: Duration::from_secs(settings.auth.leeway_secs),
+                max_token_bytes: settings.auth.max_token_bytes,
+                cache_capacity: settings.auth.cache_capacity,
+            },
+        )?;
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+        if settings.demo_data && store.user_count().await? == 0 {
+            let n = store::load_demo_users(store.as_ref(), crate::service::now()).await?;
+            tracing::info!(users = n, "loaded demo data");
+        }
+        let listener =
+            TcpListener::bind(settings.listen)
+                .await
+                .map_err(|source| StartupError::Bind {
+                    addr: settings.listen,
+                    source,
+                })?;
+        let grpc_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.listen,
+            source,
+        })?;
+        Ok(Self {
+            settings,
+            listener,
+            grpc_addr,
+            tls,
+            verifier,
+            store,
+        })
+    }
+
+    /// The address the gRPC listener is bound to (the real port when 0 was asked for).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Serves until `shutdown` completes, then marks health NOT_SERVING, stops accepting,
+    /// and waits up to the grace period for in-flight calls.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let Self {
+            settings,
+            listener,
+            grpc_addr,
+            tls,
+            verifier,
+            store,
+        } = self;
+        let limits = &settings.server;
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<UserServiceServer<UserApi>>().await;
+        health.set_serving::<OrderServiceServer<OrderApi>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        let users = UserServiceServer::new(UserApi::new(store.clone()))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+            .max_decoding_message_size(limits.max_decoding_message_bytes)
+            .max_encoding_message_size(limits.max_encoding_message_bytes);
+        let orders = OrderServiceServer::new(OrderApi::new(store))
+            .accept_compressed(CompressionEncoding::Gzip)
+            .accept_compressed(CompressionEncoding::Zstd)
+            .send_compressed(CompressionEncoding::Gzip)
+            .send_compressed(CompressionEncoding::Zstd)
+            .max_decoding_message_size(limits.max_decoding_message_bytes)
+            .max_encoding_message_size(limits.max_encoding_message_bytes);
+
+        let incoming = tls_incoming(
+            listener,
+            TlsAcceptor::from(tls),
+            settings.handshake_timeout(),
+        );
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let signal = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: health NOT_SERVING, draining calls");
+                health.set_not_serving::<UserServiceServer<UserApi>>().await;
+                health
+                    .set_not_serving::<OrderServiceServer<OrderApi>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                let _ = stopping_tx.send(());
+            }
+        };
+
+        tracing::info!(%grpc_addr, "serving gRPC over mutual TLS");
+        let server = Server::builder()
+            // Limits first: work refused by h2 costs nothing downstream.
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .http2_max_local_error_reset_streams(Some(1024))
+            .http2_max_pending_accept_reset_streams(Some(128))
+            .http2_max_header_list_size(16 * 1024)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // One span per call, so every log line inside it names the method and the
+            // caller's certificate identity.
+            .trace_fn(request_span)
+            // Who is calling: the bearer token and the method's scope, before any handler.
+            .layer(AuthLayer::new(verifier))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(users)
+            .add_service(orders)
+            .serve_with_incoming_shutdown(incoming, signal);
+
+        let grace = settings.shutdown_grace();
+        tokio::select! {
+            result = server => result?,
+            () = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(grace).await;
+            } => tracing::warn!(?grace, "grace period over; closing remaining connections"),
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+fn request_span(req: &http::Request<()>) -> tracing::Span {
+    let peer = req
+        .extensions()
+        .get::<Arc<Peer>>()
+        .map(|p| p.identity.as_str())
+        .unwrap_or("-");
+    tracing::info_span!("rpc", method = req.uri().path(), peer)
+}

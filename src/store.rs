@@ -1,0 +1,124 @@
+//! Storage behind a trait. The services only see [`Store`]; the backend is chosen at
+//! start-up ([`memory::MemoryStore`] for now).
+use crate::pb::{Order, OrderItem, User};
+
+pub mod memory;
+
+pub use memory::MemoryStore;
+
+/// What a backend can refuse. The services map these to API errors.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no such user")]
+    UserNotFound,
+    #[error("no such order")]
+    OrderNotFound,
+    #[error("email already in use")]
+    EmailTaken,
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The fields of a new user, already validated.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub name: String,
+    pub email: String,
+    pub phone: String,
+}
+
+/// A partial update; `None` leaves the field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct UserPatch {
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub status: Option<String>,
+}
+
+/// A page of users and whether more follow.
+#[derive(Debug, Clone)]
+pub struct UserPage {
+    pub users: Vec<User>,
+    pub more: bool,
+}
+
+/// A new order, already validated; the store assigns the id.
+#[derive(Debug, Clone)]
+pub struct NewOrder {
+    pub user_id: String,
+    pub items: Vec<OrderItem>,
+    pub total_amount: f64,
+}
+
+/// Storage of users and orders. Implementations are safe to share between tasks; each
+/// method is atomic with respect to the others.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a user with the next id from a counter that never goes back.
+    async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError>;
+    async fn user(&self, id: &str) -> Result<User, StoreError>;
+    async fn update_user(&self, id: &str, patch: UserPatch, now: i64) -> Result<User, StoreError>;
+    async fn delete_user(&self, id: &str) -> Result<(), StoreError>;
+    /// Users in ascending id order, strictly after `after` when given.
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<UserPage, StoreError>;
+    /// The users among `ids` that exist, in the order asked, each at most once.
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError>;
+    /// Places an order for an existing user (`UserNotFound` otherwise).
+    async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError>;
+    async fn order(&self, id: &str) -> Result<Order, StoreError>;
+    /// Number of users, for start-up decisions such as demo data.
+    async fn user_count(&self) -> Result<usize, StoreError>;
+}
+
+/// Parses the numeric part of a `USER0042`-style id; ids order by this number.
+pub fn user_number(id: &str) -> Option<u64> {
+    let digits = id.strip_prefix("USER")?;
+    if digits.len() < 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// Formats the id of user number `n`: `USER` + at least four digits.
+pub fn user_id(n: u64) -> String {
+    format!("USER{n:04}")
+}
+
+/// The origin document's 100 demo users (`USER0001`..`USER0100`).
+pub async fn load_demo_users(store: &dyn Store, now: i64) -> Result<usize, StoreError> {
+    for i in 1..=100u64 {
+        store
+            .create_user(
+                NewUser {
+                    name: format!("用户{i}"),
+                    email: format!("user{i}@jisu.com"),
+                    phone: format!("138{i:08}"),
+                },
+                now,
+            )
+            .await?;
+    }
+    Ok(100)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_numbers_round_trip() {
+        assert_eq!(user_id(42), "USER0042");
+        assert_eq!(user_id(123456), "USER123456");
+        assert_eq!(user_number("USER0042"), Some(42));
+        assert_eq!(user_number("USER123456"), Some(123456));
+        assert_eq!(user_number("USER42"), None);
+        assert_eq!(user_number("ORD0042"), None);
+        assert_eq!(user_number("USER00a1"), None);
+    }
+}

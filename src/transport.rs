@@ -1,0 +1,183 @@
+//! The TLS accept loop: every TCP connection gets a bounded time to finish the mutual-TLS
+//! handshake; the caller's identity is read once per connection and travels with it.
+use std::{
+    io,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::mpsc,
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::security::tls::{cert_thumbprint, peer_identity};
+
+/// Who is on the other end of a connection. Handlers find it in request extensions as
+/// `Arc<Peer>`.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub remote_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    /// URI SAN, else DNS SAN, else CN of the client certificate.
+    pub identity: String,
+    /// SHA-256 of the client certificate (RFC 8705 thumbprint).
+    pub cert_sha256: [u8; 32],
+}
+
+/// A mutual-TLS connection that has completed its handshake.
+#[derive(Debug)]
+pub struct MtlsStream {
+    inner: TlsStream<TcpStream>,
+    peer: Arc<Peer>,
+}
+
+impl Connected for MtlsStream {
+    type ConnectInfo = Arc<Peer>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for MtlsStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MtlsStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why a handshake did not produce a connection (a bounded metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeRefusal {
+    Timeout,
+    Failed,
+    NoIdentity,
+}
+
+impl HandshakeRefusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            HandshakeRefusal::Timeout => "timeout",
+            HandshakeRefusal::Failed => "failed",
+            HandshakeRefusal::NoIdentity => "no_identity",
+        }
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, each within
+/// `handshake_timeout`; finished connections come out of the returned stream. The accept
+/// task stops when the stream is dropped.
+pub fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+) -> ReceiverStream<io::Result<MtlsStream>> {
+    let (tx, rx) = mpsc::channel(256);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                () = tx.closed() => return,
+            };
+            let (tcp, remote_addr) = match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                match handshake(tcp, remote_addr, acceptor, handshake_timeout).await {
+                    Ok(stream) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Err(refusal) => {
+                        metrics::counter!("jisu_tls_handshake_refused_total", "reason" => refusal.label())
+                            .increment(1);
+                    }
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+async fn handshake(
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    acceptor: TlsAcceptor,
+    handshake_timeout: Duration,
+) -> Result<MtlsStream, HandshakeRefusal> {
+    let local_addr = tcp.local_addr().map_err(|_| HandshakeRefusal::Failed)?;
+    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            tracing::debug!(%remote_addr, "TLS handshake timed out");
+            return Err(HandshakeRefusal::Timeout);
+        }
+        Ok(Err(e)) => {
+            tracing::debug!(%remote_addr, error = %e, "TLS handshake refused");
+            return Err(HandshakeRefusal::Failed);
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let (_, conn) = tls.get_ref();
+    let cert = conn
+        .peer_certificates()
+        .and_then(|certs| certs.first())
+        .ok_or(HandshakeRefusal::NoIdentity)?;
+    let identity = peer_identity(cert).ok_or(HandshakeRefusal::NoIdentity)?;
+    let peer = Arc::new(Peer {
+        remote_addr,
+        local_addr,
+        identity,
+        cert_sha256: cert_thumbprint(cert),
+    });
+    tracing::debug!(%remote_addr, identity = %peer.identity, "mTLS connection established");
+    Ok(MtlsStream { inner: tls, peer })
+}
