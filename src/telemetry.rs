@@ -1,4 +1,6 @@
 //! Logging: a `RUST_LOG`-style filter and a pretty or JSON format, installed once.
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{LogFormat, LogSettings};
@@ -23,7 +25,12 @@ pub fn init_logging(settings: &LogSettings, rust_log: Option<&str>) {
             )
             .try_init(),
         LogFormat::Pretty => registry
-            .with(fmt::layer().with_target(false).with_writer(std::io::stderr))
+            .with(
+                fmt::layer()
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     };
     if result.is_err() {

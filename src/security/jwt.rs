@@ -13,11 +13,16 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, erro
 use serde::{Deserialize, Serialize};
 
 /// The claims Jisu reads. `scope` is space-separated (RFC 8693 style).
+/// Missing claims deserialize to defaults so the validator can name them.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Claims {
+    #[serde(default)]
     pub sub: String,
+    #[serde(default)]
     pub iss: String,
+    #[serde(default)]
     pub aud: serde_json::Value,
+    #[serde(default)]
     pub exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
