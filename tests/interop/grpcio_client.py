@@ -1,0 +1,82 @@
+"""A Python grpcio client calling a running Jisu over mTLS with a bearer token.
+
+Generates the stubs from proto/ with grpcio-tools, makes the calls, and prints one JSON
+object with what it saw; the Rust test (tests/interop.rs) asserts on it.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--certs", required=True)
+    ap.add_argument("--proto", required=True)
+    args = ap.parse_args()
+    token = os.environ["JISU_TOKEN"]
+
+    out = tempfile.mkdtemp()
+    protos = [os.path.join(args.proto, "jisucloud", "v1", f) for f in ("users.proto", "orders.proto")]
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", f"-I{args.proto}",
+         f"--python_out={out}", f"--grpc_python_out={out}", *protos],
+        check=True,
+    )
+    sys.path.insert(0, out)
+    import grpc
+    from jisucloud.v1 import orders_pb2, orders_pb2_grpc, users_pb2, users_pb2_grpc
+
+    def read(name: str) -> bytes:
+        with open(os.path.join(args.certs, name), "rb") as f:
+            return f.read()
+
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read("ca.pem"),
+        private_key=read("client.key"),
+        certificate_chain=read("client.pem"),
+    )
+    auth = [("authorization", f"Bearer {token}")]
+    seen = {}
+    with grpc.secure_channel(args.target, creds) as channel:
+        users = users_pb2_grpc.UserServiceStub(channel)
+        orders = orders_pb2_grpc.OrderServiceStub(channel)
+
+        user = users.GetUser(users_pb2.GetUserRequest(user_id="USER0001"), metadata=auth, timeout=10)
+        seen["get_user"] = {"id": user.id, "email": user.email}
+
+        created = users.CreateUser(
+            users_pb2.CreateUserRequest(name="Py", email="py@interop.dev"), metadata=auth, timeout=10
+        )
+        seen["created_id"] = created.id
+
+        call = users.ListUsers(users_pb2.ListUsersRequest(page_size=3), metadata=auth, timeout=10)
+        seen["listed"] = [u.id for u in call]
+        seen["next_page_token"] = dict(call.trailing_metadata()).get("x-next-page-token")
+
+        order = orders.CreateOrder(
+            orders_pb2.CreateOrderRequest(
+                user_id=created.id,
+                items=[orders_pb2.OrderItem(product_id="P1", quantity=2, price=1.25)],
+            ),
+            metadata=auth,
+            timeout=10,
+        )
+        seen["order_total"] = order.total_amount
+
+        try:
+            users.GetUser(users_pb2.GetUserRequest(user_id="USER9999"), metadata=auth, timeout=10)
+        except grpc.RpcError as e:
+            seen["unknown_user"] = e.code().name
+        try:
+            users.GetUser(users_pb2.GetUserRequest(user_id="USER0001"), timeout=10)
+        except grpc.RpcError as e:
+            seen["no_token"] = e.code().name
+    print(json.dumps(seen))
+
+
+if __name__ == "__main__":
+    main()
