@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 pub struct Settings {
     /// gRPC listen address (TLS only).
     pub listen: SocketAddr,
+    /// Plain-HTTP listener for Prometheus `/metrics`.
+    pub metrics_listen: SocketAddr,
     /// Directory of `ca.pem`, `server.pem`, `server.key`, `jwt.pub`, ...
     pub certs: PathBuf,
     /// Load the origin document's 100 demo users into an empty store.
@@ -94,6 +96,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             listen: "0.0.0.0:50051".parse().expect("valid address"),
+            metrics_listen: "0.0.0.0:9464".parse().expect("valid address"),
             certs: PathBuf::from("certs"),
             demo_data: false,
             tls: TlsSettings::default(),
@@ -154,8 +157,9 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 7] = [
+const TOP_LEVEL_KEYS: [&str; 8] = [
     "listen",
+    "metrics_listen",
     "certs",
     "demo_data",
     "tls",
@@ -234,6 +238,7 @@ impl Settings {
     pub fn for_certs(certs: &Path) -> Self {
         Self {
             listen: "127.0.0.1:0".parse().expect("valid address"),
+            metrics_listen: "127.0.0.1:0".parse().expect("valid address"),
             certs: certs.to_owned(),
             ..Self::default()
         }

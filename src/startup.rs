@@ -10,7 +10,7 @@ use tonic::{codec::CompressionEncoding, transport::Server};
 
 use crate::{
     config::Settings,
-    middleware::AuthLayer,
+    middleware::{AuthLayer, MetricsLayer},
     pb::{self, order_service_server::OrderServiceServer, user_service_server::UserServiceServer},
     security::{
         jwt::{KeyError, TokenVerifier, VerifierSettings},
@@ -18,6 +18,7 @@ use crate::{
     },
     service::{OrderApi, UserApi},
     store::{self, MemoryStore, Store, StoreError},
+    telemetry::{metrics::Metrics, metrics_endpoint},
     transport::{Peer, tls_incoming},
 };
 
@@ -46,6 +47,9 @@ pub struct Application {
     settings: Settings,
     listener: TcpListener,
     grpc_addr: SocketAddr,
+    metrics_listener: TcpListener,
+    metrics_addr: SocketAddr,
+    metrics: Metrics,
     tls: Arc<rustls::ServerConfig>,
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
@@ -55,6 +59,7 @@ impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
             .field("grpc_addr", &self.grpc_addr)
+            .field("metrics_addr", &self.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -85,21 +90,20 @@ impl Application {
             let n = store::load_demo_users(store.as_ref(), crate::service::now()).await?;
             tracing::info!(users = n, "loaded demo data");
         }
-        let listener =
-            TcpListener::bind(settings.listen)
-                .await
-                .map_err(|source| StartupError::Bind {
-                    addr: settings.listen,
-                    source,
-                })?;
-        let grpc_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.listen,
-            source,
-        })?;
+        let metrics = Metrics::new();
+        let server_cert = tls::load_certs(&settings.server_cert())?;
+        if let Some(not_after) = server_cert.first().and_then(tls::not_after) {
+            metrics.watch_certificate("server", not_after);
+        }
+        let (listener, grpc_addr) = bind(settings.listen).await?;
+        let (metrics_listener, metrics_addr) = bind(settings.metrics_listen).await?;
         Ok(Self {
             settings,
             listener,
             grpc_addr,
+            metrics_listener,
+            metrics_addr,
+            metrics,
             tls,
             verifier,
             store,
@@ -109,6 +113,16 @@ impl Application {
     /// The address the gRPC listener is bound to (the real port when 0 was asked for).
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The address of the plain-HTTP `/metrics` listener.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.metrics_addr
+    }
+
+    /// The server's metrics (what `/metrics` renders).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
     }
 
     /// Serves until `shutdown` completes, then marks health NOT_SERVING, stops accepting,
@@ -121,6 +135,9 @@ impl Application {
             settings,
             listener,
             grpc_addr,
+            metrics_listener,
+            metrics_addr,
+            metrics,
             tls,
             verifier,
             store,
@@ -157,7 +174,17 @@ impl Application {
             listener,
             TlsAcceptor::from(tls),
             settings.handshake_timeout(),
+            metrics.clone(),
         );
+        let upkeep = metrics.spawn_upkeep();
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics_server = tokio::spawn(metrics_endpoint::serve(
+            metrics_listener,
+            metrics.clone(),
+            async move {
+                let _ = metrics_stopped.await;
+            },
+        ));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = {
             let health = health.clone();
@@ -175,7 +202,7 @@ impl Application {
             }
         };
 
-        tracing::info!(%grpc_addr, "serving gRPC over mutual TLS");
+        tracing::info!(%grpc_addr, %metrics_addr, "serving gRPC over mutual TLS, /metrics over HTTP");
         let server = Server::builder()
             // Limits first: work refused by h2 costs nothing downstream.
             .max_concurrent_streams(limits.max_concurrent_streams)
@@ -184,11 +211,13 @@ impl Application {
             .http2_max_header_list_size(16 * 1024)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Observe everything, including calls auth refuses: outermost.
+            .layer(MetricsLayer::new(metrics.clone()))
             // One span per call, so every log line inside it names the method and the
             // caller's certificate identity.
             .trace_fn(request_span)
             // Who is calling: the bearer token and the method's scope, before any handler.
-            .layer(AuthLayer::new(verifier))
+            .layer(AuthLayer::new(verifier, metrics.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -204,9 +233,20 @@ impl Application {
                 tokio::time::sleep(grace).await;
             } => tracing::warn!(?grace, "grace period over; closing remaining connections"),
         }
+        // Keep /metrics up until gRPC has drained, so the last scrape sees the end.
+        let _ = metrics_stop.send(());
+        let _ = metrics_server.await;
+        upkeep.abort();
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {
+    let bind_err = |source| StartupError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
 }
 
 fn request_span(req: &http::Request<()>) -> tracing::Span {

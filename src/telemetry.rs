@@ -1,9 +1,12 @@
-//! Logging: a `RUST_LOG`-style filter and a pretty or JSON format, installed once.
+//! Telemetry: logging (filter and format), Prometheus metrics and the `/metrics` endpoint.
 use std::io::IsTerminal;
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
 use crate::config::{LogFormat, LogSettings};
+
+pub mod metrics;
+pub mod metrics_endpoint;
 
 /// Installs the global subscriber. `RUST_LOG`, when given, wins over `settings.filter`.
 /// The filter always quiets h2/hyper/rustls internals unless asked for by name: their

@@ -18,7 +18,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
-use crate::security::tls::{cert_thumbprint, peer_identity};
+use crate::{
+    security::tls::{cert_thumbprint, peer_identity},
+    telemetry::metrics::Metrics,
+};
 
 /// Who is on the other end of a connection. Handlers find it in request extensions as
 /// `Arc<Peer>`.
@@ -112,6 +115,7 @@ pub fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
     handshake_timeout: Duration,
+    metrics: Metrics,
 ) -> ReceiverStream<io::Result<MtlsStream>> {
     let (tx, rx) = mpsc::channel(256);
     tokio::spawn(async move {
@@ -131,6 +135,7 @@ pub fn tls_incoming(
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 match handshake(tcp, remote_addr, acceptor, handshake_timeout).await {
@@ -138,7 +143,11 @@ pub fn tls_incoming(
                         let _ = tx.send(Ok(stream)).await;
                     }
                     Err(refusal) => {
-                        metrics::counter!("jisu_tls_handshake_refused_total", "reason" => refusal.label())
+                        metrics
+                            .counter(
+                                "jisu_tls_handshakes_refused_total",
+                                &[("reason", refusal.label())],
+                            )
                             .increment(1);
                     }
                 }

@@ -47,7 +47,14 @@ fn serve() -> Served {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--demo-data", "--certs"])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--demo-data", "--certs"])
         .arg(&certs)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

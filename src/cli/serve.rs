@@ -22,6 +22,9 @@ pub struct ServeArgs {
     /// gRPC listen address (default 0.0.0.0:50051).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Prometheus /metrics listen address (default 0.0.0.0:9464).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
     /// Load the origin document's 100 demo users into an empty store.
     #[arg(long)]
     demo_data: bool,
@@ -38,6 +41,9 @@ impl ServeArgs {
         }
         if let Some(listen) = self.listen {
             o.push(("listen".into(), Value::from(listen.to_string())));
+        }
+        if let Some(addr) = self.metrics_listen {
+            o.push(("metrics_listen".into(), Value::from(addr.to_string())));
         }
         if self.demo_data {
             o.push(("demo_data".into(), Value::from(true)));
@@ -81,6 +87,10 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let app = Application::build(settings).await?;
         // A machine-readable line for scripts and tests; logs go to stderr.
         println!("jisu: serving gRPC on {}", app.grpc_addr());
+        println!(
+            "jisu: serving metrics on http://{}/metrics",
+            app.metrics_addr()
+        );
         app.run_until_stopped(shutdown_signal()).await?;
         Ok(())
     })

@@ -19,6 +19,7 @@ use crate::{
         jwt::{AuthFailure, Principal, TokenVerifier, unix_now},
         policy::{self, Access},
     },
+    telemetry::metrics::Metrics,
     transport::Peer,
 };
 
@@ -26,11 +27,12 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
+    metrics: Metrics,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: TokenVerifier) -> Self {
-        Self { verifier }
+    pub fn new(verifier: TokenVerifier, metrics: Metrics) -> Self {
+        Self { verifier, metrics }
     }
 }
 
@@ -41,6 +43,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             verifier: self.verifier.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -50,6 +53,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     verifier: TokenVerifier,
+    metrics: Metrics,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
@@ -72,7 +76,10 @@ where
                 Either::Left(self.inner.call(req))
             }
             Ok(None) => Either::Left(self.inner.call(req)),
-            Err(err) => {
+            Err((err, label)) => {
+                self.metrics
+                    .counter("jisu_auth_failures_total", &[("reason", label)])
+                    .increment(1);
                 let identity = req
                     .extensions()
                     .get::<Arc<Peer>>()
@@ -86,12 +93,12 @@ where
 }
 
 /// Decides one call: `Ok(None)` for public methods, the principal when the token and scope
-/// are good.
+/// are good; a refusal comes with its bounded metric label.
 pub fn authorize(
     verifier: &TokenVerifier,
     path: &str,
     headers: &HeaderMap,
-) -> Result<Option<Arc<Principal>>, Error> {
+) -> Result<Option<Arc<Principal>>, (Error, &'static str)> {
     let required = match policy::access(path) {
         Access::Public => return Ok(None),
         Access::Scope(scope) => Some(scope),
@@ -100,20 +107,20 @@ pub fn authorize(
     let principal = bearer(headers)
         .and_then(|token| verifier.verify(token, unix_now()))
         .map_err(|failure| {
-            metrics::counter!("jisu_auth_failures_total", "reason" => failure.label()).increment(1);
-            Error::Unauthenticated {
+            let err = Error::Unauthenticated {
                 reason: failure.reason(),
                 message: failure.to_string(),
-            }
+            };
+            (err, failure.label())
         })?;
     if let Some(scope) = required
         && !principal.has_scope(scope)
     {
-        metrics::counter!("jisu_auth_failures_total", "reason" => "missing_scope").increment(1);
-        return Err(Error::PermissionDenied {
+        let err = Error::PermissionDenied {
             reason: "MISSING_SCOPE",
             message: format!("this method needs the scope `{scope}`"),
-        });
+        };
+        return Err((err, "missing_scope"));
     }
     Ok(Some(principal))
 }

@@ -138,6 +138,13 @@ pub fn peer_identity(cert: &CertificateDer<'_>) -> Option<String> {
     uri.or_else(dns).or_else(cn)
 }
 
+/// The `notAfter` of a certificate, as Unix seconds.
+pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, x509) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    Some(x509.validity().not_after.timestamp())
+}
+
 /// SHA-256 of the DER certificate (the RFC 8705 `x5t#S256` thumbprint, before base64url).
 pub fn cert_thumbprint(cert: &CertificateDer<'_>) -> [u8; 32] {
     Sha256::digest(cert.as_ref()).into()

@@ -1,0 +1,310 @@
+//! RED metrics per RPC: started, handled (by final code), messages in and out, and the
+//! handling-time histogram. Outermost, so calls refused by auth are counted too.
+//!
+//! The final code is read from the response: trailers-only responses carry `grpc-status`
+//! in the headers, streams in the trailers; a body dropped before its trailers counts
+//! as `Canceled`.
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Instant,
+};
+
+use bytes::Buf;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame};
+use tonic::Code;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{
+    security::policy::CallType,
+    telemetry::metrics::{MethodMetrics, Metrics},
+};
+
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: Metrics,
+}
+
+impl MetricsLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MetricsService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = MeteredFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let method = self.metrics.method(req.uri().path()).clone();
+        method.started.increment(1);
+        // Request messages of client and bidi streams are not framed here yet; every
+        // other call has exactly one.
+        if matches!(method.call_type, CallType::Unary | CallType::ServerStream) {
+            method.msg_received.increment(1);
+        }
+        self.metrics.in_flight().increment(1.0);
+        MeteredFuture {
+            inner: self.inner.call(req),
+            call: Some(CallRecord {
+                method,
+                metrics: self.metrics.clone(),
+                start: Instant::now(),
+            }),
+        }
+    }
+}
+
+/// Records the end of one call exactly once (on completion or drop).
+#[derive(Debug)]
+struct CallRecord {
+    method: MethodMetrics,
+    metrics: Metrics,
+    start: Instant,
+}
+
+impl CallRecord {
+    fn finish(self, code: Code) {
+        drop(FinishOnDrop {
+            record: Some(self),
+            code,
+        });
+    }
+}
+
+#[derive(Debug)]
+struct FinishOnDrop {
+    record: Option<CallRecord>,
+    code: Code,
+}
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            r.method.handled(self.code).increment(1);
+            r.method.handling.record(r.start.elapsed().as_secs_f64());
+            r.metrics.in_flight().decrement(1.0);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct MeteredFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<CallRecord>,
+    }
+
+    impl<F> PinnedDrop for MeteredFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            // Dropped before a response: the client went away.
+            if let Some(call) = this.project().call.take() {
+                call.finish(Code::Cancelled);
+            }
+        }
+    }
+}
+
+fn status_of(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+impl<F, B, E> Future for MeteredFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<MeteredBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        let call = this.call.take().expect("polled after completion");
+        Poll::Ready(match result {
+            Ok(response) => {
+                let header_code = status_of(response.headers());
+                let (parts, body) = response.into_parts();
+                let record = match header_code {
+                    // Trailers-only: the call is over already.
+                    Some(code) => {
+                        call.finish(code);
+                        None
+                    }
+                    None => Some(call),
+                };
+                Ok(Response::from_parts(
+                    parts,
+                    MeteredBody {
+                        inner: body,
+                        finish: FinishOnDrop {
+                            record,
+                            code: Code::Cancelled,
+                        },
+                        frame_left: 0,
+                        header_left: 5,
+                    },
+                ))
+            }
+            Err(e) => {
+                call.finish(Code::Unavailable);
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that counts gRPC messages and records the final status.
+    pub struct MeteredBody<B> {
+        #[pin]
+        inner: B,
+        finish: FinishOnDrop,
+        // Bytes left of the current message's payload, then of the next 5-byte prefix.
+        frame_left: usize,
+        header_left: usize,
+    }
+}
+
+impl<B: Body> Body for MeteredBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        match &frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    let sent = count_messages(
+                        data.chunk(),
+                        data.remaining(),
+                        this.frame_left,
+                        this.header_left,
+                    );
+                    if let Some(r) = &this.finish.record {
+                        r.method.msg_sent.increment(sent);
+                    }
+                } else if let Some(trailers) = frame.trailers_ref() {
+                    this.finish.code = status_of(trailers).unwrap_or(Code::Unknown);
+                    if let Some(r) = this.finish.record.take() {
+                        r.finish(this.finish.code);
+                    }
+                }
+            }
+            Some(Err(_)) => {
+                this.finish.code = Code::Unknown;
+            }
+            None => {
+                // A body that ends without trailers has no status: treat as OK only when
+                // the headers said so (handled above), otherwise Unknown.
+                this.finish.code = Code::Unknown;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Counts the gRPC messages that start in a data chunk (5-byte prefix: flag + u32 length).
+/// Only the first contiguous slice is inspected for lengths; tonic's frames are contiguous.
+fn count_messages(
+    chunk: &[u8],
+    total: usize,
+    frame_left: &mut usize,
+    header_left: &mut usize,
+) -> u64 {
+    let mut pos = 0usize;
+    let mut started = 0;
+    let mut header = [0u8; 5];
+    while pos < total {
+        if *frame_left > 0 {
+            let take = (*frame_left).min(total - pos);
+            *frame_left -= take;
+            pos += take;
+            continue;
+        }
+        // Reading a prefix (possibly split across chunks).
+        let have = 5 - *header_left;
+        let take = (*header_left).min(total - pos);
+        for i in 0..take {
+            header[have + i] = chunk.get(pos + i).copied().unwrap_or(0);
+        }
+        *header_left -= take;
+        pos += take;
+        if *header_left == 0 {
+            started += 1;
+            *frame_left = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            *header_left = 5;
+        }
+    }
+    started
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: u32) -> Vec<u8> {
+        let mut v = vec![0u8];
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend(std::iter::repeat_n(7u8, len as usize));
+        v
+    }
+
+    #[test]
+    fn counts_messages_across_chunk_boundaries() {
+        let mut all = frame(3);
+        all.extend(frame(0));
+        all.extend(frame(10));
+        let (mut left, mut hdr) = (0, 5);
+        assert_eq!(count_messages(&all, all.len(), &mut left, &mut hdr), 3);
+        // Split the same bytes at every possible point.
+        for cut in 0..all.len() {
+            let (mut left, mut hdr) = (0, 5);
+            let a = count_messages(&all[..cut], cut, &mut left, &mut hdr);
+            let b = count_messages(&all[cut..], all.len() - cut, &mut left, &mut hdr);
+            assert_eq!(a + b, 3, "cut at {cut}");
+        }
+    }
+}

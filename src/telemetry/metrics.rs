@@ -1,0 +1,298 @@
+//! Prometheus metrics: a recorder owned by each `Application` (not the global one, so two
+//! servers in one process keep their own counts), handles built once per method, and the
+//! text exposition for `/metrics`.
+//!
+//! Names and labels follow go-grpc-prometheus, so existing dashboards work.
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+use parking_lot::Mutex;
+use tonic::Code;
+
+use crate::security::policy::{CallType, METHODS};
+
+/// Latency buckets in seconds: 100 µs to 10 s, dense where a healthy unary call lands.
+pub const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Every gRPC code, in numeric order, with the go-grpc-prometheus label.
+pub const CODES: [(Code, &str); 17] = [
+    (Code::Ok, "OK"),
+    (Code::Cancelled, "Canceled"),
+    (Code::Unknown, "Unknown"),
+    (Code::InvalidArgument, "InvalidArgument"),
+    (Code::DeadlineExceeded, "DeadlineExceeded"),
+    (Code::NotFound, "NotFound"),
+    (Code::AlreadyExists, "AlreadyExists"),
+    (Code::PermissionDenied, "PermissionDenied"),
+    (Code::ResourceExhausted, "ResourceExhausted"),
+    (Code::FailedPrecondition, "FailedPrecondition"),
+    (Code::Aborted, "Aborted"),
+    (Code::OutOfRange, "OutOfRange"),
+    (Code::Unimplemented, "Unimplemented"),
+    (Code::Internal, "Internal"),
+    (Code::Unavailable, "Unavailable"),
+    (Code::DataLoss, "DataLoss"),
+    (Code::Unauthenticated, "Unauthenticated"),
+];
+
+/// The label value of a gRPC code.
+pub fn code_label(code: Code) -> &'static str {
+    CODES[code as usize].1
+}
+
+/// The series of one method, registered once.
+#[derive(Debug, Clone)]
+pub struct MethodMetrics {
+    pub call_type: CallType,
+    pub started: Counter,
+    pub msg_received: Counter,
+    pub msg_sent: Counter,
+    pub handling: Histogram,
+    handled: [Counter; 17],
+}
+
+impl MethodMetrics {
+    pub fn handled(&self, code: Code) -> &Counter {
+        &self.handled[code as usize]
+    }
+}
+
+/// Service/method labels for paths outside the method table.
+pub const UNKNOWN: &str = "unknown";
+
+/// A metric name and its static label pairs.
+type SeriesKey = (&'static str, Vec<(&'static str, &'static str)>);
+
+/// The metrics of one server.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    methods: HashMap<&'static str, MethodMetrics>,
+    unknown: MethodMetrics,
+    in_flight: Gauge,
+    /// Lazily registered series with bounded labels (reasons, kinds).
+    dynamic: Mutex<HashMap<SeriesKey, Counter>>,
+    process: metrics_process::Collector,
+    /// Certificates whose remaining lifetime is exported: (gauge, not-after Unix time).
+    expiries: Mutex<Vec<(Gauge, i64)>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+fn labels(pairs: &[(&'static str, &'static str)]) -> Vec<Label> {
+    pairs.iter().map(|(k, v)| Label::new(*k, *v)).collect()
+}
+
+static METADATA: Metadata<'static> = Metadata::new("jisu", Level::INFO, Some("jisu"));
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .expect("non-empty buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
+            recorder.describe_counter(name.into(), unit, SharedString::from(help));
+        };
+        describe(
+            "grpc_server_started_total",
+            None,
+            "RPCs started on the server.",
+        );
+        describe(
+            "grpc_server_handled_total",
+            None,
+            "RPCs completed on the server, regardless of success or failure.",
+        );
+        describe(
+            "grpc_server_msg_received_total",
+            None,
+            "Messages received by the server.",
+        );
+        describe(
+            "grpc_server_msg_sent_total",
+            None,
+            "Messages sent by the server.",
+        );
+        recorder.describe_histogram(
+            "grpc_server_handling_seconds".into(),
+            Some(Unit::Seconds),
+            "Time from the start of an RPC to its final status.".into(),
+        );
+
+        let method = |service: &'static str, name: &'static str, call_type: CallType| {
+            let base = [
+                ("grpc_type", call_type.label()),
+                ("grpc_service", service),
+                ("grpc_method", name),
+            ];
+            let key = |metric: &'static str, extra: &[(&'static str, &'static str)]| {
+                let mut all = base.to_vec();
+                all.extend_from_slice(extra);
+                Key::from_parts(metric, labels(&all))
+            };
+            MethodMetrics {
+                call_type,
+                started: recorder
+                    .register_counter(&key("grpc_server_started_total", &[]), &METADATA),
+                msg_received: recorder
+                    .register_counter(&key("grpc_server_msg_received_total", &[]), &METADATA),
+                msg_sent: recorder
+                    .register_counter(&key("grpc_server_msg_sent_total", &[]), &METADATA),
+                handling: recorder
+                    .register_histogram(&key("grpc_server_handling_seconds", &[]), &METADATA),
+                handled: CODES.map(|(_, code)| {
+                    recorder.register_counter(
+                        &key("grpc_server_handled_total", &[("grpc_code", code)]),
+                        &METADATA,
+                    )
+                }),
+            }
+        };
+        let methods = METHODS
+            .iter()
+            .map(|m| {
+                let path: &'static str =
+                    Box::leak(format!("/{}/{}", m.service, m.name).into_boxed_str());
+                (path, method(m.service, m.name, m.call_type))
+            })
+            .collect();
+        let unknown = method(UNKNOWN, UNKNOWN, CallType::Unary);
+        let in_flight =
+            recorder.register_gauge(&Key::from_name("jisu_grpc_server_in_flight"), &METADATA);
+        recorder.describe_gauge(
+            "jisu_grpc_server_in_flight".into(),
+            None,
+            "RPCs being handled right now.".into(),
+        );
+        recorder.describe_gauge(
+            "jisu_build_info".into(),
+            None,
+            "Always 1; the labels name the running version.".into(),
+        );
+        recorder.describe_gauge(
+            "jisu_tls_certificate_expiry_seconds".into(),
+            Some(Unit::Seconds),
+            "Seconds until the certificate expires (negative once expired).".into(),
+        );
+        describe(
+            "jisu_auth_failures_total",
+            None,
+            "Calls refused by bearer-token auth, by bounded reason.",
+        );
+        describe(
+            "jisu_tls_handshakes_refused_total",
+            None,
+            "TLS connections that never became a connection (timeout, failed, no_identity).",
+        );
+        let build = Key::from_parts(
+            "jisu_build_info",
+            labels(&[("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        recorder.register_gauge(&build, &METADATA).set(1.0);
+        let process = metrics_process::Collector::default();
+        metrics::with_local_recorder(&recorder, || process.describe());
+        Self {
+            inner: Arc::new(Inner {
+                recorder,
+                handle,
+                methods,
+                unknown,
+                in_flight,
+                dynamic: Mutex::new(HashMap::new()),
+                process,
+                expiries: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The series of the method at `path`; unknown paths share one set of series, so
+    /// random paths cannot grow the series count.
+    pub fn method(&self, path: &str) -> &MethodMetrics {
+        self.inner.methods.get(path).unwrap_or(&self.inner.unknown)
+    }
+
+    pub fn in_flight(&self) -> &Gauge {
+        &self.inner.in_flight
+    }
+
+    /// A counter with bounded, static labels (registered on first use).
+    pub fn counter(&self, name: &'static str, pairs: &[(&'static str, &'static str)]) -> Counter {
+        let mut dynamic = self.inner.dynamic.lock();
+        dynamic
+            .entry((name, pairs.to_vec()))
+            .or_insert_with(|| {
+                self.inner
+                    .recorder
+                    .register_counter(&Key::from_parts(name, labels(pairs)), &METADATA)
+            })
+            .clone()
+    }
+
+    /// A gauge with static labels.
+    pub fn gauge(&self, name: &'static str, pairs: &[(&'static str, String)]) -> Gauge {
+        let labels: Vec<Label> = pairs
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        self.inner
+            .recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Exports `jisu_tls_certificate_expiry_seconds{cert}`: seconds until `not_after`.
+    pub fn watch_certificate(&self, cert: &'static str, not_after: i64) {
+        let gauge = self.gauge(
+            "jisu_tls_certificate_expiry_seconds",
+            &[("cert", cert.to_owned())],
+        );
+        let mut expiries = self.inner.expiries.lock();
+        expiries.push((gauge, not_after));
+    }
+
+    /// The Prometheus text exposition, with fresh process and certificate figures.
+    pub fn render(&self) -> String {
+        metrics::with_local_recorder(&self.inner.recorder, || self.inner.process.collect());
+        let now = crate::security::jwt::unix_now() as i64;
+        for (gauge, not_after) in self.inner.expiries.lock().iter() {
+            gauge.set((not_after - now) as f64);
+        }
+        self.inner.handle.render()
+    }
+
+    /// Drains histogram buckets periodically so memory stays flat.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let handle = self.inner.handle.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        })
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
