@@ -141,24 +141,26 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 
 /// `GET /metrics` with a plain HTTP/1.1 request; returns the body.
 pub async fn scrape(addr: std::net::SocketAddr) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .expect("connect /metrics");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: jisu\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    let (head, body) = http_get(addr, "/metrics").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
             .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
-    body.to_owned()
+    body
+}
+
+/// A plain HTTP/1.1 GET; returns the head and the body.
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    (head.to_owned(), body.to_owned())
 }
 
 /// One sample of the exposition: name, sorted labels, value.
