@@ -19,7 +19,7 @@ use crate::{
     service::{OrderApi, UserApi},
     store::{self, MemoryStore, Store, StoreError},
     telemetry::{metrics::Metrics, metrics_endpoint},
-    transport::{Peer, tls_incoming},
+    transport::tls_incoming,
 };
 
 /// Why the server could not start or stopped with an error.
@@ -213,9 +213,6 @@ impl Application {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             // Observe everything, including calls auth refuses: outermost.
             .layer(MetricsLayer::new(metrics.clone()))
-            // One span per call, so every log line inside it names the method and the
-            // caller's certificate identity.
-            .trace_fn(request_span)
             // Who is calling: the bearer token and the method's scope, before any handler.
             .layer(AuthLayer::new(verifier, metrics.clone()))
             .add_service(health_service)
@@ -247,13 +244,4 @@ async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupErro
     let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
     let local = listener.local_addr().map_err(bind_err)?;
     Ok((listener, local))
-}
-
-fn request_span(req: &http::Request<()>) -> tracing::Span {
-    let peer = req
-        .extensions()
-        .get::<Arc<Peer>>()
-        .map(|p| p.identity.as_str())
-        .unwrap_or("-");
-    tracing::info_span!("rpc", method = req.uri().path(), peer)
 }

@@ -1,5 +1,5 @@
 //! Telemetry: logging (filter and format), Prometheus metrics and the `/metrics` endpoint.
-use std::io::IsTerminal;
+use std::{collections::HashMap, io::IsTerminal};
 
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
@@ -7,16 +7,21 @@ use crate::config::{LogFormat, LogSettings};
 
 pub mod metrics;
 pub mod metrics_endpoint;
+pub mod otel;
 
-/// Installs the global subscriber. `RUST_LOG`, when given, wins over `settings.filter`.
+/// Installs the global subscriber (log filter and format, plus the OTLP trace layer when an
+/// endpoint is configured in `env`). `RUST_LOG`, when given, wins over `settings.filter`.
 /// The filter always quiets h2/hyper/rustls internals unless asked for by name: their
-/// per-frame spans cost more than the requests themselves.
-pub fn init_logging(settings: &LogSettings, rust_log: Option<&str>) {
-    let directives = rust_log.unwrap_or(&settings.filter);
+/// per-frame spans cost more than the requests themselves. Keep the guard until exit: it
+/// flushes the spans still queued.
+pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::TracingGuard {
+    let directives = env.get("RUST_LOG").unwrap_or(&settings.filter);
     let filter = EnvFilter::builder().parse_lossy(format!(
-        "h2=warn,hyper=warn,hyper_util=warn,tower=warn,rustls=warn,{directives}"
+        "h2=warn,hyper=warn,hyper_util=warn,tower=warn,rustls=warn,opentelemetry=warn,{directives}"
     ));
-    let registry = tracing_subscriber::registry().with(filter);
+    let (provider, state) = otel::pipeline(env);
+    let traces = provider.as_ref().map(otel::layer);
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let result = match settings.format {
         LogFormat::Json => registry
             .with(
@@ -39,4 +44,11 @@ pub fn init_logging(settings: &LogSettings, rust_log: Option<&str>) {
     if result.is_err() {
         tracing::debug!("a global subscriber was already installed");
     }
+    match state {
+        otel::TracingState::Exporting { endpoint, protocol } => {
+            tracing::info!(%endpoint, %protocol, "exporting traces over OTLP");
+        }
+        otel::TracingState::Disabled(why) => tracing::info!(reason = why, "tracing export off"),
+    }
+    otel::guard(provider)
 }

@@ -3,12 +3,15 @@
 //!
 //! Both come from the venv that `scripts/test` installs (`.venv`, or `JISU_PYTHON` /
 //! `JISU_GRPCURL`); a missing tool fails the test, it never skips.
+mod common;
+
 use std::{
-    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     time::Duration,
 };
+
+use common::serve_binary;
 
 use jisu::security::jwt::TokenIssuer;
 
@@ -26,58 +29,6 @@ fn tool(env: &str, venv_bin: &str) -> PathBuf {
     path
 }
 
-/// The `jisu serve` process, killed on drop.
-struct Served {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-    certs: PathBuf,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on port 0 with a certs dir that does not exist yet, so `serve`
-/// creates the development certificates itself; waits for its "serving" line.
-fn serve() -> Served {
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--demo-data", "--certs"])
-        .arg(&certs)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("jisu serve exited before serving")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("jisu: serving gRPC on ") {
-            break addr.to_owned();
-        }
-    };
-    Served {
-        child,
-        addr,
-        _dir: dir,
-        certs,
-    }
-}
-
 fn token(certs: &Path, scopes: &str) -> String {
     TokenIssuer::from_file(&certs.join("jwt.key"), "jisu", "jisucloud")
         .unwrap()
@@ -87,7 +38,7 @@ fn token(certs: &Path, scopes: &str) -> String {
 #[test]
 fn python_grpcio_client_calls_over_mtls_with_a_token() {
     let python = tool("JISU_PYTHON", "python");
-    let server = serve();
+    let server = serve_binary(&[]);
     let output = Command::new(python)
         .arg(Path::new(MANIFEST).join("tests/interop/grpcio_client.py"))
         .args(["--target", &server.addr, "--proto"])
@@ -122,7 +73,7 @@ fn python_grpcio_client_calls_over_mtls_with_a_token() {
 #[test]
 fn grpcurl_lists_services_by_reflection_and_calls_get_user() {
     let grpcurl = tool("JISU_GRPCURL", "grpcurl");
-    let server = serve();
+    let server = serve_binary(&[]);
     let tls = |cmd: &mut Command| {
         cmd.arg("-cacert")
             .arg(server.certs.join("ca.pem"))

@@ -1,5 +1,5 @@
 //! `jisu serve`: the secured gRPC server.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{io::Write, net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -60,13 +60,19 @@ impl ServeArgs {
 }
 
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let env: Vec<(String, String)> = std::env::vars().collect();
     let sources = Sources {
         file: args.config.clone(),
-        env: std::env::vars().collect(),
+        env: env.clone(),
         overrides: args.overrides(),
     };
     let settings = Settings::load(&sources)?;
-    telemetry::init_logging(&settings.log, std::env::var("RUST_LOG").ok().as_deref());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    // The OTLP exporter needs the runtime; the guard flushes spans when serve returns.
+    let _tracing =
+        runtime.block_on(async { telemetry::init(&settings.log, &env.into_iter().collect()) });
     if !settings.certs.exists() {
         certs::init(&settings.certs, &[], false).with_context(|| {
             format!(
@@ -80,17 +86,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
              certificates and a JWT key pair there (not for production)"
         );
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
     runtime.block_on(async move {
         let app = Application::build(settings).await?;
         // A machine-readable line for scripts and tests; logs go to stderr.
-        println!("jisu: serving gRPC on {}", app.grpc_addr());
-        println!(
+        // Readiness lines; a closed stdout must not take the server down.
+        let mut out = std::io::stdout();
+        let _ = writeln!(
+            out,
             "jisu: serving metrics on http://{}/metrics",
             app.metrics_addr()
         );
+        let _ = writeln!(out, "jisu: serving gRPC on {}", app.grpc_addr());
+        let _ = out.flush();
         app.run_until_stopped(shutdown_signal()).await?;
         Ok(())
     })

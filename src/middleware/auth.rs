@@ -72,6 +72,7 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         match authorize(&self.verifier, req.uri().path(), req.headers()) {
             Ok(Some(principal)) => {
+                tracing::Span::current().record("enduser.id", principal.subject.as_str());
                 req.extensions_mut().insert(principal);
                 Either::Left(self.inner.call(req))
             }

@@ -1,5 +1,8 @@
-//! RED metrics per RPC: started, handled (by final code), messages in and out, and the
-//! handling-time histogram. Outermost, so calls refused by auth are counted too.
+//! Observes every RPC: RED metrics (started, handled by final code, messages in and out,
+//! the handling-time histogram) and the OpenTelemetry SERVER span, continued from the
+//! caller's W3C `traceparent`, with its trace id echoed in `x-trace-id`. Both need the
+//! same start, end and final code, so one layer records them. Outermost, so calls refused
+//! by auth are counted and traced too.
 //!
 //! The final code is read from the response: trailers-only responses carry `grpc-status`
 //! in the headers, streams in the trailers; a body dropped before its trailers counts
@@ -18,10 +21,56 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use opentelemetry::trace::TraceContextExt as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
 use crate::{
-    security::policy::CallType,
-    telemetry::metrics::{MethodMetrics, Metrics},
+    security::policy::{self, CallType},
+    telemetry::{
+        metrics::{MethodMetrics, Metrics},
+        otel,
+    },
+    transport::Peer,
 };
+
+/// Response metadata carrying the call's trace id, to paste into Jaeger.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
+
+/// The SERVER span of one call, with the OTel RPC semantic-convention attributes.
+fn server_span<B>(req: &Request<B>) -> tracing::Span {
+    let path = req.uri().path();
+    let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));
+    let peer = req.extensions().get::<std::sync::Arc<Peer>>();
+    let span = tracing::info_span!(
+        "rpc",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = peer.map(|p| p.local_addr.ip().to_string()),
+        server.port = peer.map(|p| p.local_addr.port()),
+        network.peer.address = peer.map(|p| p.remote_addr.ip().to_string()),
+        tls.client.identity = peer.map(|p| p.identity.as_str()),
+        enduser.id = tracing::field::Empty,
+    );
+    let parent = otel::extract(req.headers());
+    if parent.span().span_context().is_valid() {
+        let _ = span.set_parent(parent);
+    }
+    span
+}
+
+/// The trace id of a span as 32 hex digits, when it has one.
+fn trace_id(span: &tracing::Span) -> Option<http::HeaderValue> {
+    let cx = span.context();
+    let sc = cx.span().span_context().clone();
+    sc.is_valid()
+        .then(|| http::HeaderValue::from_str(&sc.trace_id().to_string()).ok())
+        .flatten()
+}
 
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
@@ -73,12 +122,18 @@ where
             method.msg_received.increment(1);
         }
         self.metrics.in_flight().increment(1.0);
+        let span = server_span(&req);
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
         MeteredFuture {
-            inner: self.inner.call(req),
+            inner,
             call: Some(CallRecord {
                 method,
                 metrics: self.metrics.clone(),
                 start: Instant::now(),
+                span,
             }),
         }
     }
@@ -90,6 +145,7 @@ struct CallRecord {
     method: MethodMetrics,
     metrics: Metrics,
     start: Instant,
+    span: tracing::Span,
 }
 
 impl CallRecord {
@@ -113,6 +169,10 @@ impl Drop for FinishOnDrop {
             r.method.handled(self.code).increment(1);
             r.method.handling.record(r.start.elapsed().as_secs_f64());
             r.metrics.in_flight().decrement(1.0);
+            r.span.record("rpc.grpc.status_code", self.code as i32);
+            if self.code != Code::Ok {
+                r.span.record("otel.status_code", "ERROR");
+            }
         }
     }
 }
@@ -149,12 +209,18 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let result = ready!(this.inner.poll(cx));
+        let result = {
+            let _entered = this.call.as_ref().map(|c| c.span.enter());
+            ready!(this.inner.poll(cx))
+        };
         let call = this.call.take().expect("polled after completion");
         Poll::Ready(match result {
             Ok(response) => {
                 let header_code = status_of(response.headers());
-                let (parts, body) = response.into_parts();
+                let (mut parts, body) = response.into_parts();
+                if let Some(id) = trace_id(&call.span) {
+                    parts.headers.insert(TRACE_ID_HEADER, id);
+                }
                 let record = match header_code {
                     // Trailers-only: the call is over already.
                     Some(code) => {

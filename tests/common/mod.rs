@@ -216,3 +216,58 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     assert_eq!(matching.len(), 1, "{name} {labels:?}: {matching:?}");
     matching[0].value
 }
+
+/// A `jisu serve` process, killed on drop.
+pub struct Served {
+    child: std::process::Child,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+    pub certs: std::path::PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real binary on port 0 (gRPC and metrics) with a certs dir that does not
+/// exist yet, so `serve` creates the development certificates itself; returns once it
+/// prints its "serving" line.
+pub fn serve_binary(env: &[(&str, &str)]) -> Served {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--demo-data", "--certs"])
+        .arg(&certs)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("jisu serve exited before serving")
+            .unwrap();
+        if let Some(addr) = line.strip_prefix("jisu: serving gRPC on ") {
+            break addr.to_owned();
+        }
+    };
+    Served {
+        child,
+        addr,
+        _dir: dir,
+        certs,
+    }
+}
