@@ -314,6 +314,9 @@ struct StatusReport {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     field_violations: Vec<serde_json::Value>,
+    /// Paste into Jaeger to see the failed call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
 }
 
 impl From<&tonic::Status> for StatusReport {
@@ -334,6 +337,11 @@ impl From<&tonic::Status> for StatusReport {
                         .collect()
                 })
                 .unwrap_or_default(),
+            trace_id: status
+                .metadata()
+                .get("x-trace-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         }
     }
 }
