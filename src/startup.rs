@@ -155,20 +155,21 @@ impl Application {
         let reflection_v1 = reflection().build_v1()?;
         let reflection_v1alpha = reflection().build_v1alpha()?;
 
-        let users = UserServiceServer::new(UserApi::new(store.clone()))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .send_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(limits.max_decoding_message_bytes)
-            .max_encoding_message_size(limits.max_encoding_message_bytes);
-        let orders = OrderServiceServer::new(OrderApi::new(store))
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .send_compressed(CompressionEncoding::Gzip)
-            .send_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(limits.max_decoding_message_bytes)
-            .max_encoding_message_size(limits.max_encoding_message_bytes);
+        // The generated servers share no trait for these settings, hence a macro: every
+        // Jisu service accepts and (when asked) sends gzip/zstd, within the size limits.
+        macro_rules! api_server {
+            ($server:expr) => {
+                $server
+                    .accept_compressed(CompressionEncoding::Gzip)
+                    .accept_compressed(CompressionEncoding::Zstd)
+                    .send_compressed(CompressionEncoding::Gzip)
+                    .send_compressed(CompressionEncoding::Zstd)
+                    .max_decoding_message_size(limits.max_decoding_message_bytes)
+                    .max_encoding_message_size(limits.max_encoding_message_bytes)
+            };
+        }
+        let users = api_server!(UserServiceServer::new(UserApi::new(store.clone())));
+        let orders = api_server!(OrderServiceServer::new(OrderApi::new(store)));
 
         let incoming = tls_incoming(
             listener,

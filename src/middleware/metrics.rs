@@ -10,6 +10,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll, ready},
     time::Instant,
 };
@@ -40,7 +41,7 @@ pub const TRACE_ID_HEADER: &str = "x-trace-id";
 fn server_span<B>(req: &Request<B>) -> tracing::Span {
     let path = req.uri().path();
     let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));
-    let peer = req.extensions().get::<std::sync::Arc<Peer>>();
+    let peer = req.extensions().get::<Arc<Peer>>();
     let span = tracing::info_span!(
         "rpc",
         otel.name = path.trim_start_matches('/'),
@@ -142,7 +143,7 @@ where
 /// Records the end of one call exactly once (on completion or drop).
 #[derive(Debug)]
 struct CallRecord {
-    method: MethodMetrics,
+    method: Arc<MethodMetrics>,
     metrics: Metrics,
     start: Instant,
     span: tracing::Span,

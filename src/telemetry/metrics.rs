@@ -80,8 +80,9 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    methods: HashMap<&'static str, MethodMetrics>,
-    unknown: MethodMetrics,
+    /// Keyed by request path (`/pkg.Service/Method`); shared so a call takes one `Arc`.
+    methods: HashMap<String, Arc<MethodMetrics>>,
+    unknown: Arc<MethodMetrics>,
     in_flight: Gauge,
     /// Lazily registered series with bounded labels (reasons, kinds).
     dynamic: Mutex<HashMap<SeriesKey, Counter>>,
@@ -170,12 +171,11 @@ impl Metrics {
         let methods = METHODS
             .iter()
             .map(|m| {
-                let path: &'static str =
-                    Box::leak(format!("/{}/{}", m.service, m.name).into_boxed_str());
-                (path, method(m.service, m.name, m.call_type))
+                let path = format!("/{}/{}", m.service, m.name);
+                (path, Arc::new(method(m.service, m.name, m.call_type)))
             })
             .collect();
-        let unknown = method(UNKNOWN, UNKNOWN, CallType::Unary);
+        let unknown = Arc::new(method(UNKNOWN, UNKNOWN, CallType::Unary));
         let in_flight =
             recorder.register_gauge(&Key::from_name("jisu_grpc_server_in_flight"), &METADATA);
         recorder.describe_gauge(
@@ -226,7 +226,7 @@ impl Metrics {
 
     /// The series of the method at `path`; unknown paths share one set of series, so
     /// random paths cannot grow the series count.
-    pub fn method(&self, path: &str) -> &MethodMetrics {
+    pub fn method(&self, path: &str) -> &Arc<MethodMetrics> {
         self.inner.methods.get(path).unwrap_or(&self.inner.unknown)
     }
 
