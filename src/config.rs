@@ -27,10 +27,66 @@ pub struct Settings {
     pub certs: PathBuf,
     /// Load the origin document's 100 demo users into an empty store.
     pub demo_data: bool,
+    /// The API services this process serves: `["users", "orders"]` (default), or one of
+    /// them for a split deployment. A list, or a comma-separated string in `JISU_SERVICES`.
+    #[serde(deserialize_with = "services_list")]
+    pub services: Vec<ServiceKind>,
+    /// `https://host:port` of the UserService that OrderService checks users with, when
+    /// this process does not serve users itself. It is called with the server's own
+    /// certificate (`tls.cert`/`tls.key`) and the caller's token.
+    pub users_endpoint: Option<String>,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+}
+
+/// One of the API services a process can serve.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceKind {
+    Users,
+    Orders,
+}
+
+impl ServiceKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Users => "users",
+            ServiceKind::Orders => "orders",
+        }
+    }
+}
+
+/// Accepts `["users", "orders"]` or `"users,orders"`.
+fn services_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ServiceKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<ServiceKind>),
+        Text(String),
+    }
+    let list = match Raw::deserialize(d)? {
+        Raw::List(list) => list,
+        Raw::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| match t {
+                "users" => Ok(ServiceKind::Users),
+                "orders" => Ok(ServiceKind::Orders),
+                other => Err(serde::de::Error::custom(format!(
+                    "unknown service {other:?}: expected users, orders"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    if list.is_empty() {
+        return Err(serde::de::Error::custom(
+            "services: name at least one of users, orders",
+        ));
+    }
+    Ok(list)
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -99,6 +155,8 @@ impl Default for Settings {
             metrics_listen: "0.0.0.0:9464".parse().expect("valid address"),
             certs: PathBuf::from("certs"),
             demo_data: false,
+            services: vec![ServiceKind::Users, ServiceKind::Orders],
+            users_endpoint: None,
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             server: ServerSettings::default(),
@@ -157,11 +215,13 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 8] = [
+const TOP_LEVEL_KEYS: [&str; 10] = [
     "listen",
     "metrics_listen",
     "certs",
     "demo_data",
+    "services",
+    "users_endpoint",
     "tls",
     "auth",
     "server",
@@ -227,6 +287,9 @@ impl Settings {
     pub fn jwt_public_key(&self) -> PathBuf {
         self.in_certs(&self.auth.public_key, "jwt.pub")
     }
+    pub fn serves(&self, service: ServiceKind) -> bool {
+        self.services.contains(&service)
+    }
     pub fn handshake_timeout(&self) -> Duration {
         Duration::from_millis(self.tls.handshake_timeout_ms)
     }
@@ -288,5 +351,24 @@ mod tests {
             ..Default::default()
         };
         assert!(Settings::load(&bad_value).is_err());
+        let bad_service = Sources {
+            env: vec![("JISU_SERVICES".into(), "users,payments".into())],
+            ..Default::default()
+        };
+        let err = Settings::load(&bad_service).unwrap_err().to_string();
+        assert!(err.contains("payments"), "{err}");
+    }
+
+    #[test]
+    fn services_from_env_text_or_flag_list() {
+        let s = Settings::load(&Sources {
+            env: vec![("JISU_SERVICES".into(), "orders".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.services, vec![ServiceKind::Orders]);
+        assert!(!s.serves(ServiceKind::Users));
+        let s = Settings::load(&Sources::default()).unwrap();
+        assert!(s.serves(ServiceKind::Users) && s.serves(ServiceKind::Orders));
     }
 }

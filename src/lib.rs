@@ -10,11 +10,16 @@
 //! - [`transport`]: the TLS accept loop (handshake timeout, peer identity per connection).
 //! - [`security`]: rustls configs and peer identity (`tls`), rcgen certificates (`certs`),
 //!   JWT issuing and verification (`jwt`), the method → scope table (`policy`).
-//! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope.
+//! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope,
+//!   `metrics` records RED metrics and the SERVER span, `client_telemetry` the CLIENT span,
+//!   W3C injection and `grpc_client_*` metrics.
 //! - [`service`]: the business rules of each proto service; knows nothing of TLS or CLI.
-//! - [`store`]: storage behind a trait, with a concurrent in-memory implementation.
-//! - [`client`]: the typed client (mTLS channel, bearer token, deadline).
-//! - [`telemetry`]: the tracing subscriber (log filter and format).
+//!   `user_directory`: where OrderService checks users (same store, or a remote UserService).
+//! - [`store`]: storage behind a trait, with a concurrent in-memory implementation and a
+//!   wrapper that gives each operation a span.
+//! - [`client`]: the typed client (mTLS channel, bearer token, deadline, CLIENT spans).
+//! - [`telemetry`]: logging (filter, format, trace ids per line), the OTLP pipeline with
+//!   its bounded export queue (`otel`), Prometheus metrics and `/metrics`.
 //! - [`docs`]: renders `docs/api.md` from the proto comments.
 //! - [`error`]: the library's errors and their one mapping to `tonic::Status`.
 #![forbid(unsafe_code)]

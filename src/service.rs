@@ -1,9 +1,11 @@
 //! The business rules of each proto service. Knows nothing of TLS, tokens or the CLI.
 pub mod orders;
+pub mod user_directory;
 pub mod users;
 pub mod validate;
 
 pub use orders::OrderApi;
+pub use user_directory::UserDirectory;
 pub use users::UserApi;
 
 use crate::{error::Error, store::StoreError};

@@ -9,15 +9,16 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{codec::CompressionEncoding, transport::Server};
 
 use crate::{
-    config::Settings,
+    client::{ClientConfig, ClientError, JisuClient},
+    config::{ServiceKind, Settings},
     middleware::{AuthLayer, MetricsLayer},
     pb::{self, order_service_server::OrderServiceServer, user_service_server::UserServiceServer},
     security::{
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         tls::{self, ServerTlsFiles, TlsError},
     },
-    service::{OrderApi, UserApi},
-    store::{self, MemoryStore, Store, StoreError},
+    service::{OrderApi, UserApi, UserDirectory},
+    store::{self, MemoryStore, Store, StoreError, TracedStore},
     telemetry::{metrics::Metrics, metrics_endpoint},
     transport::tls_incoming,
 };
@@ -40,6 +41,10 @@ pub enum StartupError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("invalid deployment: {0}")]
+    Deployment(String),
+    #[error("client of the users endpoint: {0}")]
+    UsersClient(#[from] ClientError),
 }
 
 /// A built server, bound but not yet serving.
@@ -53,6 +58,7 @@ pub struct Application {
     tls: Arc<rustls::ServerConfig>,
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
+    users: UserDirectory,
 }
 
 impl std::fmt::Debug for Application {
@@ -85,12 +91,16 @@ impl Application {
                 cache_capacity: settings.auth.cache_capacity,
             },
         )?;
-        let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
-        if settings.demo_data && store.user_count().await? == 0 {
+        let store: Arc<dyn Store> = Arc::new(TracedStore::new(MemoryStore::new(), "memory"));
+        if settings.demo_data
+            && settings.serves(ServiceKind::Users)
+            && store.user_count().await? == 0
+        {
             let n = store::load_demo_users(store.as_ref(), crate::service::now()).await?;
             tracing::info!(users = n, "loaded demo data");
         }
         let metrics = Metrics::new();
+        let users = user_directory(&settings, &metrics)?;
         let server_cert = tls::load_certs(&settings.server_cert())?;
         if let Some(not_after) = server_cert.first().and_then(tls::not_after) {
             metrics.watch_certificate("server", not_after);
@@ -107,6 +117,7 @@ impl Application {
             tls,
             verifier,
             store,
+            users,
         })
     }
 
@@ -141,12 +152,19 @@ impl Application {
             tls,
             verifier,
             store,
+            users: user_directory,
         } = self;
         let limits = &settings.server;
 
+        let serve_users = settings.serves(ServiceKind::Users);
+        let serve_orders = settings.serves(ServiceKind::Orders);
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<UserServiceServer<UserApi>>().await;
-        health.set_serving::<OrderServiceServer<OrderApi>>().await;
+        if serve_users {
+            health.set_serving::<UserServiceServer<UserApi>>().await;
+        }
+        if serve_orders {
+            health.set_serving::<OrderServiceServer<OrderApi>>().await;
+        }
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -168,8 +186,14 @@ impl Application {
                     .max_encoding_message_size(limits.max_encoding_message_bytes)
             };
         }
-        let users = api_server!(UserServiceServer::new(UserApi::new(store.clone())));
-        let orders = api_server!(OrderServiceServer::new(OrderApi::new(store)));
+        let users =
+            serve_users.then(|| api_server!(UserServiceServer::new(UserApi::new(store.clone()))));
+        let orders = serve_orders.then(|| {
+            api_server!(OrderServiceServer::new(OrderApi::new(
+                store,
+                user_directory
+            )))
+        });
 
         let incoming = tls_incoming(
             listener,
@@ -192,10 +216,14 @@ impl Application {
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: health NOT_SERVING, draining calls");
-                health.set_not_serving::<UserServiceServer<UserApi>>().await;
-                health
-                    .set_not_serving::<OrderServiceServer<OrderApi>>()
-                    .await;
+                if serve_users {
+                    health.set_not_serving::<UserServiceServer<UserApi>>().await;
+                }
+                if serve_orders {
+                    health
+                        .set_not_serving::<OrderServiceServer<OrderApi>>()
+                        .await;
+                }
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;
@@ -219,8 +247,8 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(users)
-            .add_service(orders)
+            .add_optional_service(users)
+            .add_optional_service(orders)
             .serve_with_incoming_shutdown(incoming, signal);
 
         let grace = settings.shutdown_grace();
@@ -238,6 +266,45 @@ impl Application {
         tracing::info!("server stopped");
         Ok(())
     }
+}
+
+/// Where OrderService finds users: this process, or the `users_endpoint` over mTLS with
+/// the server's own certificate (connected lazily, so start-up order does not matter).
+fn user_directory(settings: &Settings, metrics: &Metrics) -> Result<UserDirectory, StartupError> {
+    if settings.serves(ServiceKind::Users) {
+        if let Some(endpoint) = &settings.users_endpoint {
+            tracing::warn!(%endpoint, "users_endpoint ignored: this process serves users itself");
+        }
+        return Ok(UserDirectory::Local);
+    }
+    if !settings.serves(ServiceKind::Orders) {
+        return Ok(UserDirectory::Local);
+    }
+    let Some(endpoint) = &settings.users_endpoint else {
+        return Err(StartupError::Deployment(
+            "orders without users needs the UserService to check users with: set \
+             --users-endpoint https://host:port (or JISU_USERS_ENDPOINT)"
+                .into(),
+        ));
+    };
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(&path).map_err(|source| ClientError::Read {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    let config = ClientConfig {
+        endpoint: endpoint.clone(),
+        ca_pem: read(settings.client_ca())?,
+        cert_pem: read(settings.server_cert())?,
+        key_pem: read(settings.server_key())?,
+        token: None,
+        timeout: Duration::from_secs(5),
+        server_name: None,
+        metrics: Some(metrics.clone()),
+    };
+    tracing::info!(%endpoint, "orders check users with a remote UserService");
+    Ok(UserDirectory::Remote(JisuClient::lazy(config)?))
 }
 
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), StartupError> {

@@ -3,8 +3,10 @@
 use crate::pb::{Order, OrderItem, User};
 
 pub mod memory;
+pub mod traced;
 
 pub use memory::MemoryStore;
+pub use traced::TracedStore;
 
 /// What a backend can refuse. The services map these to API errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct NewOrder {
     pub user_id: String,
     pub items: Vec<OrderItem>,
     pub total_amount: f64,
+    /// Refuse the order when this store holds no such user. False when the users live
+    /// in another service, which has checked the user already.
+    pub check_user: bool,
 }
 
 /// Storage of users and orders. Implementations are safe to share between tasks; each
@@ -69,7 +74,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<UserPage, StoreError>;
     /// The users among `ids` that exist, in the order asked, each at most once.
     async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError>;
-    /// Places an order for an existing user (`UserNotFound` otherwise).
+    /// Places an order; with `check_user`, only for a user of this store (`UserNotFound`
+    /// otherwise).
     async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError>;
     async fn order(&self, id: &str) -> Result<Order, StoreError>;
     /// Number of users, for start-up decisions such as demo data.

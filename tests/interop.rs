@@ -5,29 +5,11 @@
 //! `JISU_GRPCURL`); a missing tool fails the test, it never skips.
 mod common;
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
-use common::serve_binary;
+use common::{MANIFEST, serve_binary, tool};
 
 use jisu::security::jwt::TokenIssuer;
-
-const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
-
-fn tool(env: &str, venv_bin: &str) -> PathBuf {
-    let path = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(MANIFEST).join(".venv/bin").join(venv_bin));
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/test (it installs the interop tools) or set {env}",
-        path.display()
-    );
-    path
-}
 
 fn token(certs: &Path, scopes: &str) -> String {
     TokenIssuer::from_file(&certs.join("jwt.key"), "jisu", "jisucloud")

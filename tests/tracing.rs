@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::serve_binary;
+use common::{Binary, MANIFEST, assert_status, samples, scrape, tool, value};
 use jisu::{
     client::{ClientConfig, JisuClient},
-    pb::GetUserRequest,
-    security::jwt::TokenIssuer,
+    pb::{CreateOrderRequest, GetUserRequest, OrderItem},
+    security::{certs, jwt::TokenIssuer},
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
@@ -19,8 +19,16 @@ use opentelemetry_proto::tonic::{
     trace::v1::Span,
 };
 use tokio::sync::mpsc;
+use tonic::Code;
 
-struct Receiver(mpsc::UnboundedSender<Span>);
+/// A span as received, with the `service.name` of the process that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: Span,
+}
+
+struct Receiver(mpsc::UnboundedSender<Received>);
 
 #[tonic::async_trait]
 impl TraceService for Receiver {
@@ -29,13 +37,75 @@ impl TraceService for Receiver {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         for rs in request.into_inner().resource_spans {
+            let service = rs
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| a.value.clone())
+                .and_then(|v| v.value)
+                .map(|v| match v {
+                    Value::StringValue(s) => s,
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
             for ss in rs.scope_spans {
                 for span in ss.spans {
-                    let _ = self.0.send(span);
+                    let _ = self.0.send(Received {
+                        service: service.clone(),
+                        span,
+                    });
                 }
             }
         }
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+/// An OTLP/gRPC receiver on a loopback port.
+struct Collector {
+    endpoint: String,
+    spans: mpsc::UnboundedReceiver<Received>,
+}
+
+impl Collector {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, spans) = mpsc::unbounded_channel();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(Receiver(tx)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        Self {
+            endpoint: format!("http://{addr}"),
+            spans,
+        }
+    }
+
+    /// The env that makes a Jisu process export here quickly.
+    fn binary(&self, service_name: &str) -> Binary<'static> {
+        Binary::default()
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", self.endpoint.clone())
+            .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+            .env("OTEL_SERVICE_NAME", service_name)
+    }
+
+    /// Collects the spans of `trace_id` until `done` says the set is complete (bounded).
+    async fn trace(&mut self, trace_id: &str, done: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !done(&got) {
+            let r = tokio::time::timeout_at(deadline, self.spans.recv())
+                .await
+                .unwrap_or_else(|_| panic!("trace {trace_id} incomplete: {got:#?}"))
+                .unwrap();
+            if hex(&r.span.trace_id) == trace_id {
+                got.push(r);
+            }
+        }
+        got
     }
 }
 
@@ -53,20 +123,8 @@ fn s(v: &str) -> Option<Value> {
 
 #[tokio::test]
 async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = listener.local_addr().unwrap();
-    let (tx, mut spans) = mpsc::unbounded_channel();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(Receiver(tx)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    let endpoint = format!("http://{collector}");
-    let server = serve_binary(&[
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
-        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
-        ("OTEL_SERVICE_NAME", "jisu-under-test"),
-    ]);
+    let mut collector = Collector::start().await;
+    let server = collector.binary("jisu-under-test").start();
     let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
         .unwrap()
         .issue("tracer", "users:read", Duration::from_secs(300));
@@ -106,23 +164,26 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
     assert_eq!(error_trace.len(), 32);
     assert_ne!(error_trace, trace_id);
 
-    let mut ok_span = None;
-    let mut err_span = None;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while ok_span.is_none() || err_span.is_none() {
-        let span = tokio::time::timeout_at(deadline, spans.recv())
-            .await
-            .expect("spans never arrived")
-            .unwrap();
-        if span.name != "jisucloud.v1.UserService/GetUser" {
-            continue;
-        }
-        if hex(&span.trace_id) == trace_id {
-            ok_span = Some(span);
-        } else if hex(&span.trace_id) == error_trace {
-            err_span = Some(span);
-        }
-    }
+    let ok_trace = collector
+        .trace(trace_id, |got| {
+            named(got, "jisucloud.v1.UserService/GetUser").is_some()
+                && named(got, "store get_user").is_some()
+        })
+        .await;
+    let ok_span = named(&ok_trace, "jisucloud.v1.UserService/GetUser").cloned();
+    // Store work is a child span of the call.
+    let store = named(&ok_trace, "store get_user").unwrap();
+    assert_eq!(store.parent_span_id, ok_span.as_ref().unwrap().span_id);
+    assert_eq!(attr(store, "db.operation.name"), s("get_user"));
+    let err_span = collector
+        .trace(&error_trace, |got| {
+            got.iter()
+                .any(|r| r.span.name == "jisucloud.v1.UserService/GetUser")
+        })
+        .await
+        .into_iter()
+        .find(|r| r.span.name == "jisucloud.v1.UserService/GetUser")
+        .map(|r| r.span);
     let span = ok_span.unwrap();
     assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(hex(&span.parent_span_id), parent_id);
@@ -153,4 +214,349 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn named<'a>(got: &'a [Received], name: &str) -> Option<&'a Span> {
+    got.iter().find(|r| r.span.name == name).map(|r| &r.span)
+}
+
+fn order_request(user: &str) -> CreateOrderRequest {
+    CreateOrderRequest {
+        user_id: user.into(),
+        items: vec![OrderItem {
+            product_id: "P1".into(),
+            product_name: "widget".into(),
+            quantity: 2,
+            price: 9.5,
+        }],
+    }
+}
+
+/// The issue's "done when": one CreateOrder through a split deployment (orders and users in
+/// two processes) is one trace: orders' SERVER span → its CLIENT span → users' SERVER span
+/// → users' store span, and both processes count the call on /metrics.
+#[tokio::test]
+async fn create_order_across_two_processes_is_one_trace() {
+    let mut collector = Collector::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::init(&certs_dir, &[], false).unwrap();
+    let users = collector
+        .binary("jisu-users")
+        .certs(&certs_dir)
+        .arg("--services")
+        .arg("users")
+        .start();
+    let orders = collector
+        .binary("jisu-orders")
+        .certs(&certs_dir)
+        .args(["--services", "orders", "--users-endpoint"])
+        .arg(users.endpoint())
+        .start();
+    let client = orders.client("orders:write users:read").await;
+    let reply = client
+        .orders()
+        .create_order(order_request("USER0001"))
+        .await
+        .unwrap();
+    let trace_id = reply
+        .metadata()
+        .get("x-trace-id")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let order = reply.into_inner();
+    assert_eq!(order.user_id, "USER0001");
+    assert_eq!(order.status, "PENDING");
+
+    let got = collector
+        .trace(&trace_id, |got| {
+            [
+                "jisucloud.v1.OrderService/CreateOrder",
+                "jisucloud.v1.UserService/GetUser",
+                "store get_user",
+                "store create_order",
+            ]
+            .iter()
+            .all(|n| named(got, n).is_some())
+                && got
+                    .iter()
+                    .filter(|r| r.span.name == "jisucloud.v1.UserService/GetUser")
+                    .count()
+                    == 2
+        })
+        .await;
+    let find = |service: &str, name: &str, kind: i32| {
+        got.iter()
+            .find(|r| r.service == service && r.span.name == name && r.span.kind == kind)
+            .map(|r| &r.span)
+            .unwrap_or_else(|| panic!("no {kind} span {name} from {service}: {got:#?}"))
+    };
+    let (server, client_kind, internal) = (2, 3, 1);
+    let create = find(
+        "jisu-orders",
+        "jisucloud.v1.OrderService/CreateOrder",
+        server,
+    );
+    let call = find(
+        "jisu-orders",
+        "jisucloud.v1.UserService/GetUser",
+        client_kind,
+    );
+    let get = find("jisu-users", "jisucloud.v1.UserService/GetUser", server);
+    let store = find("jisu-users", "store get_user", internal);
+    let insert = find("jisu-orders", "store create_order", internal);
+    assert!(create.parent_span_id.is_empty(), "the chain starts here");
+    assert_eq!(
+        call.parent_span_id, create.span_id,
+        "CLIENT span under CreateOrder"
+    );
+    assert_eq!(
+        get.parent_span_id, call.span_id,
+        "users continues the CLIENT span"
+    );
+    assert_eq!(store.parent_span_id, get.span_id);
+    assert_eq!(insert.parent_span_id, create.span_id);
+    assert_eq!(attr(call, "rpc.method"), s("GetUser"));
+    assert_eq!(attr(call, "server.address"), s("127.0.0.1"));
+    assert_eq!(attr(call, "rpc.grpc.status_code"), Some(Value::IntValue(0)));
+    // Users sees the caller's token subject and the orders process's own certificate.
+    assert_eq!(attr(get, "enduser.id"), s("tester"));
+    assert_eq!(attr(get, "tls.client.identity"), s(certs::SERVER_IDENTITY));
+
+    // Both processes count the call: orders as a client, users as a server.
+    let orders_metrics = samples(&scrape(orders.metrics_addr.parse().unwrap()).await);
+    let get_user = [
+        ("grpc_service", "jisucloud.v1.UserService"),
+        ("grpc_method", "GetUser"),
+    ];
+    let with_code = |code| {
+        let mut l = get_user.to_vec();
+        l.push(("grpc_code", code));
+        l
+    };
+    assert_eq!(
+        value(&orders_metrics, "grpc_client_started_total", &get_user),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &orders_metrics,
+            "grpc_client_handled_total",
+            &with_code("OK")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &orders_metrics,
+            "grpc_client_handling_seconds_count",
+            &get_user
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(&orders_metrics, "grpc_client_msg_received_total", &get_user),
+        1.0
+    );
+    let users_metrics = samples(&scrape(users.metrics_addr.parse().unwrap()).await);
+    assert_eq!(
+        value(
+            &users_metrics,
+            "grpc_server_handled_total",
+            &with_code("OK")
+        ),
+        1.0
+    );
+
+    // What the caller sees when the remote check says no.
+    assert_status(
+        client
+            .orders()
+            .create_order(order_request("USER0999"))
+            .await,
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    let narrow = orders.client("orders:write").await;
+    let denied = assert_status(
+        narrow
+            .orders()
+            .create_order(order_request("USER0001"))
+            .await,
+        Code::PermissionDenied,
+        "USER_CHECK_DENIED",
+    );
+    assert!(denied.message().contains("users:read"), "{denied:?}");
+    let orders_metrics = samples(&scrape(orders.metrics_addr.parse().unwrap()).await);
+    assert_eq!(
+        value(
+            &orders_metrics,
+            "grpc_client_handled_total",
+            &with_code("NotFound")
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &orders_metrics,
+            "grpc_client_handled_total",
+            &with_code("PermissionDenied")
+        ),
+        1.0
+    );
+}
+
+/// With export off, every response still carries a trace id (the caller's, when it sent
+/// one), and every log line written inside a call carries it with a span id.
+#[tokio::test]
+async fn trace_ids_without_export_in_responses_and_json_logs() {
+    let server = Binary::default()
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .logs()
+        .start();
+    server.log_line("trace export off");
+    let client = server.client("orders:write").await;
+    let reply = client
+        .orders()
+        .create_order(order_request("USER0002"))
+        .await
+        .unwrap();
+    let trace_id = reply
+        .metadata()
+        .get("x-trace-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert_eq!(trace_id.len(), 32);
+    assert!(trace_id.bytes().all(|b| b.is_ascii_hexdigit()));
+    let order_id = &reply.get_ref().order_id;
+    let line = server.log_line(order_id);
+    let json: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(json["trace_id"], trace_id, "{line}");
+    assert_eq!(json["span_id"].as_str().map(str::len), Some(16), "{line}");
+    assert_eq!(json["fields"]["message"], "order created", "{line}");
+
+    // The caller's trace id is kept.
+    let caller = "0af7651916cd43dd8448eb211c80319c";
+    let mut req = tonic::Request::new(GetUserRequest {
+        user_id: "USER0404".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{caller}-b7ad6b7169203331-00").parse().unwrap(),
+    );
+    let status = client.users().get_user(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(status.metadata().get("x-trace-id").unwrap(), caller);
+}
+
+/// A collector that is down (a closed port) costs the calls nothing: they succeed, their
+/// latency stays that of a server with export off (measured side by side, same run), and
+/// the lost spans are counted.
+#[tokio::test]
+async fn closed_collector_neither_fails_nor_slows_calls() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let exporting = Binary::default()
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{closed}"))
+        .env("OTEL_BSP_SCHEDULE_DELAY", "20")
+        .env("OTEL_EXPORTER_OTLP_TIMEOUT", "200")
+        .start();
+    let quiet = Binary::default().start();
+    let a = exporting.client("users:read").await;
+    let b = quiet.client("users:read").await;
+    let mut with_export = Vec::new();
+    let mut without = Vec::new();
+    for round in 0..400 {
+        // Interleaved, so both see the same machine load.
+        for (client, times) in [(&a, &mut with_export), (&b, &mut without)] {
+            let start = std::time::Instant::now();
+            client
+                .users()
+                .get_user(GetUserRequest {
+                    user_id: format!("USER{:04}", round % 100 + 1),
+                })
+                .await
+                .expect("calls succeed while the collector is down");
+            times.push(start.elapsed());
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (m_export, m_quiet) = (median(&mut with_export), median(&mut without));
+    assert!(
+        m_export <= m_quiet * 2 + Duration::from_micros(500),
+        "median with a dead collector {m_export:?} vs export off {m_quiet:?}"
+    );
+    // The spans were produced and lost at export, not on the request path.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = samples(&scrape(exporting.metrics_addr.parse().unwrap()).await);
+        let failed = value(
+            &m,
+            "jisu_otel_spans_dropped_total",
+            &[("reason", "export_failed")],
+        );
+        if failed > 0.0 {
+            assert_eq!(value(&m, "jisu_otel_spans_exported_total", &[]), 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no export failure counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A Python grpcio client instrumented with OpenTelemetry (opentelemetry-instrumentation-
+/// grpc) calls Jisu: the server span continues the Python CLIENT span.
+#[tokio::test]
+async fn python_opentelemetry_client_trace_continues_on_the_server() {
+    let python = tool("JISU_PYTHON", "python");
+    let mut collector = Collector::start().await;
+    let server = collector.binary("jisu-under-test").start();
+    let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
+        .unwrap()
+        .issue("python", "users:read", Duration::from_secs(300));
+    let mut command = std::process::Command::new(python);
+    command
+        .arg(std::path::Path::new(MANIFEST).join("tests/interop/grpcio_client.py"))
+        .args(["--otel", "--target", &server.addr, "--proto"])
+        .arg(std::path::Path::new(MANIFEST).join("proto"))
+        .arg("--certs")
+        .arg(&server.certs)
+        .env("JISU_TOKEN", token);
+    // Off the runtime: the collector keeps receiving meanwhile.
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "python client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let trace_id = seen["trace_id"].as_str().unwrap();
+    assert_eq!(
+        seen["x_trace_id"], trace_id,
+        "x-trace-id is the caller's trace"
+    );
+    let got = collector
+        .trace(trace_id, |got| {
+            named(got, "jisucloud.v1.UserService/GetUser").is_some()
+        })
+        .await;
+    let span = named(&got, "jisucloud.v1.UserService/GetUser").unwrap();
+    assert_eq!(hex(&span.parent_span_id), seen["span_id"].as_str().unwrap());
+    assert_eq!(span.kind, 2);
+    assert_eq!(attr(span, "enduser.id"), s("python"));
 }

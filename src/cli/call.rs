@@ -7,8 +7,10 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use jisu::{
     client::{ClientConfig, JisuClient},
+    config::LogSettings,
     pb,
     security::jwt::TokenIssuer,
+    telemetry,
 };
 use serde::Serialize;
 use tonic_types::StatusExt;
@@ -130,9 +132,19 @@ fn parse_item(s: &str) -> Result<pb::OrderItem, String> {
 const ALL_SCOPES: &str = "users:read users:write orders:read orders:write";
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded (one worker) so the trace exporter can still flush after the call.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    // Quiet by default (JSON goes to stdout); OTEL_EXPORTER_OTLP_ENDPOINT exports the
+    // call's CLIENT span, and its W3C context always goes to the server.
+    let log = LogSettings {
+        filter: "warn".into(),
+        ..LogSettings::default()
+    };
+    let _tracing = runtime.block_on(async { telemetry::init(&log, &env) });
     runtime.block_on(call(args))
 }
 

@@ -5,7 +5,7 @@ use anyhow::Context;
 use clap::Args;
 use figment::value::Value;
 use jisu::{
-    config::{LogFormat, Settings, Sources},
+    config::{LogFormat, ServiceKind, Settings, Sources},
     security::certs,
     startup::Application,
     telemetry,
@@ -31,6 +31,14 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
+    /// The services this process serves (default both): `--services orders` with
+    /// `--users-endpoint` runs OrderService apart from UserService.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    services: Vec<ServiceKind>,
+    /// UserService to check order users with when this process does not serve users
+    /// (https://host:port; called with the server certificate and the caller's token).
+    #[arg(long)]
+    users_endpoint: Option<String>,
 }
 
 impl ServeArgs {
@@ -47,6 +55,13 @@ impl ServeArgs {
         }
         if self.demo_data {
             o.push(("demo_data".into(), Value::from(true)));
+        }
+        if !self.services.is_empty() {
+            let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();
+            o.push(("services".into(), Value::from(names.join(","))));
+        }
+        if let Some(endpoint) = &self.users_endpoint {
+            o.push(("users_endpoint".into(), Value::from(endpoint.clone())));
         }
         if let Some(format) = self.log_format {
             let name = match format {

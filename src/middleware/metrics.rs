@@ -28,7 +28,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use crate::{
     security::policy::{self, CallType},
     telemetry::{
-        metrics::{MethodMetrics, Metrics},
+        metrics::{MethodMetrics, Metrics, Side},
         otel,
     },
     transport::Peer,
@@ -131,8 +131,9 @@ where
         MeteredFuture {
             inner,
             call: Some(CallRecord {
-                method,
-                metrics: self.metrics.clone(),
+                method: Some(method),
+                side: Side::Server,
+                in_flight: Some(self.metrics.clone()),
                 start: Instant::now(),
                 span,
             }),
@@ -140,17 +141,29 @@ where
     }
 }
 
-/// Records the end of one call exactly once (on completion or drop).
+/// Records the end of one call exactly once (on completion or drop), on either side.
 #[derive(Debug)]
-struct CallRecord {
-    method: Arc<MethodMetrics>,
-    metrics: Metrics,
-    start: Instant,
-    span: tracing::Span,
+pub(crate) struct CallRecord {
+    /// The method's series; `None` for a client that exports no metrics.
+    pub(crate) method: Option<Arc<MethodMetrics>>,
+    pub(crate) side: Side,
+    /// The server's in-flight gauge to decrement.
+    pub(crate) in_flight: Option<Metrics>,
+    pub(crate) start: Instant,
+    pub(crate) span: tracing::Span,
 }
 
 impl CallRecord {
-    fn finish(self, code: Code) {
+    /// The counter of the messages the response carries: sent by a server, received by
+    /// a client.
+    fn response_messages(&self) -> Option<&metrics::Counter> {
+        self.method.as_ref().map(|m| match self.side {
+            Side::Server => &m.msg_sent,
+            Side::Client => &m.msg_received,
+        })
+    }
+
+    pub(crate) fn finish(self, code: Code) {
         drop(FinishOnDrop {
             record: Some(self),
             code,
@@ -167,9 +180,13 @@ struct FinishOnDrop {
 impl Drop for FinishOnDrop {
     fn drop(&mut self) {
         if let Some(r) = self.record.take() {
-            r.method.handled(self.code).increment(1);
-            r.method.handling.record(r.start.elapsed().as_secs_f64());
-            r.metrics.in_flight().decrement(1.0);
+            if let Some(method) = &r.method {
+                method.handled(self.code).increment(1);
+                method.handling.record(r.start.elapsed().as_secs_f64());
+            }
+            if let Some(metrics) = &r.in_flight {
+                metrics.in_flight().decrement(1.0);
+            }
             r.span.record("rpc.grpc.status_code", self.code as i32);
             if self.code != Code::Ok {
                 r.span.record("otel.status_code", "ERROR");
@@ -179,10 +196,11 @@ impl Drop for FinishOnDrop {
 }
 
 pin_project_lite::pin_project! {
+    /// The response future of a metered call (either side).
     pub struct MeteredFuture<F> {
         #[pin]
-        inner: F,
-        call: Option<CallRecord>,
+        pub(crate) inner: F,
+        pub(crate) call: Option<CallRecord>,
     }
 
     impl<F> PinnedDrop for MeteredFuture<F> {
@@ -219,7 +237,9 @@ where
             Ok(response) => {
                 let header_code = status_of(response.headers());
                 let (mut parts, body) = response.into_parts();
-                if let Some(id) = trace_id(&call.span) {
+                if call.side == Side::Server
+                    && let Some(id) = trace_id(&call.span)
+                {
                     parts.headers.insert(TRACE_ID_HEADER, id);
                 }
                 let record = match header_code {
@@ -263,6 +283,21 @@ pin_project_lite::pin_project! {
     }
 }
 
+/// An empty body with nothing to record (what an interceptor's refusal carries).
+impl<B: Default> Default for MeteredBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            finish: FinishOnDrop {
+                record: None,
+                code: Code::Cancelled,
+            },
+            frame_left: 0,
+            header_left: 5,
+        }
+    }
+}
+
 impl<B: Body> Body for MeteredBody<B> {
     type Data = B::Data;
     type Error = B::Error;
@@ -272,7 +307,11 @@ impl<B: Body> Body for MeteredBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        let frame = ready!(this.inner.poll_frame(cx));
+        // Stream items are produced while the body is polled: log them in the call's span.
+        let frame = {
+            let _entered = this.finish.record.as_ref().map(|r| r.span.enter());
+            ready!(this.inner.poll_frame(cx))
+        };
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
@@ -282,8 +321,13 @@ impl<B: Body> Body for MeteredBody<B> {
                         this.frame_left,
                         this.header_left,
                     );
-                    if let Some(r) = &this.finish.record {
-                        r.method.msg_sent.increment(sent);
+                    if let Some(counter) = this
+                        .finish
+                        .record
+                        .as_ref()
+                        .and_then(CallRecord::response_messages)
+                    {
+                        counter.increment(sent);
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     this.finish.code = status_of(trailers).unwrap_or(Code::Unknown);

@@ -47,6 +47,9 @@ pub const INIT_FILES: [&str; 8] = [
 pub enum Usage {
     Server,
     Client,
+    /// Both: a service that serves and also calls other services with the same identity
+    /// (the Jisu server certificate: OrderService calls UserService with it).
+    Service,
 }
 
 /// What to put in a leaf certificate.
@@ -162,10 +165,14 @@ impl CertificateAuthority {
         params.distinguished_name = name(&spec.common_name);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![match spec.usage {
-            Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
-            Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
-        }];
+        params.extended_key_usages = match spec.usage {
+            Usage::Server => vec![ExtendedKeyUsagePurpose::ServerAuth],
+            Usage::Client => vec![ExtendedKeyUsagePurpose::ClientAuth],
+            Usage::Service => vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        };
         params.not_before = spec.not_before;
         params.not_after = spec.not_after;
         params.serial_number = Some(rand::random::<[u8; 16]>().map(|b| b & 0x7f).to_vec().into());
@@ -193,6 +200,10 @@ pub fn jwt_key_pair() -> Result<Pem, CertError> {
     })
 }
 
+/// The identity (URI SAN) of the development server certificate, seen by the services it
+/// calls.
+pub const SERVER_IDENTITY: &str = "spiffe://jisu.local/jisu-server";
+
 /// The server's default SANs; `extra` are appended.
 pub fn server_sans(extra: &[String]) -> Vec<String> {
     let mut sans: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
@@ -208,8 +219,9 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<(), CertEr
     }
     fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
     let ca = CertificateAuthority::generate("Jisu Development CA")?;
-    let mut server = LeafSpec::new("jisu-server", Usage::Server, ONE_YEAR);
+    let mut server = LeafSpec::new("jisu-server", Usage::Service, ONE_YEAR);
     server.sans = server_sans(extra_sans);
+    server.uris = vec![SERVER_IDENTITY.into()];
     let server = ca.issue(&server)?;
     let client = ca.issue(&LeafSpec::new("client", Usage::Client, ONE_YEAR))?;
     let jwt = jwt_key_pair()?;

@@ -4,7 +4,7 @@ use std::{pin::Pin, sync::Arc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{now, store_error, validate::Violations};
+use super::{UserDirectory, now, store_error, validate::Violations};
 use crate::{
     pb::{
         CreateOrderRequest, GetOrderRequest, Order, OrderItem, StreamOrderUpdatesRequest,
@@ -21,6 +21,7 @@ pub const MAX_PRICE: f64 = 1e12;
 #[derive(Clone)]
 pub struct OrderApi {
     store: Arc<dyn Store>,
+    users: UserDirectory,
 }
 
 impl std::fmt::Debug for OrderApi {
@@ -30,8 +31,8 @@ impl std::fmt::Debug for OrderApi {
 }
 
 impl OrderApi {
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn Store>, users: UserDirectory) -> Self {
+        Self { store, users }
     }
 }
 
@@ -76,11 +77,12 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let mut v = Violations::default();
         v.id("user_id", &req.user_id);
         validate_items(&mut v, &req.items);
         v.finish()?;
+        self.users.check(&req.user_id, &metadata).await?;
         let total_amount = req
             .items
             .iter()
@@ -90,6 +92,7 @@ impl OrderService for OrderApi {
             user_id: req.user_id.clone(),
             items: req.items,
             total_amount,
+            check_user: self.users.is_local(),
         };
         let order = self
             .store

@@ -3,7 +3,11 @@
 //! text exposition for `/metrics`.
 //!
 //! Names and labels follow go-grpc-prometheus, so existing dashboards work.
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use metrics::{
     Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
@@ -14,6 +18,7 @@ use metrics_exporter_prometheus::{
 use parking_lot::Mutex;
 use tonic::Code;
 
+use super::otel;
 use crate::security::policy::{CallType, METHODS};
 
 /// Latency buckets in seconds: 100 µs to 10 s, dense where a healthy unary call lands.
@@ -65,6 +70,42 @@ impl MethodMetrics {
     }
 }
 
+/// Which end of a call a series describes (`grpc_server_*` or `grpc_client_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Server,
+    Client,
+}
+
+impl Side {
+    pub fn label(self) -> &'static str {
+        match self {
+            Side::Server => "server",
+            Side::Client => "client",
+        }
+    }
+}
+
+/// Per-method series, keyed by request path (`/pkg.Service/Method`); shared so a call
+/// takes one `Arc`.
+struct MethodTable {
+    methods: HashMap<String, Arc<MethodMetrics>>,
+    unknown: Arc<MethodMetrics>,
+}
+
+impl MethodTable {
+    fn get(&self, path: &str) -> &Arc<MethodMetrics> {
+        self.methods.get(path).unwrap_or(&self.unknown)
+    }
+}
+
+/// The trace pipeline's losses, copied from [`otel::SPAN_STATS`] at each scrape.
+struct SpanCounters {
+    exported: Counter,
+    queue_full: Counter,
+    export_failed: Counter,
+}
+
 /// Service/method labels for paths outside the method table.
 pub const UNKNOWN: &str = "unknown";
 
@@ -80,9 +121,9 @@ pub struct Metrics {
 struct Inner {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
-    /// Keyed by request path (`/pkg.Service/Method`); shared so a call takes one `Arc`.
-    methods: HashMap<String, Arc<MethodMetrics>>,
-    unknown: Arc<MethodMetrics>,
+    server: MethodTable,
+    client: MethodTable,
+    spans: SpanCounters,
     in_flight: Gauge,
     /// Lazily registered series with bounded labels (reasons, kinds).
     dynamic: Mutex<HashMap<SeriesKey, Counter>>,
@@ -113,69 +154,109 @@ impl Metrics {
         let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
             recorder.describe_counter(name.into(), unit, SharedString::from(help));
         };
-        describe(
-            "grpc_server_started_total",
-            None,
-            "RPCs started on the server.",
-        );
-        describe(
-            "grpc_server_handled_total",
-            None,
-            "RPCs completed on the server, regardless of success or failure.",
-        );
-        describe(
-            "grpc_server_msg_received_total",
-            None,
-            "Messages received by the server.",
-        );
-        describe(
-            "grpc_server_msg_sent_total",
-            None,
-            "Messages sent by the server.",
-        );
-        recorder.describe_histogram(
-            "grpc_server_handling_seconds".into(),
-            Some(Unit::Seconds),
-            "Time from the start of an RPC to its final status.".into(),
-        );
+        for side in [Side::Server, Side::Client] {
+            let name = |metric: &str| format!("grpc_{}_{metric}", side.label());
+            let (who, received, sent) = match side {
+                Side::Server => ("server", "by the server", "by the server"),
+                Side::Client => ("client", "by the client", "by the client"),
+            };
+            recorder.describe_counter(
+                name("started_total").into(),
+                None,
+                format!("RPCs started on the {who}.").into(),
+            );
+            recorder.describe_counter(
+                name("handled_total").into(),
+                None,
+                format!("RPCs completed on the {who}, regardless of success or failure.").into(),
+            );
+            recorder.describe_counter(
+                name("msg_received_total").into(),
+                None,
+                format!("Messages received {received}.").into(),
+            );
+            recorder.describe_counter(
+                name("msg_sent_total").into(),
+                None,
+                format!("Messages sent {sent}.").into(),
+            );
+            recorder.describe_histogram(
+                name("handling_seconds").into(),
+                Some(Unit::Seconds),
+                format!("Time from the start of an RPC to its final status, on the {who}.").into(),
+            );
+        }
 
-        let method = |service: &'static str, name: &'static str, call_type: CallType| {
+        let method = |side: Side,
+                      service: &'static str,
+                      name: &'static str,
+                      call_type: CallType| {
             let base = [
                 ("grpc_type", call_type.label()),
                 ("grpc_service", service),
                 ("grpc_method", name),
             ];
-            let key = |metric: &'static str, extra: &[(&'static str, &'static str)]| {
+            let key = |metric: &str, extra: &[(&'static str, &'static str)]| {
                 let mut all = base.to_vec();
                 all.extend_from_slice(extra);
-                Key::from_parts(metric, labels(&all))
+                Key::from_parts(format!("grpc_{}_{metric}", side.label()), labels(&all))
             };
             MethodMetrics {
                 call_type,
-                started: recorder
-                    .register_counter(&key("grpc_server_started_total", &[]), &METADATA),
-                msg_received: recorder
-                    .register_counter(&key("grpc_server_msg_received_total", &[]), &METADATA),
-                msg_sent: recorder
-                    .register_counter(&key("grpc_server_msg_sent_total", &[]), &METADATA),
-                handling: recorder
-                    .register_histogram(&key("grpc_server_handling_seconds", &[]), &METADATA),
+                started: recorder.register_counter(&key("started_total", &[]), &METADATA),
+                msg_received: recorder.register_counter(&key("msg_received_total", &[]), &METADATA),
+                msg_sent: recorder.register_counter(&key("msg_sent_total", &[]), &METADATA),
+                handling: recorder.register_histogram(&key("handling_seconds", &[]), &METADATA),
                 handled: CODES.map(|(_, code)| {
-                    recorder.register_counter(
-                        &key("grpc_server_handled_total", &[("grpc_code", code)]),
-                        &METADATA,
-                    )
+                    recorder
+                        .register_counter(&key("handled_total", &[("grpc_code", code)]), &METADATA)
                 }),
             }
         };
-        let methods = METHODS
-            .iter()
-            .map(|m| {
-                let path = format!("/{}/{}", m.service, m.name);
-                (path, Arc::new(method(m.service, m.name, m.call_type)))
-            })
-            .collect();
-        let unknown = Arc::new(method(UNKNOWN, UNKNOWN, CallType::Unary));
+        let table = |side: Side| -> MethodTable {
+            MethodTable {
+                methods: METHODS
+                    .iter()
+                    .map(|m| {
+                        let path = format!("/{}/{}", m.service, m.name);
+                        (path, Arc::new(method(side, m.service, m.name, m.call_type)))
+                    })
+                    .collect(),
+                unknown: Arc::new(method(side, UNKNOWN, UNKNOWN, CallType::Unary)),
+            }
+        };
+        let server = table(Side::Server);
+        let client = table(Side::Client);
+        recorder.describe_counter(
+            "jisu_otel_spans_exported_total".into(),
+            None,
+            "Spans the OTLP exporter delivered.".into(),
+        );
+        recorder.describe_counter(
+            "jisu_otel_spans_dropped_total".into(),
+            None,
+            "Spans lost: queue_full (the collector is slower than the traffic) or \
+             export_failed (the collector refused or was unreachable)."
+                .into(),
+        );
+        let spans = SpanCounters {
+            exported: recorder
+                .register_counter(&Key::from_name("jisu_otel_spans_exported_total"), &METADATA),
+            queue_full: recorder.register_counter(
+                &Key::from_parts(
+                    "jisu_otel_spans_dropped_total",
+                    labels(&[("reason", "queue_full")]),
+                ),
+                &METADATA,
+            ),
+            export_failed: recorder.register_counter(
+                &Key::from_parts(
+                    "jisu_otel_spans_dropped_total",
+                    labels(&[("reason", "export_failed")]),
+                ),
+                &METADATA,
+            ),
+        };
         let in_flight =
             recorder.register_gauge(&Key::from_name("jisu_grpc_server_in_flight"), &METADATA);
         recorder.describe_gauge(
@@ -214,8 +295,9 @@ impl Metrics {
             inner: Arc::new(Inner {
                 recorder,
                 handle,
-                methods,
-                unknown,
+                server,
+                client,
+                spans,
                 in_flight,
                 dynamic: Mutex::new(HashMap::new()),
                 process,
@@ -224,10 +306,15 @@ impl Metrics {
         }
     }
 
-    /// The series of the method at `path`; unknown paths share one set of series, so
-    /// random paths cannot grow the series count.
+    /// The server-side series of the method at `path`; unknown paths share one set of
+    /// series, so random paths cannot grow the series count.
     pub fn method(&self, path: &str) -> &Arc<MethodMetrics> {
-        self.inner.methods.get(path).unwrap_or(&self.inner.unknown)
+        self.inner.server.get(path)
+    }
+
+    /// The `grpc_client_*` series of the method at `path` (calls this process makes).
+    pub fn client_method(&self, path: &str) -> &Arc<MethodMetrics> {
+        self.inner.client.get(path)
     }
 
     pub fn in_flight(&self) -> &Gauge {
@@ -271,6 +358,17 @@ impl Metrics {
     /// The Prometheus text exposition, with fresh process and certificate figures.
     pub fn render(&self) -> String {
         metrics::with_local_recorder(&self.inner.recorder, || self.inner.process.collect());
+        let stats = &otel::SPAN_STATS;
+        let spans = &self.inner.spans;
+        spans
+            .exported
+            .absolute(stats.exported.load(Ordering::Relaxed));
+        spans
+            .queue_full
+            .absolute(stats.dropped_queue_full.load(Ordering::Relaxed));
+        spans
+            .export_failed
+            .absolute(stats.dropped_export_failed.load(Ordering::Relaxed));
         let now = crate::security::jwt::unix_now() as i64;
         for (gauge, not_after) in self.inner.expiries.lock().iter() {
             gauge.set((not_after - now) as f64);

@@ -1,23 +1,59 @@
-//! OpenTelemetry traces over OTLP (gRPC or HTTP/protobuf) with a batch processor, and W3C
-//! trace-context + baggage propagation.
+//! OpenTelemetry traces over OTLP (gRPC or HTTP/protobuf) through a bounded batch queue,
+//! and W3C trace-context + baggage propagation.
 //!
-//! Standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`
-//! (tracing is off without one), `OTEL_EXPORTER_OTLP_PROTOCOL` (`grpc` default or
-//! `http/protobuf`, chosen here), `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SERVICE_NAME`,
-//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`(+`_ARG`) (read by the SDK) and
-//! `OTEL_SDK_DISABLED` (honoured here).
-use std::collections::HashMap;
+//! Standard variables, all read from the environment map passed in:
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (export is off
+//! without one), `OTEL_EXPORTER_OTLP_PROTOCOL` / `_TRACES_PROTOCOL` (`grpc` default or
+//! `http/protobuf`), `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_TIMEOUT` (read by
+//! the exporter), `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` (read by the resource
+//! detectors), and, implemented here because the Rust SDK leaves them to the application or
+//! reads them from the process environment only: `OTEL_TRACES_SAMPLER` (+`_ARG`),
+//! `OTEL_PROPAGATORS`, `OTEL_SDK_DISABLED` and `OTEL_BSP_SCHEDULE_DELAY`,
+//! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`.
+//!
+//! Spans always get real W3C ids (so every response can carry `x-trace-id` and every log
+//! line a `trace_id`); with export off, only calls whose caller sampled them are recorded,
+//! and nothing is sent anywhere.
+//!
+//! The queue between the request path and the exporter is bounded: when it is full a span
+//! is dropped (never waited for) and counted, as are spans whose export failed; both show
+//! on `/metrics` as `jisu_otel_spans_dropped_total{reason}`.
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use opentelemetry::{
-    global,
-    propagation::{Extractor, TextMapCompositePropagator},
+    Context, global,
+    propagation::{Extractor, Injector, TextMapCompositePropagator, TextMapPropagator},
     trace::TracerProvider as _,
 };
-use opentelemetry_otlp::SpanExporter;
+use opentelemetry_otlp::SpanExporter as OtlpExporter;
 use opentelemetry_sdk::{
     Resource,
+    error::{OTelSdkError, OTelSdkResult},
     propagation::{BaggagePropagator, TraceContextPropagator},
-    trace::SdkTracerProvider,
+    trace::{Sampler, SdkTracerProvider, SpanData, SpanExporter, SpanProcessor},
+};
+use parking_lot::Mutex;
+
+/// Counts of spans handed to the exporter, process-wide (one pipeline per process).
+#[derive(Debug)]
+pub struct SpanStats {
+    pub exported: AtomicU64,
+    pub dropped_queue_full: AtomicU64,
+    pub dropped_export_failed: AtomicU64,
+}
+
+pub static SPAN_STATS: SpanStats = SpanStats {
+    exported: AtomicU64::new(0),
+    dropped_queue_full: AtomicU64::new(0),
+    dropped_export_failed: AtomicU64::new(0),
 };
 
 /// Flushes and shuts the exporter down when dropped (once, at exit).
@@ -36,35 +72,173 @@ impl Drop for TracingGuard {
     }
 }
 
-/// Why tracing is on or off, said once at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TracingState {
-    Exporting { endpoint: String, protocol: String },
-    Disabled(&'static str),
+/// Why export is on or off, said once at start-up, plus settings that were ignored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingState {
+    pub export: Export,
+    pub sampler: String,
+    pub warnings: Vec<String>,
 }
 
-/// Installs the W3C propagators (always) and builds the OTLP pipeline when an endpoint is
-/// configured in `env`.
-pub fn pipeline(env: &HashMap<String, String>) -> (Option<SdkTracerProvider>, TracingState) {
-    global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-        Box::new(TraceContextPropagator::new()),
-        Box::new(BaggagePropagator::new()),
-    ]));
-    if env
-        .get("OTEL_SDK_DISABLED")
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        return (None, TracingState::Disabled("OTEL_SDK_DISABLED=true"));
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Export {
+    On { endpoint: String, protocol: String },
+    Off(&'static str),
+}
+
+/// Batch settings (`OTEL_BSP_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchSettings {
+    pub schedule_delay: Duration,
+    pub max_queue: usize,
+    pub max_batch: usize,
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            schedule_delay: Duration::from_secs(5),
+            max_queue: 2048,
+            max_batch: 512,
+        }
+    }
+}
+
+fn number(env: &HashMap<String, String>, key: &str, warnings: &mut Vec<String>) -> Option<u64> {
+    let raw = env.get(key)?;
+    match raw.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Some(n),
+        _ => {
+            warnings.push(format!("{key}={raw:?} is not a positive integer; ignored"));
+            None
+        }
+    }
+}
+
+impl BatchSettings {
+    fn from_env(env: &HashMap<String, String>, warnings: &mut Vec<String>) -> Self {
+        let mut s = Self::default();
+        if let Some(ms) = number(env, "OTEL_BSP_SCHEDULE_DELAY", warnings) {
+            s.schedule_delay = Duration::from_millis(ms);
+        }
+        if let Some(n) = number(env, "OTEL_BSP_MAX_QUEUE_SIZE", warnings) {
+            s.max_queue = n as usize;
+        }
+        if let Some(n) = number(env, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", warnings) {
+            s.max_batch = (n as usize).min(s.max_queue);
+        }
+        s
+    }
+}
+
+/// `OTEL_TRACES_SAMPLER` (+`_ARG`), default `parentbased_always_on`.
+pub fn sampler(env: &HashMap<String, String>, warnings: &mut Vec<String>) -> (Sampler, String) {
+    let name = env
+        .get("OTEL_TRACES_SAMPLER")
+        .map(|s| s.trim().to_ascii_lowercase())
+        .unwrap_or_else(|| "parentbased_always_on".into());
+    let mut ratio = || {
+        let raw = env.get("OTEL_TRACES_SAMPLER_ARG");
+        match raw.map(|r| r.trim().parse::<f64>()) {
+            None => 1.0,
+            Some(Ok(r)) if (0.0..=1.0).contains(&r) => r,
+            Some(_) => {
+                warnings.push(format!(
+                    "OTEL_TRACES_SAMPLER_ARG={:?} is not a ratio in [0, 1]; using 1.0",
+                    raw.map(String::as_str).unwrap_or_default()
+                ));
+                1.0
+            }
+        }
+    };
+    let parent = |s: Sampler| Sampler::ParentBased(Box::new(s));
+    let sampler = match name.as_str() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => {
+            let r = ratio();
+            return (Sampler::TraceIdRatioBased(r), format!("traceidratio({r})"));
+        }
+        "parentbased_always_on" => parent(Sampler::AlwaysOn),
+        "parentbased_always_off" => parent(Sampler::AlwaysOff),
+        "parentbased_traceidratio" => {
+            let r = ratio();
+            return (
+                parent(Sampler::TraceIdRatioBased(r)),
+                format!("parentbased_traceidratio({r})"),
+            );
+        }
+        other => {
+            warnings.push(format!(
+                "OTEL_TRACES_SAMPLER={other:?} is not supported; using parentbased_always_on"
+            ));
+            return (parent(Sampler::AlwaysOn), "parentbased_always_on".into());
+        }
+    };
+    (sampler, name)
+}
+
+/// `OTEL_PROPAGATORS`, default `tracecontext,baggage`; `none` turns propagation off.
+pub fn propagator(
+    env: &HashMap<String, String>,
+    warnings: &mut Vec<String>,
+) -> TextMapCompositePropagator {
+    let list = env
+        .get("OTEL_PROPAGATORS")
+        .map(String::as_str)
+        .unwrap_or("tracecontext,baggage");
+    let mut propagators: Vec<Box<dyn TextMapPropagator + Send + Sync>> = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match name {
+            "tracecontext" => propagators.push(Box::new(TraceContextPropagator::new())),
+            "baggage" => propagators.push(Box::new(BaggagePropagator::new())),
+            "none" => propagators.clear(),
+            other => warnings.push(format!(
+                "OTEL_PROPAGATORS: {other:?} is not supported (tracecontext, baggage, none)"
+            )),
+        }
+    }
+    TextMapCompositePropagator::new(propagators)
+}
+
+fn is_true(env: &HashMap<String, String>, key: &str) -> bool {
+    env.get(key)
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+}
+
+/// Installs the propagators and builds the tracer provider: exporting over OTLP when an
+/// endpoint is configured in `env`, otherwise id-only (see the module documentation).
+pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingState) {
+    let mut warnings = Vec::new();
+    global::set_text_map_propagator(propagator(env, &mut warnings));
+    let mut resource = Resource::builder();
+    if !env.contains_key("OTEL_SERVICE_NAME") {
+        resource = resource.with_service_name("jisu");
+    }
+    let resource = resource.build();
+    let off = |why: &'static str, warnings: Vec<String>| {
+        // Ids for every span; recorded only when the caller sampled, exported nowhere.
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .with_resource(resource.clone())
+            .build();
+        let state = TracingState {
+            export: Export::Off(why),
+            sampler: "none (export off)".into(),
+            warnings,
+        };
+        (provider, state)
+    };
+    if is_true(env, "OTEL_SDK_DISABLED") {
+        return off("OTEL_SDK_DISABLED=true", warnings);
     }
     let Some(endpoint) = env
         .get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
         .or_else(|| env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
         .filter(|e| !e.is_empty())
+        .cloned()
     else {
-        return (
-            None,
-            TracingState::Disabled("no OTEL_EXPORTER_OTLP_ENDPOINT"),
-        );
+        return off("no OTEL_EXPORTER_OTLP_ENDPOINT", warnings);
     };
     let protocol = env
         .get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
@@ -72,42 +246,50 @@ pub fn pipeline(env: &HashMap<String, String>) -> (Option<SdkTracerProvider>, Tr
         .cloned()
         .unwrap_or_else(|| "grpc".into());
     let exporter = match protocol.as_str() {
-        "http/protobuf" => SpanExporter::builder().with_http().build(),
-        _ => SpanExporter::builder().with_tonic().build(),
-    };
-    let exporter = match exporter {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("OTLP exporter for {endpoint}: {e}; tracing disabled");
-            return (None, TracingState::Disabled("exporter could not be built"));
+        "http/protobuf" => OtlpExporter::builder().with_http().build(),
+        "grpc" => OtlpExporter::builder().with_tonic().build(),
+        other => {
+            warnings.push(format!(
+                "OTEL_EXPORTER_OTLP_PROTOCOL={other:?} is not supported (grpc, http/protobuf)"
+            ));
+            return off("unsupported OTLP protocol", warnings);
         }
     };
-    let mut resource = Resource::builder();
-    if !env.contains_key("OTEL_SERVICE_NAME") {
-        resource = resource.with_service_name("jisu");
-    }
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
-        .with_resource(resource.build())
-        .build();
-    global::set_tracer_provider(provider.clone());
-    let state = TracingState::Exporting {
-        endpoint: endpoint.clone(),
-        protocol,
+    let mut exporter = match exporter {
+        Ok(e) => e,
+        Err(e) => {
+            warnings.push(format!("OTLP exporter for {endpoint}: {e}"));
+            return off("the OTLP exporter could not be built", warnings);
+        }
     };
-    (Some(provider), state)
+    exporter.set_resource(&resource);
+    let batch = BatchSettings::from_env(env, &mut warnings);
+    let (sampler, sampler_name) = sampler(env, &mut warnings);
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(sampler)
+        .with_span_processor(QueueProcessor::start(exporter, batch))
+        .with_resource(resource)
+        .build();
+    let state = TracingState {
+        export: Export::On { endpoint, protocol },
+        sampler: sampler_name,
+        warnings,
+    };
+    (provider, state)
 }
 
 /// The `tracing` layer that turns spans into OpenTelemetry spans.
-pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S>
+pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<S> + use<S>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
     tracing_opentelemetry::layer().with_tracer(provider.tracer("jisu"))
 }
 
-pub fn guard(provider: Option<SdkTracerProvider>) -> TracingGuard {
-    TracingGuard { provider }
+pub fn guard(provider: SdkTracerProvider) -> TracingGuard {
+    TracingGuard {
+        provider: Some(provider),
+    }
 }
 
 /// Reads W3C headers from gRPC metadata (HTTP/2 headers).
@@ -124,7 +306,230 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
+/// Writes W3C headers into an outgoing request.
+#[derive(Debug)]
+pub struct HeaderInjector<'a>(pub &'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
 /// The remote parent context carried by a request's headers.
-pub fn extract(headers: &http::HeaderMap) -> opentelemetry::Context {
+pub fn extract(headers: &http::HeaderMap) -> Context {
     global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)))
+}
+
+/// Writes `cx` (trace context and baggage) into outgoing headers.
+pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
+    global::get_text_map_propagator(|p| p.inject_context(cx, &mut HeaderInjector(headers)));
+}
+
+enum Msg {
+    Span(Box<SpanData>),
+    Flush(SyncSender<OTelSdkResult>),
+    Shutdown(SyncSender<OTelSdkResult>),
+}
+
+/// A batch span processor whose queue is bounded and whose losses are counted in
+/// [`SPAN_STATS`]. The request path only ever `try_send`s; one thread batches and exports.
+#[derive(Debug)]
+pub struct QueueProcessor {
+    tx: SyncSender<Msg>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Span(_) => "Span",
+            Msg::Flush(_) => "Flush",
+            Msg::Shutdown(_) => "Shutdown",
+        })
+    }
+}
+
+impl QueueProcessor {
+    pub fn start<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
+        let (tx, rx) = mpsc::sync_channel(settings.max_queue);
+        let worker = std::thread::Builder::new()
+            .name("jisu-otlp-export".into())
+            .spawn(move || export_loop(exporter, rx, settings))
+            .expect("spawning the span export thread");
+        Self {
+            tx,
+            worker: Mutex::new(Some(worker)),
+        }
+    }
+
+    fn ask(&self, msg: fn(SyncSender<OTelSdkResult>) -> Msg, timeout: Duration) -> OTelSdkResult {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.tx
+            .send(msg(reply))
+            .map_err(|_| OTelSdkError::AlreadyShutdown)?;
+        answer
+            .recv_timeout(timeout)
+            .map_err(|_| OTelSdkError::Timeout(timeout))?
+    }
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() {
+            return;
+        }
+        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Span(Box::new(span))) {
+            SPAN_STATS
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.ask(Msg::Flush, Duration::from_secs(10))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let Some(worker) = self.worker.lock().take() else {
+            return Err(OTelSdkError::AlreadyShutdown);
+        };
+        let result = self.ask(Msg::Shutdown, timeout);
+        if result.is_ok() {
+            let _ = worker.join();
+        }
+        result
+    }
+}
+
+fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, settings: BatchSettings) {
+    let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
+    let mut failing = false;
+    let mut export = |batch: &mut Vec<SpanData>| {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let n = batch.len() as u64;
+        let result = futures::executor::block_on(exporter.export(std::mem::take(batch)));
+        match &result {
+            Ok(()) => {
+                SPAN_STATS.exported.fetch_add(n, Ordering::Relaxed);
+                if failing {
+                    tracing::info!("span export recovered");
+                    failing = false;
+                }
+            }
+            Err(e) => {
+                SPAN_STATS
+                    .dropped_export_failed
+                    .fetch_add(n, Ordering::Relaxed);
+                if !failing {
+                    tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
+                    failing = true;
+                }
+            }
+        }
+        result
+    };
+    let mut deadline = Instant::now() + settings.schedule_delay;
+    loop {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok(Msg::Span(span)) => {
+                batch.push(*span);
+                if batch.len() >= settings.max_batch {
+                    let _ = export(&mut batch);
+                }
+            }
+            Ok(Msg::Flush(reply)) => {
+                let _ = reply.send(export(&mut batch));
+            }
+            Ok(Msg::Shutdown(reply)) => {
+                let result = export(&mut batch);
+                let _ = exporter.shutdown();
+                let _ = reply.send(result);
+                return;
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = export(&mut batch);
+                deadline = Instant::now() + settings.schedule_delay;
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = export(&mut batch);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sampler_names_and_ratios() {
+        let mut w = Vec::new();
+        let (_, name) = sampler(&env(&[]), &mut w);
+        assert_eq!(name, "parentbased_always_on");
+        let (s, name) = sampler(
+            &env(&[
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+            ]),
+            &mut w,
+        );
+        assert_eq!(name, "parentbased_traceidratio(0.1)");
+        assert!(matches!(s, Sampler::ParentBased(_)));
+        assert!(w.is_empty());
+        let (_, name) = sampler(&env(&[("OTEL_TRACES_SAMPLER", "xray")]), &mut w);
+        assert_eq!(name, "parentbased_always_on");
+        let (_, name) = sampler(
+            &env(&[
+                ("OTEL_TRACES_SAMPLER", "traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "2"),
+            ]),
+            &mut w,
+        );
+        assert_eq!(name, "traceidratio(1)");
+        assert_eq!(w.len(), 2, "{w:?}");
+    }
+
+    #[test]
+    fn unsupported_propagators_are_reported() {
+        let mut w = Vec::new();
+        let _ = propagator(&env(&[("OTEL_PROPAGATORS", "tracecontext,b3")]), &mut w);
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("b3"));
+    }
+
+    #[test]
+    fn batch_settings_from_env() {
+        let mut w = Vec::new();
+        let s = BatchSettings::from_env(
+            &env(&[
+                ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+                ("OTEL_BSP_MAX_QUEUE_SIZE", "64"),
+                ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "512"),
+            ]),
+            &mut w,
+        );
+        assert_eq!(s.schedule_delay, Duration::from_millis(100));
+        assert_eq!(s.max_queue, 64);
+        assert_eq!(s.max_batch, 64);
+        assert!(w.is_empty());
+    }
 }

@@ -217,12 +217,64 @@ pub fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
     matching[0].value
 }
 
+pub const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
+
+/// A third-party tool from the venv `scripts/test` installs (`.venv`), or from `env`.
+/// Missing, it fails the test: it never skips.
+#[allow(dead_code)]
+pub fn tool(env: &str, venv_bin: &str) -> std::path::PathBuf {
+    let path = std::env::var_os(env)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(MANIFEST).join(".venv/bin").join(venv_bin));
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/test (it installs the interop tools) or set {env}",
+        path.display()
+    );
+    path
+}
+
 /// A `jisu serve` process, killed on drop.
 pub struct Served {
     child: std::process::Child,
     pub addr: String,
-    _dir: tempfile::TempDir,
+    pub metrics_addr: String,
+    _dir: Option<tempfile::TempDir>,
     pub certs: std::path::PathBuf,
+    /// Its log lines (stderr), when captured.
+    pub logs: Option<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Served {
+    pub fn endpoint(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    /// A client with the `client` certificate and a token for `scopes`.
+    pub async fn client(&self, scopes: &str) -> JisuClient {
+        let token = TokenIssuer::from_file(&self.certs.join("jwt.key"), "jisu", "jisucloud")
+            .unwrap()
+            .issue("tester", scopes, Duration::from_secs(300));
+        let config = ClientConfig::from_certs_dir(&self.endpoint(), &self.certs, "client")
+            .unwrap()
+            .with_token(token);
+        JisuClient::connect(config).await.unwrap()
+    }
+
+    /// Waits (bounded) for a log line containing `needle`.
+    #[track_caller]
+    pub fn log_line(&self, needle: &str) -> String {
+        let logs = self.logs.as_ref().expect("logs captured");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match logs.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => continue,
+                Err(e) => panic!("no log line with {needle:?}: {e}"),
+            }
+        }
+    }
 }
 
 impl Drop for Served {
@@ -232,42 +284,114 @@ impl Drop for Served {
     }
 }
 
-/// Starts the real binary on port 0 (gRPC and metrics) with a certs dir that does not
-/// exist yet, so `serve` creates the development certificates itself; returns once it
-/// prints its "serving" line.
-pub fn serve_binary(env: &[(&str, &str)]) -> Served {
-    use std::io::BufRead;
-    let dir = tempfile::tempdir().unwrap();
-    let certs = dir.path().join("certs");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--metrics-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--demo-data", "--certs"])
-        .arg(&certs)
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("jisu serve exited before serving")
-            .unwrap();
-        if let Some(addr) = line.strip_prefix("jisu: serving gRPC on ") {
-            break addr.to_owned();
-        }
-    };
-    Served {
-        child,
-        addr,
-        _dir: dir,
-        certs,
+/// How to start the real binary.
+#[derive(Default)]
+pub struct Binary<'a> {
+    env: Vec<(&'a str, String)>,
+    args: Vec<String>,
+    certs: Option<std::path::PathBuf>,
+    logs: bool,
+}
+
+impl<'a> Binary<'a> {
+    pub fn env(mut self, key: &'a str, value: impl Into<String>) -> Self {
+        self.env.push((key, value.into()));
+        self
     }
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+    pub fn args<const N: usize>(mut self, args: [&str; N]) -> Self {
+        self.args.extend(args.map(String::from));
+        self
+    }
+    /// Use this (existing) certs dir instead of letting `serve` create one.
+    pub fn certs(mut self, dir: &std::path::Path) -> Self {
+        self.certs = Some(dir.to_owned());
+        self
+    }
+    /// Capture stderr (the logs) line by line.
+    pub fn logs(mut self) -> Self {
+        self.logs = true;
+        self
+    }
+
+    /// Starts `jisu serve` on port 0 (gRPC and metrics); returns once it prints its
+    /// "serving" line.
+    pub fn start(self) -> Served {
+        use std::io::BufRead;
+        let (dir, certs) = match self.certs {
+            Some(c) => (None, c),
+            None => {
+                let dir = tempfile::tempdir().unwrap();
+                let certs = dir.path().join("certs");
+                (Some(dir), certs)
+            }
+        };
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--demo-data", "--certs"])
+            .arg(&certs)
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .stderr(if self.logs {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .spawn()
+            .unwrap();
+        let logs = child.stderr.take().map(|stderr| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stderr)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut metrics_addr = String::new();
+        let addr = loop {
+            let line = lines
+                .next()
+                .expect("jisu serve exited before serving")
+                .unwrap();
+            if let Some(m) = line.strip_prefix("jisu: serving metrics on http://") {
+                metrics_addr = m.trim_end_matches("/metrics").to_owned();
+            }
+            if let Some(addr) = line.strip_prefix("jisu: serving gRPC on ") {
+                break addr.to_owned();
+            }
+        };
+        Served {
+            child,
+            addr,
+            metrics_addr,
+            _dir: dir,
+            certs,
+            logs,
+        }
+    }
+}
+
+/// Starts the real binary with a certs dir that does not exist yet, so `serve` creates the
+/// development certificates itself.
+pub fn serve_binary(env: &[(&str, &str)]) -> Served {
+    env.iter()
+        .fold(Binary::default(), |b, (k, v)| b.env(k, *v))
+        .start()
 }

@@ -16,6 +16,8 @@ def main() -> None:
     ap.add_argument("--target", required=True)
     ap.add_argument("--certs", required=True)
     ap.add_argument("--proto", required=True)
+    ap.add_argument("--otel", action="store_true",
+                    help="instrument the client with OpenTelemetry; make one traced call")
     args = ap.parse_args()
     token = os.environ["JISU_TOKEN"]
 
@@ -40,6 +42,9 @@ def main() -> None:
         certificate_chain=read("client.pem"),
     )
     auth = [("authorization", f"Bearer {token}")]
+    if args.otel:
+        print(json.dumps(traced_call(args.target, creds, auth, users_pb2, users_pb2_grpc)))
+        return
     seen = {}
     with grpc.secure_channel(args.target, creds) as channel:
         users = users_pb2_grpc.UserServiceStub(channel)
@@ -76,6 +81,38 @@ def main() -> None:
         except grpc.RpcError as e:
             seen["no_token"] = e.code().name
     print(json.dumps(seen))
+
+
+def traced_call(target, creds, auth, users_pb2, users_pb2_grpc) -> dict:
+    """One GetUser from a client instrumented by opentelemetry-instrumentation-grpc; returns
+    the ids of its CLIENT span, which the server's span must continue."""
+    import grpc
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    GrpcInstrumentorClient().instrument()
+    with grpc.secure_channel(target, creds) as channel:
+        users = users_pb2_grpc.UserServiceStub(channel)
+        call = users.GetUser.with_call(
+            users_pb2.GetUserRequest(user_id="USER0002"), metadata=auth, timeout=10
+        )
+        trace_header = dict(call[1].initial_metadata()).get("x-trace-id")
+    spans = [s for s in exporter.get_finished_spans() if s.kind == trace.SpanKind.CLIENT]
+    assert len(spans) == 1, spans
+    ctx = spans[0].get_span_context()
+    return {
+        "name": spans[0].name,
+        "trace_id": format(ctx.trace_id, "032x"),
+        "span_id": format(ctx.span_id, "016x"),
+        "x_trace_id": trace_header,
+    }
 
 
 if __name__ == "__main__":

@@ -1,0 +1,122 @@
+//! The client's side of observability: a CLIENT span per call (child of whatever span is
+//! current, e.g. the SERVER span of the call that makes it), the W3C context injected into
+//! the request headers so the server continues the trace, and the `grpc_client_*` twins
+//! of the server metrics when the client is given a [`Metrics`].
+use std::{
+    sync::Arc,
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_layer::Layer;
+use tower_service::Service;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::metrics::{CallRecord, MeteredBody, MeteredFuture};
+use crate::{
+    security::policy::{self, CallType},
+    telemetry::{
+        metrics::{MethodMetrics, Metrics, Side},
+        otel,
+    },
+};
+
+/// The server a client talks to, for the span's `server.address` / `server.port`.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    pub host: Arc<str>,
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ClientTelemetryLayer {
+    metrics: Option<Metrics>,
+    peer: Peer,
+}
+
+impl ClientTelemetryLayer {
+    pub fn new(metrics: Option<Metrics>, peer: Peer) -> Self {
+        Self { metrics, peer }
+    }
+}
+
+impl<S> Layer<S> for ClientTelemetryLayer {
+    type Service = ClientTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientTelemetry {
+            inner,
+            metrics: self.metrics.clone(),
+            peer: self.peer.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientTelemetry<S> {
+    inner: S,
+    metrics: Option<Metrics>,
+    peer: Peer,
+}
+
+fn client_span<B>(req: &Request<B>, peer: &Peer) -> tracing::Span {
+    let path = req.uri().path();
+    let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));
+    tracing::info_span!(
+        "rpc.client",
+        otel.name = path.trim_start_matches('/'),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "grpc",
+        rpc.service = service,
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+        server.address = &*peer.host,
+        server.port = peer.port,
+    )
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientTelemetry<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Body,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = MeteredFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let method: Option<Arc<MethodMetrics>> = self
+            .metrics
+            .as_ref()
+            .map(|m| m.client_method(req.uri().path()).clone());
+        if let Some(method) = &method {
+            method.started.increment(1);
+            if matches!(method.call_type, CallType::Unary | CallType::ServerStream) {
+                method.msg_sent.increment(1);
+            }
+        }
+        let span = client_span(&req, &self.peer);
+        otel::inject(&span.context(), req.headers_mut());
+        let inner = {
+            let _entered = span.enter();
+            self.inner.call(req)
+        };
+        MeteredFuture {
+            inner,
+            call: Some(CallRecord {
+                method,
+                side: Side::Client,
+                in_flight: None,
+                start: Instant::now(),
+                span,
+            }),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! A [`Store`] wrapper that gives every storage operation its own span, a child of the
+//! call's SERVER span (`store get_user`, with `db.operation.name`), whatever the backend.
+use tracing::Instrument as _;
+
+use super::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch};
+use crate::pb::{Order, User};
+
+/// Wraps a backend; `system` names it in `db.system.name`.
+#[derive(Debug)]
+pub struct TracedStore<S> {
+    inner: S,
+    system: &'static str,
+}
+
+impl<S> TracedStore<S> {
+    pub fn new(inner: S, system: &'static str) -> Self {
+        Self { inner, system }
+    }
+}
+
+macro_rules! op_span {
+    ($self:ident, $op:literal) => {
+        tracing::info_span!(
+            "store",
+            otel.name = concat!("store ", $op),
+            otel.kind = "internal",
+            db.system.name = $self.system,
+            db.operation.name = $op,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+}
+
+/// Runs `fut` in the operation's span and marks the span as failed on an unexpected error.
+async fn traced<T>(
+    span: tracing::Span,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    let result = fut.instrument(span.clone()).await;
+    if let Err(StoreError::Unavailable(_)) = &result {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
+}
+
+#[async_trait::async_trait]
+impl<S: Store> Store for TracedStore<S> {
+    async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
+        traced(
+            op_span!(self, "create_user"),
+            self.inner.create_user(user, now),
+        )
+        .await
+    }
+    async fn user(&self, id: &str) -> Result<User, StoreError> {
+        traced(op_span!(self, "get_user"), self.inner.user(id)).await
+    }
+    async fn update_user(&self, id: &str, patch: UserPatch, now: i64) -> Result<User, StoreError> {
+        traced(
+            op_span!(self, "update_user"),
+            self.inner.update_user(id, patch, now),
+        )
+        .await
+    }
+    async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+        traced(op_span!(self, "delete_user"), self.inner.delete_user(id)).await
+    }
+    async fn list_users(
+        &self,
+        after: Option<&str>,
+        status: Option<&str>,
+        limit: usize,
+    ) -> Result<UserPage, StoreError> {
+        traced(
+            op_span!(self, "list_users"),
+            self.inner.list_users(after, status, limit),
+        )
+        .await
+    }
+    async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
+        traced(op_span!(self, "batch_get_users"), self.inner.users(ids)).await
+    }
+    async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError> {
+        traced(
+            op_span!(self, "create_order"),
+            self.inner.create_order(order, now),
+        )
+        .await
+    }
+    async fn order(&self, id: &str) -> Result<Order, StoreError> {
+        traced(op_span!(self, "get_order"), self.inner.order(id)).await
+    }
+    async fn user_count(&self) -> Result<usize, StoreError> {
+        traced(op_span!(self, "count_users"), self.inner.user_count()).await
+    }
+}
