@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/jisucloud/v1/users.proto",
         "proto/jisucloud/v1/orders.proto",
+        "proto/jisucloud/v1/files.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
 
@@ -23,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Chunks are passed on without copying.
+        .bytes(".jisucloud.v1.UploadRequest")
+        .bytes(".jisucloud.v1.DownloadResponse")
         // JSON for `jisu call` output and `--data` input.
         .message_attribute(
             ".jisucloud",

@@ -4,6 +4,8 @@
 //! reach a remote UserService, and by the tests.
 use std::{path::Path, time::Duration};
 
+pub mod files;
+
 use tonic::{
     Request, Status,
     metadata::{AsciiMetadataValue, MetadataValue},

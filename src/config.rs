@@ -27,14 +27,17 @@ pub struct Settings {
     pub certs: PathBuf,
     /// Load the origin document's 100 demo users into an empty store.
     pub demo_data: bool,
-    /// The API services this process serves: `["users", "orders"]` (default), or one of
-    /// them for a split deployment. A list, or a comma-separated string in `JISU_SERVICES`.
+    /// The API services this process serves: `["users", "orders", "files"]` (default), or
+    /// some of them for a split deployment. A list, or a comma-separated string in `JISU_SERVICES`.
     #[serde(deserialize_with = "services_list")]
     pub services: Vec<ServiceKind>,
     /// `https://host:port` of the UserService that OrderService checks users with, when
     /// this process does not serve users itself. It is called with the server's own
     /// certificate (`tls.cert`/`tls.key`) and the caller's token.
     pub users_endpoint: Option<String>,
+    /// Where data lives (uploaded files under `files/` and `uploads/`).
+    pub data_dir: PathBuf,
+    pub files: FileSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub server: ServerSettings,
@@ -47,6 +50,7 @@ pub struct Settings {
 pub enum ServiceKind {
     Users,
     Orders,
+    Files,
 }
 
 impl ServiceKind {
@@ -54,6 +58,7 @@ impl ServiceKind {
         match self {
             ServiceKind::Users => "users",
             ServiceKind::Orders => "orders",
+            ServiceKind::Files => "files",
         }
     }
 }
@@ -75,18 +80,37 @@ fn services_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ServiceKi
             .map(|t| match t {
                 "users" => Ok(ServiceKind::Users),
                 "orders" => Ok(ServiceKind::Orders),
+                "files" => Ok(ServiceKind::Files),
                 other => Err(serde::de::Error::custom(format!(
-                    "unknown service {other:?}: expected users, orders"
+                    "unknown service {other:?}: expected users, orders, files"
                 ))),
             })
             .collect::<Result<_, _>>()?,
     };
     if list.is_empty() {
         return Err(serde::de::Error::custom(
-            "services: name at least one of users, orders",
+            "services: name at least one of users, orders, files",
         ));
     }
     Ok(list)
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileSettings {
+    /// Largest file accepted (RESOURCE_EXHAUSTED above).
+    pub max_bytes: u64,
+    /// Largest upload chunk accepted and the download chunk size (under the message limit).
+    pub chunk_bytes: usize,
+}
+
+impl Default for FileSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: 4 << 30,
+            chunk_bytes: 1 << 20,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -155,7 +179,9 @@ impl Default for Settings {
             metrics_listen: "0.0.0.0:9464".parse().expect("valid address"),
             certs: PathBuf::from("certs"),
             demo_data: false,
-            services: vec![ServiceKind::Users, ServiceKind::Orders],
+            services: vec![ServiceKind::Users, ServiceKind::Orders, ServiceKind::Files],
+            data_dir: PathBuf::from("data"),
+            files: FileSettings::default(),
             users_endpoint: None,
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
@@ -215,7 +241,9 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 10] = [
+const TOP_LEVEL_KEYS: [&str; 12] = [
+    "data_dir",
+    "files",
     "listen",
     "metrics_listen",
     "certs",
@@ -303,6 +331,7 @@ impl Settings {
             listen: "127.0.0.1:0".parse().expect("valid address"),
             metrics_listen: "127.0.0.1:0".parse().expect("valid address"),
             certs: certs.to_owned(),
+            data_dir: certs.join("data"),
             ..Self::default()
         }
     }

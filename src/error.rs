@@ -59,6 +59,14 @@ pub enum Error {
         reason: &'static str,
         message: String,
     },
+    /// Any other refusal the caller can act on (RESOURCE_EXHAUSTED, DATA_LOSS,
+    /// OUT_OF_RANGE, ABORTED, ...), with its stable reason.
+    #[error("{message}")]
+    Refused {
+        code: Code,
+        reason: &'static str,
+        message: String,
+    },
     #[error("service unavailable: {0}")]
     Unavailable(String),
     /// Anything the caller cannot fix. The source is logged, never sent.
@@ -75,6 +83,14 @@ fn summary(violations: &[FieldViolation]) -> String {
 }
 
 impl Error {
+    pub fn refused(code: Code, reason: &'static str, message: impl Into<String>) -> Self {
+        Error::Refused {
+            code,
+            reason,
+            message: message.into(),
+        }
+    }
+
     /// A single-field INVALID_ARGUMENT.
     pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> Self {
         Error::InvalidArgument(vec![FieldViolation::new(field, description)])
@@ -111,6 +127,11 @@ impl From<Error> for Status {
             Error::PermissionDenied { reason, message } => {
                 info(Code::PermissionDenied, reason, message)
             }
+            Error::Refused {
+                code,
+                reason,
+                message,
+            } => info(code, reason, message),
             Error::Unavailable(detail) => {
                 tracing::warn!(%detail, "service unavailable");
                 info(

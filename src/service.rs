@@ -1,9 +1,14 @@
 //! The business rules of each proto service. Knows nothing of TLS, tokens or the CLI.
+pub mod files;
+pub mod order_events;
 pub mod orders;
+pub mod streams;
 pub mod user_directory;
 pub mod users;
 pub mod validate;
 
+pub use files::FileApi;
+pub use order_events::OrderEvents;
 pub use orders::OrderApi;
 pub use user_directory::UserDirectory;
 pub use users::UserApi;
@@ -29,6 +34,10 @@ fn store_error(err: StoreError, id: &str) -> Error {
         StoreError::EmailTaken => Error::AlreadyExists {
             reason: "EMAIL_TAKEN",
             message: "a user with this email already exists".into(),
+        },
+        StoreError::IllegalTransition { from } => Error::FailedPrecondition {
+            reason: "ILLEGAL_TRANSITION",
+            message: format!("order {id:?} is {from}: that change is not allowed from there"),
         },
         StoreError::Unavailable(detail) => Error::Unavailable(detail),
     }

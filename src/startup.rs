@@ -12,12 +12,15 @@ use crate::{
     client::{ClientConfig, ClientError, JisuClient},
     config::{ServiceKind, Settings},
     middleware::{AuthLayer, MetricsLayer},
-    pb::{self, order_service_server::OrderServiceServer, user_service_server::UserServiceServer},
+    pb::{
+        self, file_service_server::FileServiceServer, order_service_server::OrderServiceServer,
+        user_service_server::UserServiceServer,
+    },
     security::{
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         tls::{self, ServerTlsFiles, TlsError},
     },
-    service::{OrderApi, UserApi, UserDirectory},
+    service::{FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits},
     store::{self, MemoryStore, Store, StoreError, TracedStore},
     telemetry::{metrics::Metrics, metrics_endpoint},
     transport::tls_incoming,
@@ -45,6 +48,11 @@ pub enum StartupError {
     Deployment(String),
     #[error("client of the users endpoint: {0}")]
     UsersClient(#[from] ClientError),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A built server, bound but not yet serving.
@@ -59,6 +67,7 @@ pub struct Application {
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
     users: UserDirectory,
+    files: Option<FileApi>,
 }
 
 impl std::fmt::Debug for Application {
@@ -101,6 +110,20 @@ impl Application {
         }
         let metrics = Metrics::new();
         let users = user_directory(&settings, &metrics)?;
+        let files = if settings.serves(ServiceKind::Files) {
+            let limits = FileLimits {
+                max_bytes: settings.files.max_bytes,
+                chunk_bytes: settings.files.chunk_bytes,
+            };
+            Some(FileApi::new(&settings.data_dir, limits).map_err(|source| {
+                StartupError::DataDir {
+                    path: settings.data_dir.clone(),
+                    source,
+                }
+            })?)
+        } else {
+            None
+        };
         let server_cert = tls::load_certs(&settings.server_cert())?;
         if let Some(not_after) = server_cert.first().and_then(tls::not_after) {
             metrics.watch_certificate("server", not_after);
@@ -118,6 +141,7 @@ impl Application {
             verifier,
             store,
             users,
+            files,
         })
     }
 
@@ -153,6 +177,7 @@ impl Application {
             verifier,
             store,
             users: user_directory,
+            files,
         } = self;
         let limits = &settings.server;
 
@@ -164,6 +189,9 @@ impl Application {
         }
         if serve_orders {
             health.set_serving::<OrderServiceServer<OrderApi>>().await;
+        }
+        if files.is_some() {
+            health.set_serving::<FileServiceServer<FileApi>>().await;
         }
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -188,12 +216,16 @@ impl Application {
         }
         let users =
             serve_users.then(|| api_server!(UserServiceServer::new(UserApi::new(store.clone()))));
+        let events = OrderEvents::new(metrics.order_watchers());
         let orders = serve_orders.then(|| {
             api_server!(OrderServiceServer::new(OrderApi::new(
                 store,
-                user_directory
+                user_directory,
+                events
             )))
         });
+        let serve_files = files.is_some();
+        let files = files.map(|api| api_server!(FileServiceServer::new(api)));
 
         let incoming = tls_incoming(
             listener,
@@ -224,6 +256,9 @@ impl Application {
                         .set_not_serving::<OrderServiceServer<OrderApi>>()
                         .await;
                 }
+                if serve_files {
+                    health.set_not_serving::<FileServiceServer<FileApi>>().await;
+                }
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;
@@ -249,6 +284,7 @@ impl Application {
             .add_service(reflection_v1alpha)
             .add_optional_service(users)
             .add_optional_service(orders)
+            .add_optional_service(files)
             .serve_with_incoming_shutdown(incoming, signal);
 
         let grace = settings.shutdown_grace();

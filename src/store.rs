@@ -17,6 +17,8 @@ pub enum StoreError {
     OrderNotFound,
     #[error("email already in use")]
     EmailTaken,
+    #[error("the order is {from}")]
+    IllegalTransition { from: String },
     #[error("storage unavailable: {0}")]
     Unavailable(String),
 }
@@ -78,6 +80,16 @@ pub trait Store: Send + Sync + 'static {
     /// otherwise).
     async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError>;
     async fn order(&self, id: &str) -> Result<Order, StoreError>;
+    /// Atomically moves order `id` to status `to` when its status is one of `from`
+    /// (`IllegalTransition` otherwise); `cancel_reason` is stored with a cancellation.
+    async fn transition_order(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        cancel_reason: Option<&str>,
+        now: i64,
+    ) -> Result<Order, StoreError>;
     /// Number of users, for start-up decisions such as demo data.
     async fn user_count(&self) -> Result<usize, StoreError>;
 }

@@ -29,9 +29,10 @@ pub struct CallArgs {
     /// Bearer token; when absent, one is minted from <certs>/jwt.key.
     #[arg(long, env = "JISU_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Deadline of the call.
-    #[arg(long, default_value = "10s", value_parser = super::parse_duration)]
-    timeout: Duration,
+    /// Deadline of the call (default 10s; streams that follow changes and file transfers
+    /// have none unless given).
+    #[arg(long, value_parser = super::parse_duration)]
+    timeout: Option<Duration>,
     #[command(subcommand)]
     target: Target,
 }
@@ -44,6 +45,9 @@ enum Target {
     /// OrderService.
     #[command(subcommand)]
     Orders(OrdersCall),
+    /// FileService: chunked, resumable transfers with a progress bar on a terminal.
+    #[command(subcommand)]
+    Files(FilesCall),
     /// grpc.health.v1.Health/Check (empty SERVICE means the whole server).
     Health {
         #[arg(default_value = "")]
@@ -107,6 +111,37 @@ enum OrdersCall {
     Watch {
         id: String,
     },
+    /// Move an order to its next state (PAID, PROCESSING, SHIPPED, DELIVERED).
+    UpdateStatus {
+        id: String,
+        status: String,
+    },
+    /// Cancel a PENDING or PAID order.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Follow several orders on one stream (TrackOrders) until each ends; one JSON event
+    /// per line.
+    Track {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FilesCall {
+    /// Upload PATH (resumes an interrupted upload of the same content); prints the file's
+    /// JSON, with its `id`.
+    Upload {
+        path: PathBuf,
+        /// Name to store (default: PATH's file name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Download file ID to PATH (resumes from PATH.part; checks the sha256).
+    Download { id: String, path: PathBuf },
 }
 
 fn parse_item(s: &str) -> Result<pb::OrderItem, String> {
@@ -129,7 +164,7 @@ fn parse_item(s: &str) -> Result<pb::OrderItem, String> {
     })
 }
 
-const ALL_SCOPES: &str = "users:read users:write orders:read orders:write";
+const ALL_SCOPES: &str = "users:read users:write orders:read orders:write files:read files:write";
 
 pub fn run(args: CallArgs) -> anyhow::Result<()> {
     // Multi-threaded (one worker) so the trace exporter can still flush after the call.
@@ -157,7 +192,15 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
     };
     let mut config = ClientConfig::from_certs_dir(&args.endpoint, &args.certs, &args.client)?;
     config.token = Some(token);
-    config.timeout = args.timeout;
+    let follows = matches!(
+        args.target,
+        Target::Files(_) | Target::Orders(OrdersCall::Watch { .. } | OrdersCall::Track { .. })
+    );
+    config.timeout = args.timeout.unwrap_or(if follows {
+        Duration::from_secs(365 * 24 * 3600)
+    } else {
+        Duration::from_secs(10)
+    });
     let client = JisuClient::connect(config).await?;
     let result = dispatch(&client, args.target).await;
     match result {
@@ -199,6 +242,7 @@ async fn dispatch(client: &JisuClient, target: Target) -> Result<(), Failure> {
     match target {
         Target::Users(call) => users(client, call).await,
         Target::Orders(call) => orders(client, call).await,
+        Target::Files(call) => files(client, call).await,
         Target::Health { service } => {
             let reply = client
                 .health()
@@ -313,6 +357,90 @@ async fn orders(client: &JisuClient, call: OrdersCall) -> Result<(), Failure> {
                 println!("{}", serde_json::to_string(&order?)?);
             }
             Ok(())
+        }
+        OrdersCall::UpdateStatus { id, status } => print(
+            &orders
+                .update_order_status(pb::UpdateOrderStatusRequest {
+                    order_id: id,
+                    status,
+                })
+                .await?
+                .into_inner(),
+        ),
+        OrdersCall::Cancel { id, reason } => print(
+            &orders
+                .cancel_order(pb::CancelOrderRequest {
+                    order_id: id,
+                    reason,
+                })
+                .await?
+                .into_inner(),
+        ),
+        OrdersCall::Track { ids } => {
+            let requests = ids.into_iter().map(|id| pb::TrackOrdersRequest {
+                action: Some(pb::track_orders_request::Action::Subscribe(id)),
+            });
+            let mut stream = orders
+                .track_orders(futures::stream::iter(requests))
+                .await?
+                .into_inner();
+            while let Some(event) = stream.next().await {
+                println!("{}", serde_json::to_string(&event?)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn progress_bar(verb: &'static str) -> (indicatif::ProgressBar, jisu::client::files::Progress) {
+    // Drawn on stderr only when it is a terminal; JSON stays alone on stdout.
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    bar.set_prefix(verb);
+    let handle = bar.clone();
+    let progress: jisu::client::files::Progress = std::sync::Arc::new(move |done, total| {
+        handle.set_length(total);
+        handle.set_position(done);
+    });
+    (bar, progress)
+}
+
+async fn files(client: &JisuClient, call: FilesCall) -> Result<(), Failure> {
+    let transfer = |e: jisu::client::files::TransferError| match e {
+        jisu::client::files::TransferError::Status(s) => Failure::Status(s),
+        other => Failure::Other(other.into()),
+    };
+    match call {
+        FilesCall::Upload { path, name } => {
+            let name = match name {
+                Some(n) => n,
+                None => path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| Failure::Other(anyhow::anyhow!("{path:?} has no file name")))?,
+            };
+            let (bar, progress) = progress_bar("upload");
+            let info = client
+                .upload_file(&path, &name, &progress)
+                .await
+                .map_err(transfer);
+            bar.finish_and_clear();
+            print(&info?)
+        }
+        FilesCall::Download { id, path } => {
+            let (bar, progress) = progress_bar("download");
+            let info = client
+                .download_file(&id, &path, &progress)
+                .await
+                .map_err(transfer);
+            bar.finish_and_clear();
+            print(&info?)
         }
     }
 }

@@ -28,6 +28,9 @@ pub struct ServeArgs {
     /// Load the origin document's 100 demo users into an empty store.
     #[arg(long)]
     demo_data: bool,
+    /// Data directory (uploaded files; default ./data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -55,6 +58,9 @@ impl ServeArgs {
         }
         if self.demo_data {
             o.push(("demo_data".into(), Value::from(true)));
+        }
+        if let Some(dir) = &self.data_dir {
+            o.push(("data_dir".into(), Value::from(dir.display().to_string())));
         }
         if !self.services.is_empty() {
             let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::metrics::{CallRecord, MeteredBody, MeteredFuture};
+use super::metrics::{CallRecord, MeteredBody, MeteredFuture, MeteredRequest};
 use crate::{
     security::policy::{self, CallType},
     telemetry::{
@@ -78,9 +78,9 @@ fn client_span<B>(req: &Request<B>, peer: &Peer) -> tracing::Span {
     )
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ClientTelemetry<S>
+impl<S, ResBody> Service<Request<tonic::body::Body>> for ClientTelemetry<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
     ResBody: Body,
 {
     type Response = Response<MeteredBody<ResBody>>;
@@ -91,15 +91,22 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<tonic::body::Body>) -> Self::Future {
         let method: Option<Arc<MethodMetrics>> = self
             .metrics
             .as_ref()
             .map(|m| m.client_method(req.uri().path()).clone());
         if let Some(method) = &method {
             method.started.increment(1);
-            if matches!(method.call_type, CallType::Unary | CallType::ServerStream) {
-                method.msg_sent.increment(1);
+            match method.call_type {
+                CallType::Unary | CallType::ServerStream => method.msg_sent.increment(1),
+                // Streamed requests are counted frame by frame as they leave.
+                CallType::ClientStream | CallType::BidiStream => {
+                    let counter = method.msg_sent.clone();
+                    req = req.map(|body| {
+                        tonic::body::Body::new(MeteredRequest::new(body, Some(counter)))
+                    });
+                }
             }
         }
         let span = client_span(&req, &self.peer);

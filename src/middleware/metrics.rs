@@ -103,7 +103,7 @@ pub struct MetricsService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MetricsService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<MeteredRequest<ReqBody>>, Response = Response<ResBody>>,
     ResBody: Body,
 {
     type Response = Response<MeteredBody<ResBody>>;
@@ -117,11 +117,17 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let method = self.metrics.method(req.uri().path()).clone();
         method.started.increment(1);
-        // Request messages of client and bidi streams are not framed here yet; every
-        // other call has exactly one.
-        if matches!(method.call_type, CallType::Unary | CallType::ServerStream) {
-            method.msg_received.increment(1);
-        }
+        // Unary and server-streaming calls carry exactly one request message; the
+        // messages of client and bidi streams are counted as their frames arrive.
+        let req = req.map(|body| match method.call_type {
+            CallType::Unary | CallType::ServerStream => {
+                method.msg_received.increment(1);
+                MeteredRequest::new(body, None)
+            }
+            CallType::ClientStream | CallType::BidiStream => {
+                MeteredRequest::new(body, Some(method.msg_received.clone()))
+            }
+        });
         self.metrics.in_flight().increment(1.0);
         let span = server_span(&req);
         let inner = {
@@ -344,6 +350,62 @@ impl<B: Body> Body for MeteredBody<B> {
                 // the headers said so (handled above), otherwise Unknown.
                 this.finish.code = Code::Unknown;
             }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that counts the gRPC messages of a stream as they arrive.
+    pub struct MeteredRequest<B> {
+        #[pin]
+        inner: B,
+        counter: Option<metrics::Counter>,
+        frame_left: usize,
+        header_left: usize,
+    }
+}
+
+impl<B> MeteredRequest<B> {
+    /// Counts into `counter` when given; otherwise passes frames through untouched.
+    pub fn new(inner: B, counter: Option<metrics::Counter>) -> Self {
+        Self {
+            inner,
+            counter,
+            frame_left: 0,
+            header_left: 5,
+        }
+    }
+}
+
+impl<B: Body> Body for MeteredRequest<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let (Some(counter), Some(Ok(frame))) = (this.counter.as_ref(), &frame)
+            && let Some(data) = frame.data_ref()
+        {
+            let n = count_messages(
+                data.chunk(),
+                data.remaining(),
+                this.frame_left,
+                this.header_left,
+            );
+            counter.increment(n);
         }
         Poll::Ready(frame)
     }

@@ -46,6 +46,7 @@ pub struct Method {
 
 pub const USER_SERVICE: &str = "jisucloud.v1.UserService";
 pub const ORDER_SERVICE: &str = "jisucloud.v1.OrderService";
+pub const FILE_SERVICE: &str = "jisucloud.v1.FileService";
 
 const fn m(
     service: &'static str,
@@ -86,6 +87,37 @@ pub const METHODS: &[Method] = &[
         "CreateOrder",
         CallType::Unary,
         "orders:write",
+    ),
+    m(
+        ORDER_SERVICE,
+        "UpdateOrderStatus",
+        CallType::Unary,
+        "orders:write",
+    ),
+    m(
+        ORDER_SERVICE,
+        "CancelOrder",
+        CallType::Unary,
+        "orders:write",
+    ),
+    m(
+        ORDER_SERVICE,
+        "TrackOrders",
+        CallType::BidiStream,
+        "orders:read",
+    ),
+    m(
+        FILE_SERVICE,
+        "Upload",
+        CallType::ClientStream,
+        "files:write",
+    ),
+    m(FILE_SERVICE, "GetUpload", CallType::Unary, "files:write"),
+    m(
+        FILE_SERVICE,
+        "Download",
+        CallType::ServerStream,
+        "files:read",
     ),
 ];
 

@@ -4,24 +4,44 @@ use std::{pin::Pin, sync::Arc};
 use futures::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{UserDirectory, now, store_error, validate::Violations};
+use super::{
+    OrderEvents, UserDirectory, now, order_events::is_terminal, store_error,
+    streams::with_deadline, validate::Violations,
+};
 use crate::{
+    error::Error,
     pb::{
-        CreateOrderRequest, GetOrderRequest, Order, OrderItem, StreamOrderUpdatesRequest,
-        order_service_server::OrderService,
+        CancelOrderRequest, CreateOrderRequest, GetOrderRequest, Order, OrderEvent, OrderItem,
+        StreamOrderUpdatesRequest, TrackError, TrackOrdersRequest, UpdateOrderStatusRequest,
+        order_event, order_service_server::OrderService, track_orders_request,
     },
-    store::{NewOrder, Store},
+    store::{NewOrder, Store, StoreError},
 };
 
 pub const MAX_ITEMS: usize = 1000;
 pub const MAX_QUANTITY: i32 = 1_000_000;
 pub const MAX_PRICE: f64 = 1e12;
+pub const MAX_CANCEL_REASON: usize = 500;
+/// Subscriptions one `TrackOrders` stream may hold.
+pub const MAX_TRACKED: usize = 1000;
+/// Events a `TrackOrders` stream holds for a client that does not read.
+const TRACK_BUFFER: usize = 16;
+
+/// The state each forward step requires: `to` is allowed only from `from`.
+const STEPS: [(&str, &str); 4] = [
+    ("PAID", "PENDING"),
+    ("PROCESSING", "PAID"),
+    ("SHIPPED", "PROCESSING"),
+    ("DELIVERED", "SHIPPED"),
+];
+const CANCELLABLE: [&str; 2] = ["PENDING", "PAID"];
 
 /// The OrderService handlers over a [`Store`].
 #[derive(Clone)]
 pub struct OrderApi {
     store: Arc<dyn Store>,
     users: UserDirectory,
+    events: OrderEvents,
 }
 
 impl std::fmt::Debug for OrderApi {
@@ -31,8 +51,30 @@ impl std::fmt::Debug for OrderApi {
 }
 
 impl OrderApi {
-    pub fn new(store: Arc<dyn Store>, users: UserDirectory) -> Self {
-        Self { store, users }
+    pub fn new(store: Arc<dyn Store>, users: UserDirectory, events: OrderEvents) -> Self {
+        Self {
+            store,
+            users,
+            events,
+        }
+    }
+
+    /// Stores a status change and pushes it to the order's watchers.
+    async fn transition(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        reason: Option<&str>,
+    ) -> Result<Order, Status> {
+        let order = self
+            .store
+            .transition_order(id, from, to, reason, now())
+            .await
+            .map_err(|e| store_error(e, id))?;
+        self.events.publish(&order);
+        tracing::info!(order_id = %id, status = %to, "order status changed");
+        Ok(order)
     }
 }
 
@@ -125,15 +167,200 @@ impl OrderService for OrderApi {
         &self,
         request: Request<StreamOrderUpdatesRequest>,
     ) -> Result<Response<Self::StreamOrderUpdatesStream>, Status> {
-        let id = request.into_inner().order_id;
+        let (metadata, _, req) = request.into_parts();
+        let id = req.order_id;
         let mut v = Violations::default();
         v.id("order_id", &id);
         v.finish()?;
+        // Watch first, then read: a change lands in one or the other.
+        let watch = self.events.watch(&id);
         let order = self
             .store
             .order(&id)
             .await
             .map_err(|e| store_error(e, &id))?;
-        Ok(Response::new(Box::pin(tokio_stream::once(Ok(order)))))
+        watch.seed(&order);
+        let updates = futures::StreamExt::map(watch.into_stream(), Ok);
+        Ok(Response::new(Box::pin(with_deadline(updates, &metadata))))
+    }
+
+    async fn update_order_status(
+        &self,
+        request: Request<UpdateOrderStatusRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("order_id", &req.order_id);
+        let from = STEPS.iter().find(|(to, _)| *to == req.status).map(|s| s.1);
+        if from.is_none() {
+            let hint = if req.status == "CANCELLED" {
+                "use CancelOrder to cancel"
+            } else {
+                "must be PAID, PROCESSING, SHIPPED or DELIVERED"
+            };
+            v.add("status", format!("{hint}, got {:?}", req.status));
+        }
+        v.finish()?;
+        let from = from.unwrap_or_default();
+        let order = self
+            .transition(&req.order_id, &[from], &req.status, None)
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    async fn cancel_order(
+        &self,
+        request: Request<CancelOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
+        let req = request.into_inner();
+        let mut v = Violations::default();
+        v.id("order_id", &req.order_id);
+        if req.reason.chars().count() > MAX_CANCEL_REASON {
+            v.add("reason", format!("at most {MAX_CANCEL_REASON} characters"));
+        }
+        v.finish()?;
+        let order = self
+            .transition(
+                &req.order_id,
+                &CANCELLABLE,
+                "CANCELLED",
+                Some(req.reason.trim()),
+            )
+            .await?;
+        Ok(Response::new(order))
+    }
+
+    type TrackOrdersStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, Status>> + Send>>;
+
+    async fn track_orders(
+        &self,
+        request: Request<tonic::Streaming<TrackOrdersRequest>>,
+    ) -> Result<Response<Self::TrackOrdersStream>, Status> {
+        let (metadata, _, incoming) = request.into_parts();
+        let tracker = Tracker {
+            store: self.store.clone(),
+            events: self.events.clone(),
+            incoming,
+            subscriptions: tokio_stream::StreamMap::new(),
+            pending: std::collections::VecDeque::new(),
+            client_done: false,
+        };
+        let events = futures::stream::unfold(tracker, |mut t| async move {
+            let item = t.next_event().await?;
+            Some((item, t))
+        });
+        Ok(Response::new(Box::pin(with_deadline(events, &metadata))))
+    }
+}
+
+/// The state of one `TrackOrders` stream. Driven by the response being read, so a client
+/// that stops reading stops the work (and its watches skip to the latest state).
+struct Tracker {
+    store: Arc<dyn Store>,
+    events: OrderEvents,
+    incoming: tonic::Streaming<TrackOrdersRequest>,
+    subscriptions: tokio_stream::StreamMap<String, Pin<Box<dyn Stream<Item = Order> + Send>>>,
+    /// In-band errors waiting to be sent (bounded by the requests read).
+    pending: std::collections::VecDeque<OrderEvent>,
+    client_done: bool,
+}
+
+fn track_error(order_id: &str, code: &str, message: impl Into<String>) -> OrderEvent {
+    OrderEvent {
+        event: Some(order_event::Event::Error(TrackError {
+            order_id: order_id.to_owned(),
+            code: code.to_owned(),
+            message: message.into(),
+        })),
+    }
+}
+
+impl Tracker {
+    /// The next event to send; `None` ends the stream with OK.
+    async fn next_event(&mut self) -> Option<Result<OrderEvent, Status>> {
+        use futures::StreamExt;
+        loop {
+            if let Some(event) = self.pending.pop_front() {
+                return Some(Ok(event));
+            }
+            if self.client_done && self.subscriptions.is_empty() {
+                return None;
+            }
+            // Requests are read only while few errors are queued: a client that floods
+            // bad subscriptions without reading is held by flow control.
+            let read_requests = !self.client_done && self.pending.len() < TRACK_BUFFER;
+            tokio::select! {
+                request = self.incoming.next(), if read_requests => match request {
+                    Some(Ok(request)) => self.handle(request).await,
+                    Some(Err(status)) => return Some(Err(status)),
+                    None => self.client_done = true,
+                },
+                Some((_, order)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    if is_terminal(&order.status) {
+                        self.subscriptions.remove(&order.order_id);
+                    }
+                    return Some(Ok(OrderEvent { event: Some(order_event::Event::Order(order)) }));
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: TrackOrdersRequest) {
+        match request.action {
+            Some(track_orders_request::Action::Subscribe(id)) => self.subscribe(id).await,
+            Some(track_orders_request::Action::Unsubscribe(id)) => {
+                self.subscriptions.remove(&id);
+            }
+            None => self.pending.push_back(track_error(
+                "",
+                "INVALID_ARGUMENT",
+                "a TrackOrdersRequest needs subscribe or unsubscribe",
+            )),
+        }
+    }
+
+    async fn subscribe(&mut self, id: String) {
+        let mut v = Violations::default();
+        v.id("subscribe", &id);
+        if let Err(Error::InvalidArgument(violations)) = v.finish() {
+            let message = violations
+                .first()
+                .map(|f| f.description.clone())
+                .unwrap_or_default();
+            self.pending
+                .push_back(track_error(&id, "INVALID_ARGUMENT", message));
+            return;
+        }
+        if self.subscriptions.contains_key(&id) {
+            return;
+        }
+        if self.subscriptions.len() >= MAX_TRACKED {
+            self.pending.push_back(track_error(
+                &id,
+                "RESOURCE_EXHAUSTED",
+                format!("at most {MAX_TRACKED} subscriptions per stream"),
+            ));
+            return;
+        }
+        let watch = self.events.watch(&id);
+        match self.store.order(&id).await {
+            Ok(order) => {
+                watch.seed(&order);
+                self.subscriptions.insert(id, watch.into_stream());
+            }
+            Err(StoreError::OrderNotFound) => self.pending.push_back(track_error(
+                &id,
+                "NOT_FOUND",
+                format!("order {id:?} not found"),
+            )),
+            Err(e) => {
+                tracing::warn!(error = %e, order_id = %id, "subscription failed");
+                self.pending.push_back(track_error(
+                    &id,
+                    "UNAVAILABLE",
+                    "the order could not be read; subscribe again later",
+                ));
+            }
+        }
     }
 }

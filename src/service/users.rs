@@ -61,7 +61,7 @@ impl UserService for UserApi {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<Self::ListUsersStream>, Status> {
-        let req = request.into_inner();
+        let (metadata, _, req) = request.into_parts();
         let mut v = Violations::default();
         let limit = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -101,7 +101,11 @@ impl UserService for UserApi {
                 Err(Status::with_metadata(Code::Ok, "", md))
             });
         let items = page.users.into_iter().map(Ok).chain(trailer);
-        Ok(Response::new(Box::pin(tokio_stream::iter(items))))
+        // Produced as the client reads (h2 flow control): at most one page is held.
+        Ok(Response::new(Box::pin(super::streams::with_deadline(
+            tokio_stream::iter(items),
+            &metadata,
+        ))))
     }
 
     async fn create_user(

@@ -163,9 +163,33 @@ impl Store for MemoryStore {
             status: "PENDING".into(),
             created_at: now,
             updated_at: now,
+            cancel_reason: String::new(),
         };
         inner.orders.insert(order_id, order.clone());
         Ok(order)
+    }
+
+    async fn transition_order(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        cancel_reason: Option<&str>,
+        now: i64,
+    ) -> Result<Order, StoreError> {
+        let mut inner = self.inner.write();
+        let order = inner.orders.get_mut(id).ok_or(StoreError::OrderNotFound)?;
+        if !from.contains(&order.status.as_str()) {
+            return Err(StoreError::IllegalTransition {
+                from: order.status.clone(),
+            });
+        }
+        order.status = to.to_owned();
+        order.updated_at = now;
+        if let Some(reason) = cancel_reason {
+            order.cancel_reason = reason.to_owned();
+        }
+        Ok(order.clone())
     }
 
     async fn order(&self, id: &str) -> Result<Order, StoreError> {

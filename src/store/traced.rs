@@ -90,6 +90,21 @@ impl<S: Store> Store for TracedStore<S> {
     async fn order(&self, id: &str) -> Result<Order, StoreError> {
         traced(op_span!(self, "get_order"), self.inner.order(id)).await
     }
+    async fn transition_order(
+        &self,
+        id: &str,
+        from: &[&str],
+        to: &str,
+        cancel_reason: Option<&str>,
+        now: i64,
+    ) -> Result<Order, StoreError> {
+        traced(
+            op_span!(self, "transition_order"),
+            self.inner
+                .transition_order(id, from, to, cancel_reason, now),
+        )
+        .await
+    }
     async fn user_count(&self) -> Result<usize, StoreError> {
         traced(op_span!(self, "count_users"), self.inner.user_count()).await
     }

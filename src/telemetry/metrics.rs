@@ -321,6 +321,19 @@ impl Metrics {
         &self.inner.in_flight
     }
 
+    /// `jisu_order_watchers`: open order-update watches (StreamOrderUpdates, TrackOrders).
+    pub fn order_watchers(&self) -> Gauge {
+        self.inner.recorder.describe_gauge(
+            "jisu_order_watchers".into(),
+            None,
+            "Open order-update watches (StreamOrderUpdates streams and TrackOrders subscriptions)."
+                .into(),
+        );
+        self.inner
+            .recorder
+            .register_gauge(&Key::from_name("jisu_order_watchers"), &METADATA)
+    }
+
     /// A counter with bounded, static labels (registered on first use).
     pub fn counter(&self, name: &'static str, pairs: &[(&'static str, &'static str)]) -> Counter {
         let mut dynamic = self.inner.dynamic.lock();

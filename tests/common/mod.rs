@@ -14,7 +14,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
-pub const ALL_SCOPES: &str = "users:read users:write orders:read orders:write";
+pub const ALL_SCOPES: &str =
+    "users:read users:write orders:read orders:write files:read files:write";
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
@@ -239,7 +240,7 @@ pub struct Served {
     child: std::process::Child,
     pub addr: String,
     pub metrics_addr: String,
-    _dir: Option<tempfile::TempDir>,
+    _dir: tempfile::TempDir,
     pub certs: std::path::PathBuf,
     /// Its log lines (stderr), when captured.
     pub logs: Option<std::sync::mpsc::Receiver<String>>,
@@ -321,14 +322,11 @@ impl<'a> Binary<'a> {
     /// "serving" line.
     pub fn start(self) -> Served {
         use std::io::BufRead;
-        let (dir, certs) = match self.certs {
-            Some(c) => (None, c),
-            None => {
-                let dir = tempfile::tempdir().unwrap();
-                let certs = dir.path().join("certs");
-                (Some(dir), certs)
-            }
-        };
+        let dir = tempfile::tempdir().unwrap();
+        let certs = self
+            .certs
+            .clone()
+            .unwrap_or_else(|| dir.path().join("certs"));
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
             .args([
                 "serve",
@@ -339,6 +337,8 @@ impl<'a> Binary<'a> {
             ])
             .args(["--demo-data", "--certs"])
             .arg(&certs)
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::piped())
