@@ -29,7 +29,10 @@ fn python_grpcio_client_calls_over_mtls_with_a_token() {
         .arg(&server.certs)
         .env(
             "JISU_TOKEN",
-            token(&server.certs, "users:read users:write orders:write"),
+            token(
+                &server.certs,
+                "users:read users:write orders:read orders:write",
+            ),
         )
         .output()
         .unwrap();
@@ -48,6 +51,23 @@ fn python_grpcio_client_calls_over_mtls_with_a_token() {
     );
     assert_eq!(seen["next_page_token"], "USER0003");
     assert_eq!(seen["order_total"], 2.5);
+    // TrackOrders driven from Python: pushes, an in-band error, and a clean end.
+    let tracked = &seen["tracked"];
+    let order = tracked[0]["order"].clone();
+    assert_eq!(tracked[0]["status"], "PENDING");
+    assert_eq!(
+        tracked[1],
+        serde_json::json!({"error": "ORD0NOPE000", "code": "NOT_FOUND"})
+    );
+    assert_eq!(
+        tracked[2],
+        serde_json::json!({"order": order, "status": "PAID"})
+    );
+    assert_eq!(
+        tracked[3],
+        serde_json::json!({"order": order, "status": "CANCELLED"})
+    );
+    assert_eq!(tracked[4], serde_json::json!({"end": "OK"}));
     assert_eq!(seen["unknown_user"], "NOT_FOUND");
     assert_eq!(seen["no_token"], "UNAUTHENTICATED");
 }

@@ -201,19 +201,24 @@ impl JisuClient {
         part: &Path,
         progress: &Progress,
     ) -> Result<FileInfo, TransferError> {
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(part)
-            .await
-            .map_err(io(part))?;
-        let offset = file.metadata().await.map_err(io(part))?.len();
+        let offset = match tokio::fs::metadata(part).await {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(io(part)(e)),
+        };
         let mut request = tonic::Request::new(DownloadRequest {
             id: id.to_owned(),
             offset,
         });
         request.set_timeout(Duration::from_secs(24 * 3600));
         let mut stream = self.files().download(request).await?.into_inner();
+        // Only a download the server accepted creates the partial file.
+        let mut file = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(part)
+            .await
+            .map_err(io(part))?;
         let mut info = None;
         while let Some(message) = stream.next().await {
             let message = message?;

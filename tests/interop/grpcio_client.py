@@ -71,6 +71,7 @@ def main() -> None:
             timeout=10,
         )
         seen["order_total"] = order.total_amount
+        seen["tracked"] = track_orders(orders, orders_pb2, order.order_id, auth)
 
         try:
             users.GetUser(users_pb2.GetUserRequest(user_id="USER9999"), metadata=auth, timeout=10)
@@ -81,6 +82,47 @@ def main() -> None:
         except grpc.RpcError as e:
             seen["no_token"] = e.code().name
     print(json.dumps(seen))
+
+
+def track_orders(orders, orders_pb2, order_id, auth) -> list:
+    """Drives TrackOrders (bidirectional): subscribes to a real and an unknown order, moves
+    the real one with unary calls between reads, then closes its side."""
+    import queue
+
+    requests = queue.Queue()
+
+    def outgoing():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    call = orders.TrackOrders(outgoing(), metadata=auth, timeout=30)
+    events = iter(call)
+
+    def event():
+        e = next(events)
+        if e.WhichOneof("event") == "order":
+            return {"order": e.order.order_id, "status": e.order.status}
+        return {"error": e.error.order_id, "code": e.error.code}
+
+    got = []
+    requests.put(orders_pb2.TrackOrdersRequest(subscribe=order_id))
+    got.append(event())
+    requests.put(orders_pb2.TrackOrdersRequest(subscribe="ORD0NOPE000"))
+    got.append(event())
+    orders.UpdateOrderStatus(
+        orders_pb2.UpdateOrderStatusRequest(order_id=order_id, status="PAID"), metadata=auth, timeout=10
+    )
+    got.append(event())
+    requests.put(None)  # close our side; the server ends the stream after the terminal state
+    orders.CancelOrder(
+        orders_pb2.CancelOrderRequest(order_id=order_id, reason="interop"), metadata=auth, timeout=10
+    )
+    got.append(event())
+    got.append({"end": call.code().name if list(events) == [] else "MORE"})
+    return got
 
 
 def traced_call(target, creds, auth, users_pb2, users_pb2_grpc) -> dict:
