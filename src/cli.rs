@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each calling the library only.
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod call;
 mod certs;
 mod docs;
@@ -27,6 +28,11 @@ enum Command {
     Token(token::TokenCommand),
     /// Call a running server (JSON on stdout).
     Call(call::CallArgs),
+    /// Load-test a running server (closed or open loop; text or JSON report).
+    Bench(bench::BenchArgs),
+    /// Servers the benchmark suite compares with (bare, rest, otlp-sink).
+    #[command(hide = true)]
+    BenchTarget(bench::TargetArgs),
     /// Generate documentation.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
@@ -39,6 +45,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Call(args) => call::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchTarget(args) => bench::run_target(args),
         Command::Docs(cmd) => docs::run(cmd),
     }
 }

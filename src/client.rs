@@ -158,12 +158,17 @@ impl JisuClient {
             host: host.into(),
             port: endpoint.uri().port_u16(),
         };
-        let endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| ClientError::Connect {
+        // `http://` is plaintext: only for benchmarking the bare variant.
+        let endpoint = if endpoint.uri().scheme_str() == Some("http") {
+            endpoint
+        } else {
+            endpoint.tls_config(tls).map_err(|e| ClientError::Connect {
                 endpoint: config.endpoint.clone(),
                 detail: error_chain(&e),
             })?
+        };
+        let endpoint = endpoint
+            .tcp_nodelay(true)
             .connect_timeout(Duration::from_secs(5))
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);

@@ -20,10 +20,13 @@
 //! - [`client`]: the typed client (mTLS channel, bearer token, deadline, CLIENT spans).
 //! - [`telemetry`]: logging (filter, format, trace ids per line), the OTLP pipeline with
 //!   its bounded export queue (`otel`), Prometheus metrics and `/metrics`.
+//! - [`bench`]: the load generator behind `jisu bench` and the servers the benchmark suite
+//!   compares with (bare, REST/JSON, an OTLP sink).
 //! - [`docs`]: renders `docs/api.md` from the proto comments.
 //! - [`error`]: the library's errors and their one mapping to `tonic::Status`.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod docs;

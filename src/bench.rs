@@ -1,0 +1,579 @@
+//! `jisu bench`: a load generator for any Jisu deployment (ghz is the reference).
+//!
+//! Closed loop (`concurrency` callers, each sending its next call when the last returns)
+//! or open loop (`rps`: calls leave on a fixed schedule and latency is measured from the
+//! *scheduled* send time, so a slow server cannot hide its queueing — no coordinated
+//! omission, as wrk2). Latencies go into an HdrHistogram per caller, merged at the end.
+//! The generator measures its own CPU per call and says "client-bound" when it, not the
+//! server, was the limit.
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::time::Instant;
+use tonic::{Code, Request};
+
+use crate::{
+    client::JisuClient,
+    pb::{
+        BatchGetUsersRequest, CreateOrderRequest, CreateUserRequest, GetOrderRequest,
+        GetUserRequest, ListUsersRequest, OrderItem,
+    },
+    telemetry::metrics::code_label,
+};
+
+pub mod targets;
+
+/// The methods `jisu bench` can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    GetUser,
+    ListUsers,
+    BatchGetUsers,
+    CreateUser,
+    GetOrder,
+    CreateOrder,
+    Health,
+}
+
+impl std::str::FromStr for Call {
+    type Err = String;
+
+    /// `users.GetUser`, `UserService/GetUser` or `jisucloud.v1.UserService/GetUser`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let method = s
+            .rsplit(['.', '/'])
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        Ok(match method.as_str() {
+            "getuser" => Call::GetUser,
+            "listusers" => Call::ListUsers,
+            "batchgetusers" => Call::BatchGetUsers,
+            "createuser" => Call::CreateUser,
+            "getorder" => Call::GetOrder,
+            "createorder" => Call::CreateOrder,
+            "check" | "health" => Call::Health,
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected one of users.GetUser, users.ListUsers, users.BatchGetUsers, \
+                     users.CreateUser, orders.GetOrder, orders.CreateOrder, health.Check"
+                ));
+            }
+        })
+    }
+}
+
+/// What to send and how hard.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub call: Call,
+    /// The request as JSON (the proto's field names); generated when absent.
+    pub data: Option<serde_json::Value>,
+    /// Extra metadata on every call.
+    pub metadata: Vec<(String, String)>,
+    /// Callers in flight (closed loop), or the most calls in flight (open loop).
+    pub concurrency: usize,
+    /// Measured time (after the warm-up); ignored when `total` is set.
+    pub duration: Duration,
+    /// Stop after this many measured calls instead.
+    pub total: Option<u64>,
+    pub warmup: Duration,
+    /// Open loop at this rate.
+    pub rps: Option<f64>,
+    /// Messages per stream for streaming calls (ListUsers `page_size`).
+    pub stream_messages: u32,
+    /// Deadline of each call.
+    pub timeout: Duration,
+}
+
+/// Latency figures in milliseconds.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Latency {
+    pub min: f64,
+    pub mean: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub call: String,
+    pub mode: String,
+    pub count: u64,
+    pub seconds: f64,
+    pub qps: f64,
+    /// Stream messages received (equals `count` for unary calls).
+    pub messages: u64,
+    pub messages_per_second: f64,
+    pub latency_ms: Latency,
+    /// Calls by final code (`OK`, `Unavailable`, ...).
+    pub status: BTreeMap<String, u64>,
+    /// A sample message per failing code.
+    pub errors: BTreeMap<String, String>,
+    /// The generator's own CPU per measured call.
+    pub client_cpu_us_per_call: f64,
+    /// The generator used (nearly) all the CPU it had: the figures describe the client.
+    pub client_bound: bool,
+    /// Open loop only: calls that left later than scheduled by more than 1 ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_sends: Option<u64>,
+}
+
+/// Per-caller tallies, merged at the end.
+struct Tally {
+    hist: Histogram<u64>,
+    /// Keyed by the numeric code.
+    status: BTreeMap<i32, u64>,
+    errors: BTreeMap<i32, String>,
+    messages: u64,
+    late: u64,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Self {
+            hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            status: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            messages: 0,
+            late: 0,
+        }
+    }
+}
+
+/// Builds the request of call number `n` of caller `worker`.
+fn request<T: serde::de::DeserializeOwned>(data: &Option<serde_json::Value>) -> Option<T> {
+    data.as_ref()
+        .map(|d| serde_json::from_value(d.clone()).expect("validated in `check`"))
+}
+
+impl Plan {
+    /// Refuses data that does not fit the call's request type.
+    pub fn check(&self) -> Result<(), String> {
+        fn fits<T: serde::de::DeserializeOwned>(d: &serde_json::Value) -> Result<(), String> {
+            serde_json::from_value::<T>(d.clone())
+                .map(|_| ())
+                .map_err(|e| format!("--data does not fit the request: {e}"))
+        }
+        if let Some(d) = &self.data {
+            match self.call {
+                Call::GetUser => fits::<GetUserRequest>(d)?,
+                Call::ListUsers => fits::<ListUsersRequest>(d)?,
+                Call::BatchGetUsers => fits::<BatchGetUsersRequest>(d)?,
+                Call::CreateUser => fits::<CreateUserRequest>(d)?,
+                Call::GetOrder => fits::<GetOrderRequest>(d)?,
+                Call::CreateOrder => fits::<CreateOrderRequest>(d)?,
+                Call::Health => {}
+            }
+        } else if self.call == Call::GetOrder {
+            return Err("orders.GetOrder needs --data '{\"order_id\": \"ORD...\"}'".into());
+        }
+        if self.concurrency == 0 {
+            return Err("--concurrency must be at least 1".into());
+        }
+        if self.rps.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
+            return Err("--rps must be a positive number".into());
+        }
+        Ok(())
+    }
+}
+
+fn with_metadata<T>(message: T, plan: &Plan) -> Request<T> {
+    let mut request = Request::new(message);
+    for (k, v) in &plan.metadata {
+        if let (Ok(k), Ok(v)) = (
+            k.parse::<tonic::metadata::MetadataKey<tonic::metadata::Ascii>>(),
+            v.parse(),
+        ) {
+            request.metadata_mut().insert(k, v);
+        }
+    }
+    request.set_timeout(plan.timeout);
+    request
+}
+
+/// How calls reach the server.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    /// gRPC through the Jisu client (one HTTP/2 connection per client).
+    Grpc(JisuClient),
+    /// GetUser as `GET {base}/v1/users/{id}` (REST/JSON over HTTPS, for comparison).
+    Rest {
+        http: reqwest::Client,
+        base: String,
+        authorization: Option<String>,
+    },
+}
+
+async fn rest_call(
+    http: &reqwest::Client,
+    base: &str,
+    authorization: &Option<String>,
+    plan: &Plan,
+    worker: usize,
+    n: u64,
+) -> Result<u64, tonic::Status> {
+    let req: GetUserRequest = request(&plan.data).unwrap_or_else(|| GetUserRequest {
+        user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
+    });
+    let mut call = http
+        .get(format!("{base}/v1/users/{}", req.user_id))
+        .timeout(plan.timeout);
+    if let Some(a) = authorization {
+        call = call.header("authorization", a);
+    }
+    let response = call
+        .send()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    match status.as_u16() {
+        200 => {
+            serde_json::from_slice::<crate::pb::User>(&body)
+                .map_err(|e| tonic::Status::internal(e.to_string()))?;
+            Ok(1)
+        }
+        404 => Err(tonic::Status::not_found("404")),
+        401 => Err(tonic::Status::unauthenticated("401")),
+        403 => Err(tonic::Status::permission_denied("403")),
+        code => Err(tonic::Status::unknown(format!("HTTP {code}"))),
+    }
+}
+
+/// One call; returns its final code (and message when not OK) and messages received.
+async fn one_call(
+    driver: &Driver,
+    plan: &Plan,
+    worker: usize,
+    n: u64,
+) -> (Code, Option<String>, u64) {
+    let client = match driver {
+        Driver::Grpc(client) => client,
+        Driver::Rest {
+            http,
+            base,
+            authorization,
+        } => {
+            return match rest_call(http, base, authorization, plan, worker, n).await {
+                Ok(m) => (Code::Ok, None, m),
+                Err(s) => (s.code(), Some(s.message().to_owned()), 0),
+            };
+        }
+    };
+    let result: Result<u64, tonic::Status> = async {
+        match plan.call {
+            Call::GetUser => {
+                let req = request(&plan.data).unwrap_or_else(|| GetUserRequest {
+                    user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
+                });
+                client.users().get_user(with_metadata(req, plan)).await?;
+                Ok(1)
+            }
+            Call::ListUsers => {
+                let req = request(&plan.data).unwrap_or(ListUsersRequest {
+                    page_size: plan.stream_messages as i32,
+                    ..Default::default()
+                });
+                let mut stream = client
+                    .users()
+                    .list_users(with_metadata(req, plan))
+                    .await?
+                    .into_inner();
+                let mut messages = 0;
+                while let Some(m) = stream.next().await {
+                    m?;
+                    messages += 1;
+                }
+                Ok(messages)
+            }
+            Call::BatchGetUsers => {
+                let req = request(&plan.data).unwrap_or_else(|| BatchGetUsersRequest {
+                    user_ids: (1..=10).map(|i| format!("USER{i:04}")).collect(),
+                });
+                client
+                    .users()
+                    .batch_get_users(with_metadata(req, plan))
+                    .await?;
+                Ok(1)
+            }
+            Call::CreateUser => {
+                let req = request(&plan.data).unwrap_or_else(|| CreateUserRequest {
+                    name: "Bench".into(),
+                    email: format!("bench-{}-{worker}-{n}@jisu.dev", std::process::id()),
+                    phone: String::new(),
+                });
+                client.users().create_user(with_metadata(req, plan)).await?;
+                Ok(1)
+            }
+            Call::GetOrder => {
+                let req: GetOrderRequest = request(&plan.data).unwrap_or_default();
+                client.orders().get_order(with_metadata(req, plan)).await?;
+                Ok(1)
+            }
+            Call::CreateOrder => {
+                let req = request(&plan.data).unwrap_or_else(|| CreateOrderRequest {
+                    user_id: "USER0001".into(),
+                    items: vec![OrderItem {
+                        product_id: "SKU-1".into(),
+                        product_name: "bench".into(),
+                        quantity: 1,
+                        price: 9.9,
+                    }],
+                });
+                client
+                    .orders()
+                    .create_order(with_metadata(req, plan))
+                    .await?;
+                Ok(1)
+            }
+            Call::Health => {
+                client
+                    .health()
+                    .check(with_metadata(
+                        tonic_health::pb::HealthCheckRequest::default(),
+                        plan,
+                    ))
+                    .await?;
+                Ok(1)
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(messages) => (Code::Ok, None, messages),
+        Err(status) => (status.code(), Some(status.message().to_owned()), 0),
+    }
+}
+
+fn cpu_seconds() -> f64 {
+    metrics_process::collector::collect()
+        .cpu_seconds_total
+        .unwrap_or(0.0)
+}
+
+/// Runs `plan` over `clients` (callers are spread over them round-robin). `progress` is
+/// told the measured calls so far, about every 200 ms.
+pub async fn run(
+    clients: &[Driver],
+    plan: &Plan,
+    worker_threads: usize,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Report {
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let stop = Arc::new(AtomicBool::new(false));
+    let measured = Arc::new(AtomicU64::new(0));
+    let slots = Arc::new(AtomicU64::new(0));
+    let end = plan.total.is_none().then(|| measure_from + plan.duration);
+    let cpu_start = Arc::new(parking_lot::Mutex::new(None::<f64>));
+
+    let mut tasks = Vec::with_capacity(plan.concurrency);
+    for worker in 0..plan.concurrency {
+        let client = clients[worker % clients.len()].clone();
+        let plan = plan.clone();
+        let (stop, measured, slots, cpu_start) = (
+            stop.clone(),
+            measured.clone(),
+            slots.clone(),
+            cpu_start.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // When this call is due: now (closed loop) or its slot (open loop).
+                let due = match plan.rps {
+                    None => Instant::now(),
+                    Some(rps) => {
+                        let slot = slots.fetch_add(1, Ordering::Relaxed);
+                        let due = start + Duration::from_secs_f64(slot as f64 / rps);
+                        if end.is_some_and(|e| due >= e) {
+                            break;
+                        }
+                        tokio::time::sleep_until(due).await;
+                        due
+                    }
+                };
+                if end.is_some_and(|e| Instant::now() >= e) {
+                    break;
+                }
+                let sent = Instant::now();
+                let (code, message, messages) = one_call(&client, &plan, worker, n).await;
+                n += 1;
+                if due < measure_from {
+                    continue;
+                }
+                {
+                    let mut cpu = cpu_start.lock();
+                    if cpu.is_none() {
+                        *cpu = Some(cpu_seconds());
+                    }
+                }
+                let latency = Instant::now() - due;
+                if sent - due > Duration::from_millis(1) {
+                    tally.late += 1;
+                }
+                tally
+                    .hist
+                    .saturating_record(latency.as_micros().max(1) as u64);
+                *tally.status.entry(code as i32).or_default() += 1;
+                if let Some(m) = message {
+                    tally.errors.entry(code as i32).or_insert(m);
+                }
+                tally.messages += messages;
+                let done = measured.fetch_add(1, Ordering::Relaxed) + 1;
+                if plan.total.is_some_and(|t| done >= t) {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            tally
+        }));
+    }
+    let ticker = {
+        let measured = measured.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                progress(measured.load(Ordering::Relaxed));
+            }
+        })
+    };
+    let mut total = Tally::new();
+    for task in tasks {
+        if let Ok(t) = task.await {
+            total.hist.add(&t.hist).expect("same bounds");
+            for (code, n) in t.status {
+                *total.status.entry(code).or_default() += n;
+            }
+            for (code, m) in t.errors {
+                total.errors.entry(code).or_insert(m);
+            }
+            total.messages += t.messages;
+            total.late += t.late;
+        }
+    }
+    ticker.abort();
+    let finished = Instant::now();
+    let cpu = cpu_seconds() - cpu_start.lock().unwrap_or_else(cpu_seconds);
+    let seconds = (finished - measure_from.min(finished))
+        .as_secs_f64()
+        .max(1e-9);
+    let count = total.hist.len();
+    let ms = |us: u64| us as f64 / 1000.0;
+    let h = &total.hist;
+    Report {
+        call: format!("{:?}", plan.call),
+        mode: match plan.rps {
+            Some(r) => format!("open loop at {r} calls/s"),
+            None => format!("closed loop, {} in flight", plan.concurrency),
+        },
+        count,
+        seconds,
+        qps: count as f64 / seconds,
+        messages: total.messages,
+        messages_per_second: total.messages as f64 / seconds,
+        latency_ms: Latency {
+            min: ms(h.min()),
+            mean: h.mean() / 1000.0,
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+        },
+        status: total
+            .status
+            .iter()
+            .map(|(c, n)| (code_label(Code::from_i32(*c)).to_owned(), *n))
+            .collect(),
+        errors: total
+            .errors
+            .iter()
+            .map(|(c, m)| (code_label(Code::from_i32(*c)).to_owned(), m.clone()))
+            .collect(),
+        client_cpu_us_per_call: if count > 0 {
+            cpu * 1e6 / count as f64
+        } else {
+            0.0
+        },
+        client_bound: cpu / seconds >= 0.9 * worker_threads as f64,
+        late_sends: plan.rps.map(|_| total.late),
+    }
+}
+
+impl Report {
+    /// The human-readable report.
+    pub fn text(&self) -> String {
+        let l = &self.latency_ms;
+        let mut out = format!(
+            "{} — {}\n  calls {}  in {:.2}s  = {:.0} calls/s",
+            self.call, self.mode, self.count, self.seconds, self.qps
+        );
+        if self.messages != self.count {
+            out += &format!(
+                "  ({} messages, {:.0}/s)",
+                self.messages, self.messages_per_second
+            );
+        }
+        out += &format!(
+            "\n  latency ms  min {:.3}  mean {:.3}  p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}\n  status     ",
+            l.min, l.mean, l.p50, l.p90, l.p99, l.p999, l.max
+        );
+        let status: Vec<String> = self
+            .status
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        out += &status.join("  ");
+        for (code, message) in &self.errors {
+            out += &format!("\n  {code}: {message}");
+        }
+        out += &format!(
+            "\n  generator  {:.1} µs CPU per call{}",
+            self.client_cpu_us_per_call,
+            if self.client_bound {
+                "  — client-bound: the generator was the bottleneck"
+            } else {
+                ""
+            }
+        );
+        if let Some(late) = self.late_sends {
+            out += &format!("\n  late sends {late} (sent > 1 ms after schedule)");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_parse_in_every_spelling() {
+        assert_eq!("users.GetUser".parse(), Ok(Call::GetUser));
+        assert_eq!(
+            "jisucloud.v1.UserService/ListUsers".parse(),
+            Ok(Call::ListUsers)
+        );
+        assert_eq!("orders.CreateOrder".parse(), Ok(Call::CreateOrder));
+        assert!("users.Nope".parse::<Call>().is_err());
+    }
+}
