@@ -44,6 +44,19 @@ pub enum Call {
     Health,
 }
 
+impl Call {
+    /// The scopes a token needs for this call (the bench mints no more than that).
+    pub fn scopes(self) -> &'static str {
+        match self {
+            Call::GetUser | Call::ListUsers | Call::BatchGetUsers | Call::Health => "users:read",
+            Call::CreateUser => "users:write",
+            Call::GetOrder => "orders:read",
+            // In a split deployment orders checks the user with the caller's token.
+            Call::CreateOrder => "orders:write users:read",
+        }
+    }
+}
+
 impl std::str::FromStr for Call {
     type Err = String;
 
@@ -127,9 +140,60 @@ pub struct Report {
     pub client_cpu_us_per_call: f64,
     /// The generator used (nearly) all the CPU it had: the figures describe the client.
     pub client_bound: bool,
+    /// GetUser only: bytes of one request and one response body on the wire (gRPC: the
+    /// protobuf message plus its 5-byte frame prefix; REST: the JSON body and the path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_bytes: Option<Payload>,
     /// Open loop only: calls that left later than scheduled by more than 1 ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late_sends: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Payload {
+    pub request: usize,
+    pub response: usize,
+}
+
+/// Measures the payload of one GetUser call.
+async fn probe_payload(driver: &Driver, plan: &Plan) -> Option<Payload> {
+    use prost::Message;
+    if plan.call != Call::GetUser {
+        return None;
+    }
+    let req: GetUserRequest = request(&plan.data).unwrap_or_else(|| GetUserRequest {
+        user_id: "USER0001".into(),
+    });
+    match driver {
+        Driver::Grpc(client) => {
+            let user = client
+                .users()
+                .get_user(with_metadata(req.clone(), plan))
+                .await
+                .ok()?
+                .into_inner();
+            Some(Payload {
+                request: req.encoded_len() + 5,
+                response: user.encoded_len() + 5,
+            })
+        }
+        Driver::Rest {
+            http,
+            base,
+            authorization,
+        } => {
+            let path = format!("/v1/users/{}", req.user_id);
+            let mut call = http.get(format!("{base}{path}"));
+            if let Some(a) = authorization {
+                call = call.header("authorization", a);
+            }
+            let body = call.send().await.ok()?.bytes().await.ok()?;
+            Some(Payload {
+                request: path.len(),
+                response: body.len(),
+            })
+        }
+    }
 }
 
 /// Per-caller tallies, merged at the end.
@@ -376,6 +440,10 @@ pub async fn run(
     worker_threads: usize,
     progress: impl Fn(u64) + Send + Sync + 'static,
 ) -> Report {
+    let payload_bytes = match clients.first() {
+        Some(driver) => probe_payload(driver, plan).await,
+        None => None,
+    };
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let stop = Arc::new(AtomicBool::new(false));
@@ -516,6 +584,7 @@ pub async fn run(
         },
         client_bound: cpu / seconds >= 0.9 * worker_threads as f64,
         late_sends: plan.rps.map(|_| total.late),
+        payload_bytes,
     }
 }
 
@@ -555,6 +624,12 @@ impl Report {
                 ""
             }
         );
+        if let Some(p) = self.payload_bytes {
+            out += &format!(
+                "\n  payload    {} B request, {} B response",
+                p.request, p.response
+            );
+        }
         if let Some(late) = self.late_sends {
             out += &format!("\n  late sends {late} (sent > 1 ms after schedule)");
         }

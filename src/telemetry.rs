@@ -6,6 +6,7 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::{
     EnvFilter,
+    filter::FilterExt as _,
     fmt::{FmtContext, FormatEvent, FormatFields, format::Writer},
     prelude::*,
     registry::LookupSpan,
@@ -19,9 +20,10 @@ pub mod otel;
 
 /// Installs the global subscriber (log filter and format, plus the OpenTelemetry layer) and
 /// the trace pipeline configured in `env`. `RUST_LOG`, when given, wins over
-/// `settings.filter`. The filter always quiets h2/hyper/rustls internals unless asked for
-/// by name: their per-frame spans cost more than the requests themselves. Keep the guard
-/// until exit: it flushes the spans still queued.
+/// `settings.filter`; it filters the logs only, so quieting logs never turns traces off.
+/// The log filter always quiets h2/hyper/rustls internals unless asked for by name, and
+/// traces only ever record Jisu's own spans: dependencies' per-frame spans cost more than
+/// the requests themselves. Keep the guard until exit: it flushes the spans still queued.
 pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::TracingGuard {
     let directives = env.get("RUST_LOG").unwrap_or(&settings.filter);
     let filter = EnvFilter::builder().parse_lossy(format!(
@@ -29,8 +31,10 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
          opentelemetry_sdk=warn,opentelemetry_otlp=warn,{directives}"
     ));
     let (provider, state) = otel::pipeline(env);
-    let traces = otel::layer(&provider);
-    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    let traces = otel::layer(&provider).with_filter(
+        tracing_subscriber::filter::Targets::new().with_target("jisu", tracing::Level::INFO),
+    );
+    let registry = tracing_subscriber::registry().with(traces);
     let result = match settings.format {
         LogFormat::Json => registry
             .with(
@@ -38,12 +42,13 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
                     .event_format(TraceIds {
                         inner: tracing_subscriber::fmt::format()
                             .json()
-                            .with_current_span(true)
+                            .with_current_span(false)
                             .with_span_list(false),
                         json: true,
                     })
                     .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter.and(events_only())),
             )
             .try_init(),
         LogFormat::Pretty => registry
@@ -55,7 +60,8 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
                             .with_ansi(std::io::stderr().is_terminal()),
                         json: false,
                     })
-                    .with_writer(std::io::stderr),
+                    .with_writer(std::io::stderr)
+                    .with_filter(filter.and(events_only())),
             )
             .try_init(),
     };
@@ -77,9 +83,15 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
     otel::guard(provider)
 }
 
-/// The W3C trace id and span id of the current OpenTelemetry context, when valid.
-pub fn current_ids() -> Option<(String, String)> {
-    let cx = opentelemetry::Context::current();
+/// The log layer sees events only: it never formats span fields, which would cost on
+/// every call (each line carries the call's `trace_id`/`span_id` instead).
+fn events_only<S>() -> impl tracing_subscriber::layer::Filter<S> + Clone {
+    tracing_subscriber::filter::filter_fn(|meta| meta.is_event())
+}
+
+/// The W3C trace id and span id of the span `id`, when it has valid ones.
+pub fn span_ids(id: &tracing::span::Id) -> Option<(String, String)> {
+    let cx = tracing::dispatcher::get_default(|d| tracing_opentelemetry::get_otel_context(id, d))?;
     let span = cx.span();
     let sc = span.span_context();
     sc.is_valid()
@@ -106,7 +118,9 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let Some((trace_id, span_id)) = ctx.lookup_current().and(current_ids()) else {
+        // The current span of the whole subscriber (this layer itself sees no spans).
+        let current = tracing::Span::current();
+        let Some((trace_id, span_id)) = current.id().and_then(|id| span_ids(&id)) else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);

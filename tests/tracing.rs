@@ -124,7 +124,11 @@ fn s(v: &str) -> Option<Value> {
 #[tokio::test]
 async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
     let mut collector = Collector::start().await;
-    let server = collector.binary("jisu-under-test").start();
+    // Quiet logs must not turn traces off: the log filter applies to logs only.
+    let server = collector
+        .binary("jisu-under-test")
+        .env("RUST_LOG", "warn")
+        .start();
     let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
         .unwrap()
         .issue("tracer", "users:read", Duration::from_secs(300));

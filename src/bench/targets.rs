@@ -27,7 +27,6 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::{
@@ -52,9 +51,14 @@ pub async fn serve_bare(listener: TcpListener, store: Arc<dyn Store>) -> std::io
     Server::builder()
         .add_service(users)
         .add_service(orders)
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming(listener))
         .await
         .map_err(std::io::Error::other)
+}
+
+/// Accepted connections with TCP_NODELAY, as Jisu's own listener sets it.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 #[derive(Clone)]
@@ -158,7 +162,7 @@ impl TraceService for OtlpSink {
 pub async fn serve_otlp_sink(listener: TcpListener, sink: OtlpSink) -> std::io::Result<()> {
     Server::builder()
         .add_service(TraceServiceServer::new(sink))
-        .serve_with_incoming(TcpListenerStream::new(listener))
+        .serve_with_incoming(incoming(listener))
         .await
         .map_err(std::io::Error::other)
 }

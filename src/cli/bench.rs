@@ -11,8 +11,6 @@ use jisu::{
     store::{self, MemoryStore, Store},
 };
 
-const ALL_SCOPES: &str = "users:read users:write orders:read orders:write files:read files:write";
-
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
     Text,
@@ -43,7 +41,7 @@ pub struct BenchArgs {
     /// Plaintext h2 (`http://` endpoints), no client certificate: only for a bare server.
     #[arg(long)]
     insecure: bool,
-    /// Bearer token; minted from <certs>/jwt.key with every scope when absent.
+    /// Bearer token; minted from <certs>/jwt.key (with just the call's scope) when absent.
     #[arg(long, env = "JISU_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Drive GetUser as REST/JSON (`GET /v1/users/{id}` over HTTPS) instead of gRPC.
@@ -132,7 +130,7 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         (None, false) => Some(
             TokenIssuer::from_file(&args.certs.join("jwt.key"), "jisu", "jisucloud")
                 .context("no --token or JISU_TOKEN given, and no key to mint one")?
-                .issue("jisu-bench", ALL_SCOPES, Duration::from_secs(24 * 3600)),
+                .issue("jisu-bench", call.scopes(), Duration::from_secs(24 * 3600)),
         ),
     };
     let mut drivers = Vec::new();

@@ -123,6 +123,7 @@ where
                 in_flight: None,
                 start: Instant::now(),
                 span,
+                peer: None,
             }),
         }
     }

@@ -26,9 +26,9 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
-    security::policy::{self, CallType},
+    security::policy::CallType,
     telemetry::{
-        metrics::{MethodMetrics, Metrics, Side},
+        metrics::{MethodMetrics, Metrics, Side, UNKNOWN},
         otel,
     },
     transport::Peer,
@@ -37,40 +37,47 @@ use crate::{
 /// Response metadata carrying the call's trace id, to paste into Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
-/// The SERVER span of one call, with the OTel RPC semantic-convention attributes.
+/// The SERVER span of one call. Only its name and kind are set here: the OTel RPC
+/// semantic-convention attributes are recorded when the call ends, and only when the span
+/// is sampled (see [`CallRecord::describe`]), because converting a dozen attributes for
+/// every call that is never exported was the largest cost of tracing.
 fn server_span<B>(req: &Request<B>) -> tracing::Span {
     let path = req.uri().path();
-    let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));
-    let peer = req.extensions().get::<Arc<Peer>>();
     let span = tracing::info_span!(
         "rpc",
         otel.name = path.trim_start_matches('/'),
         otel.kind = "server",
         otel.status_code = tracing::field::Empty,
-        rpc.system = "grpc",
-        rpc.service = service,
-        rpc.method = method,
+        rpc.system = tracing::field::Empty,
+        rpc.service = tracing::field::Empty,
+        rpc.method = tracing::field::Empty,
         rpc.grpc.status_code = tracing::field::Empty,
-        server.address = peer.map(|p| p.local_addr.ip().to_string()),
-        server.port = peer.map(|p| p.local_addr.port()),
-        network.peer.address = peer.map(|p| p.remote_addr.ip().to_string()),
-        tls.client.identity = peer.map(|p| p.identity.as_str()),
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        network.peer.address = tracing::field::Empty,
+        tls.client.identity = tracing::field::Empty,
         enduser.id = tracing::field::Empty,
     );
-    let parent = otel::extract(req.headers());
-    if parent.span().span_context().is_valid() {
-        let _ = span.set_parent(parent);
+    // Most calls carry no context: skip the propagator (a global lock) for them.
+    let headers = req.headers();
+    if headers.contains_key("traceparent") || headers.contains_key("baggage") {
+        let parent = otel::extract(headers);
+        if parent.span().span_context().is_valid() {
+            let _ = span.set_parent(parent);
+        }
     }
     span
 }
 
-/// The trace id of a span as 32 hex digits, when it has one.
-fn trace_id(span: &tracing::Span) -> Option<http::HeaderValue> {
+/// The trace id of a span as 32 hex digits (when it has one) and whether it is sampled.
+fn trace_id(span: &tracing::Span) -> (Option<http::HeaderValue>, bool) {
     let cx = span.context();
     let sc = cx.span().span_context().clone();
-    sc.is_valid()
+    let id = sc
+        .is_valid()
         .then(|| http::HeaderValue::from_str(&sc.trace_id().to_string()).ok())
-        .flatten()
+        .flatten();
+    (id, sc.is_sampled())
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +137,7 @@ where
         });
         self.metrics.in_flight().increment(1.0);
         let span = server_span(&req);
+        let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -142,6 +150,7 @@ where
                 in_flight: Some(self.metrics.clone()),
                 start: Instant::now(),
                 span,
+                peer,
             }),
         }
     }
@@ -157,9 +166,32 @@ pub(crate) struct CallRecord {
     pub(crate) in_flight: Option<Metrics>,
     pub(crate) start: Instant,
     pub(crate) span: tracing::Span,
+    /// The caller's connection (server side).
+    pub(crate) peer: Option<Arc<Peer>>,
 }
 
 impl CallRecord {
+    /// Records the RPC attributes of a sampled SERVER span.
+    fn describe(&self) {
+        let (service, method) = self
+            .method
+            .as_ref()
+            .map_or((UNKNOWN, UNKNOWN), |m| (m.service, m.name));
+        let span = &self.span;
+        span.record("rpc.system", "grpc");
+        span.record("rpc.service", service);
+        span.record("rpc.method", method);
+        if let Some(p) = &self.peer {
+            span.record("server.address", tracing::field::display(p.local_addr.ip()));
+            span.record("server.port", p.local_addr.port());
+            span.record(
+                "network.peer.address",
+                tracing::field::display(p.remote_addr.ip()),
+            );
+            span.record("tls.client.identity", p.identity.as_str());
+        }
+    }
+
     /// The counter of the messages the response carries: sent by a server, received by
     /// a client.
     fn response_messages(&self) -> Option<&metrics::Counter> {
@@ -167,6 +199,12 @@ impl CallRecord {
             Side::Server => &m.msg_sent,
             Side::Client => &m.msg_received,
         })
+    }
+
+    fn streams_response(&self) -> bool {
+        self.method
+            .as_ref()
+            .is_some_and(|m| matches!(m.call_type, CallType::ServerStream | CallType::BidiStream))
     }
 
     pub(crate) fn finish(self, code: Code) {
@@ -243,10 +281,14 @@ where
             Ok(response) => {
                 let header_code = status_of(response.headers());
                 let (mut parts, body) = response.into_parts();
-                if call.side == Side::Server
-                    && let Some(id) = trace_id(&call.span)
-                {
-                    parts.headers.insert(TRACE_ID_HEADER, id);
+                if call.side == Side::Server {
+                    let (id, sampled) = trace_id(&call.span);
+                    if let Some(id) = id {
+                        parts.headers.insert(TRACE_ID_HEADER, id);
+                    }
+                    if sampled {
+                        call.describe();
+                    }
                 }
                 let record = match header_code {
                     // Trailers-only: the call is over already.
@@ -315,7 +357,14 @@ impl<B: Body> Body for MeteredBody<B> {
         let this = self.project();
         // Stream items are produced while the body is polled: log them in the call's span.
         let frame = {
-            let _entered = this.finish.record.as_ref().map(|r| r.span.enter());
+            // Streamed responses are produced here: enter the span so their logs carry
+            // its ids. A unary response is ready already; entering would only cost.
+            let _entered = this
+                .finish
+                .record
+                .as_ref()
+                .filter(|r| r.streams_response())
+                .map(|r| r.span.enter());
             ready!(this.inner.poll_frame(cx))
         };
         match &frame {

@@ -57,6 +57,9 @@ pub fn code_label(code: Code) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct MethodMetrics {
     pub call_type: CallType,
+    /// `jisucloud.v1.UserService` and `GetUser` (`unknown` outside the table).
+    pub service: &'static str,
+    pub name: &'static str,
     pub started: Counter,
     pub msg_received: Counter,
     pub msg_sent: Counter,
@@ -203,6 +206,8 @@ impl Metrics {
             };
             MethodMetrics {
                 call_type,
+                service,
+                name,
                 started: recorder.register_counter(&key("started_total", &[]), &METADATA),
                 msg_received: recorder.register_counter(&key("msg_received_total", &[]), &METADATA),
                 msg_sent: recorder.register_counter(&key("msg_sent_total", &[]), &METADATA),

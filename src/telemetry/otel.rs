@@ -283,7 +283,12 @@ pub fn layer<S>(provider: &SdkTracerProvider) -> impl tracing_subscriber::Layer<
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
 {
-    tracing_opentelemetry::layer().with_tracer(provider.tracer("jisu"))
+    // No per-span busy/idle timing and no thread-local context activation on every enter:
+    // both cost on each poll, and parents come from the span tree, not the active context.
+    tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("jisu"))
+        .with_tracked_inactivity(false)
+        .with_context_activation(false)
 }
 
 pub fn guard(provider: SdkTracerProvider) -> TracingGuard {
