@@ -449,6 +449,7 @@ pub async fn run(
     let stop = Arc::new(AtomicBool::new(false));
     let measured = Arc::new(AtomicU64::new(0));
     let slots = Arc::new(AtomicU64::new(0));
+    let tickets = Arc::new(AtomicU64::new(0));
     let end = plan.total.is_none().then(|| measure_from + plan.duration);
     let cpu_start = Arc::new(parking_lot::Mutex::new(None::<f64>));
 
@@ -456,11 +457,12 @@ pub async fn run(
     for worker in 0..plan.concurrency {
         let client = clients[worker % clients.len()].clone();
         let plan = plan.clone();
-        let (stop, measured, slots, cpu_start) = (
+        let (stop, measured, slots, cpu_start, tickets) = (
             stop.clone(),
             measured.clone(),
             slots.clone(),
             cpu_start.clone(),
+            tickets.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
@@ -480,6 +482,13 @@ pub async fn run(
                     }
                 };
                 if end.is_some_and(|e| Instant::now() >= e) {
+                    break;
+                }
+                // With --total, a measured call takes a ticket first: exactly `total` run.
+                if let Some(total) = plan.total
+                    && due >= measure_from
+                    && tickets.fetch_add(1, Ordering::Relaxed) >= total
+                {
                     break;
                 }
                 let sent = Instant::now();

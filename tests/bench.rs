@@ -1,0 +1,209 @@
+//! `jisu bench` against the real binary: closed and open loop, the JSON report, the status
+//! distribution, and the comparison targets of the benchmark suite (bare, REST).
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::Binary;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .arg("bench")
+        .args(["--threads", "1", "--warmup", "0s", "--format", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn certs(server: &common::Served) -> &str {
+    server.certs.to_str().unwrap()
+}
+
+#[test]
+fn closed_loop_reports_counts_latency_and_status() {
+    let server = Binary::default().start();
+    let ep = server.endpoint();
+    let r = bench(&[
+        "--endpoint",
+        &ep,
+        "--certs",
+        certs(&server),
+        "--total",
+        "300",
+        "-c",
+        "8",
+    ]);
+    assert_eq!(r["count"], 300);
+    assert_eq!(r["status"], serde_json::json!({"OK": 300}));
+    let l = &r["latency_ms"];
+    for q in ["min", "p50", "p90", "p99", "p999", "max"] {
+        assert!(l[q].as_f64().unwrap() > 0.0, "{q}: {r}");
+    }
+    assert!(l["p50"].as_f64() <= l["p99"].as_f64());
+    assert!(r["qps"].as_f64().unwrap() > 0.0);
+    assert_eq!(
+        r["payload_bytes"],
+        serde_json::json!({"request": 15, "response": 73})
+    );
+    assert!(r["client_cpu_us_per_call"].as_f64().unwrap() > 0.0);
+
+    // Failures are counted by code, with a sample message.
+    let r = bench(&[
+        "--endpoint",
+        &ep,
+        "--certs",
+        certs(&server),
+        "--total",
+        "50",
+        "--data",
+        r#"{"user_id": "USER9999"}"#,
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"NotFound": 50}));
+    assert!(
+        r["errors"]["NotFound"]
+            .as_str()
+            .unwrap()
+            .contains("USER9999")
+    );
+    // A token without the scope: every call PermissionDenied.
+    let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args(["token", "issue", "--certs", certs(&server)])
+        .args(["--sub", "b", "--scope", "orders:read"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let r = bench(&[
+        "--endpoint",
+        &ep,
+        "--certs",
+        certs(&server),
+        "--total",
+        "20",
+        "--token",
+        token.trim(),
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"PermissionDenied": 20}));
+}
+
+#[test]
+fn open_loop_sends_on_schedule_and_streams_count_messages() {
+    let server = Binary::default().start();
+    let ep = server.endpoint();
+    let r = bench(&[
+        "--endpoint",
+        &ep,
+        "--certs",
+        certs(&server),
+        "--rps",
+        "200",
+        "--duration",
+        "1s",
+    ]);
+    let count = r["count"].as_u64().unwrap();
+    assert!(
+        (190..=201).contains(&count),
+        "{count} calls at 200/s for 1 s"
+    );
+    assert!(r["mode"].as_str().unwrap().contains("open loop"));
+    assert!(r["late_sends"].is_u64());
+
+    let r = bench(&[
+        "--endpoint",
+        &ep,
+        "--certs",
+        certs(&server),
+        "--call",
+        "users.ListUsers",
+        "--stream-messages",
+        "50",
+        "--total",
+        "10",
+    ]);
+    assert_eq!(r["count"], 10);
+    assert_eq!(r["messages"], 500);
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    for (args, needle) in [
+        (vec!["--call", "users.Nope"], "expected one of"),
+        (vec!["--call", "orders.GetOrder"], "needs --data"),
+        (vec!["--data", "{not json"], "not JSON"),
+        (vec!["--data", r#"{"user_id": 5}"#], "does not fit"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
+            .arg("bench")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+/// Starts `jisu bench-target KIND` and returns it with its address.
+fn target(kind: &str, certs: &str) -> (std::process::Child, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args(["bench-target", kind, "--certs", certs])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    (child, addr)
+}
+
+#[test]
+fn the_comparison_targets_serve_the_same_answers() {
+    let server = Binary::default().start();
+    let (mut bare, addr) = target("bare", certs(&server));
+    let r = bench(&[
+        "--endpoint",
+        &format!("http://{addr}"),
+        "--insecure",
+        "--total",
+        "100",
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 100}));
+    assert_eq!(r["payload_bytes"]["response"], 73);
+    let _ = bare.kill();
+
+    let (mut rest, addr) = target("rest", certs(&server));
+    let port = addr.rsplit(':').next().unwrap();
+    let r = bench(&[
+        "--endpoint",
+        &format!("https://localhost:{port}"),
+        "--rest",
+        "--certs",
+        certs(&server),
+        "--total",
+        "100",
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 100}));
+    assert!(r["payload_bytes"]["response"].as_u64().unwrap() > 100);
+    let r = bench(&[
+        "--endpoint",
+        &format!("https://localhost:{port}"),
+        "--rest",
+        "--certs",
+        certs(&server),
+        "--total",
+        "10",
+        "--data",
+        r#"{"user_id": "USER0404"}"#,
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"NotFound": 10}));
+    let _ = rest.kill();
+}
