@@ -20,7 +20,10 @@ use crate::{
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         tls::{self, ServerTlsFiles, TlsError},
     },
-    service::{FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits},
+    service::{
+        FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits,
+        streams::Shutdown,
+    },
     store::{self, MemoryStore, Store, StoreError, TracedStore},
     telemetry::{metrics::Metrics, metrics_endpoint},
     transport::tls_incoming,
@@ -214,18 +217,23 @@ impl Application {
                     .max_encoding_message_size(limits.max_encoding_message_bytes)
             };
         }
-        let users =
-            serve_users.then(|| api_server!(UserServiceServer::new(UserApi::new(store.clone()))));
+        // Open streams end with UNAVAILABLE as soon as shutdown starts.
+        let streams = Shutdown::new();
+        let users = serve_users.then(|| {
+            api_server!(UserServiceServer::new(
+                UserApi::new(store.clone()).with_shutdown(streams.clone())
+            ))
+        });
         let events = OrderEvents::new(metrics.order_watchers());
         let orders = serve_orders.then(|| {
-            api_server!(OrderServiceServer::new(OrderApi::new(
-                store,
-                user_directory,
-                events
-            )))
+            api_server!(OrderServiceServer::new(
+                OrderApi::new(store, user_directory, events).with_shutdown(streams.clone())
+            ))
         });
         let serve_files = files.is_some();
-        let files = files.map(|api| api_server!(FileServiceServer::new(api)));
+        let files = files.map(|api| {
+            api_server!(FileServiceServer::new(api.with_shutdown(streams.clone())))
+        });
 
         let incoming = tls_incoming(
             listener,
@@ -259,6 +267,7 @@ impl Application {
                 if serve_files {
                     health.set_not_serving::<FileServiceServer<FileApi>>().await;
                 }
+                streams.trigger();
                 health
                     .set_service_status("", tonic_health::ServingStatus::NotServing)
                     .await;

@@ -456,3 +456,32 @@ async fn a_stream_past_the_callers_deadline_ends_with_deadline_exceeded() {
     );
     wait_for_watchers(&server, 0.0).await;
 }
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable_at_once() {
+    let server = TestServer::start().await;
+    let driver = server.client(ALL_SCOPES).await;
+    let order = new_order(&driver).await;
+    let mut watching = watch(&driver, &order.order_id).await;
+    watching.next().await.unwrap().unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let mut tracked = driver
+        .orders()
+        .track_orders(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tx.send(subscribe(&order.order_id)).await.unwrap();
+    next_event(&mut tracked).await;
+    // The grace period is 10 s; open streams must not make shutdown wait for it.
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("shutdown does not wait for open streams");
+    for status in [
+        watching.next().await.unwrap().unwrap_err(),
+        tracked.next().await.unwrap().unwrap_err(),
+    ] {
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(status.message().contains("shutting down"), "{status:?}");
+    }
+}

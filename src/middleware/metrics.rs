@@ -306,8 +306,7 @@ where
                             record,
                             code: Code::Cancelled,
                         },
-                        frame_left: 0,
-                        header_left: 5,
+                        frames: FrameCounter::default(),
                     },
                 ))
             }
@@ -325,9 +324,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         finish: FinishOnDrop,
-        // Bytes left of the current message's payload, then of the next 5-byte prefix.
-        frame_left: usize,
-        header_left: usize,
+        frames: FrameCounter,
     }
 }
 
@@ -340,8 +337,7 @@ impl<B: Default> Default for MeteredBody<B> {
                 record: None,
                 code: Code::Cancelled,
             },
-            frame_left: 0,
-            header_left: 5,
+            frames: FrameCounter::default(),
         }
     }
 }
@@ -355,7 +351,6 @@ impl<B: Body> Body for MeteredBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
-        // Stream items are produced while the body is polled: log them in the call's span.
         let frame = {
             // Streamed responses are produced here: enter the span so their logs carry
             // its ids. A unary response is ready already; entering would only cost.
@@ -370,12 +365,7 @@ impl<B: Body> Body for MeteredBody<B> {
         match &frame {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
-                    let sent = count_messages(
-                        data.chunk(),
-                        data.remaining(),
-                        this.frame_left,
-                        this.header_left,
-                    );
+                    let sent = this.frames.count(data);
                     if let Some(counter) = this
                         .finish
                         .record
@@ -418,8 +408,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: B,
         counter: Option<metrics::Counter>,
-        frame_left: usize,
-        header_left: usize,
+        frames: FrameCounter,
     }
 }
 
@@ -429,8 +418,7 @@ impl<B> MeteredRequest<B> {
         Self {
             inner,
             counter,
-            frame_left: 0,
-            header_left: 5,
+            frames: FrameCounter::default(),
         }
     }
 }
@@ -448,13 +436,7 @@ impl<B: Body> Body for MeteredRequest<B> {
         if let (Some(counter), Some(Ok(frame))) = (this.counter.as_ref(), &frame)
             && let Some(data) = frame.data_ref()
         {
-            let n = count_messages(
-                data.chunk(),
-                data.remaining(),
-                this.frame_left,
-                this.header_left,
-            );
-            counter.increment(n);
+            counter.increment(this.frames.count(data));
         }
         Poll::Ready(frame)
     }
@@ -465,6 +447,35 @@ impl<B: Body> Body for MeteredRequest<B> {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// Where a body is in the gRPC framing: bytes left of the current message's payload, then
+/// of the next 5-byte prefix.
+#[derive(Debug)]
+pub(crate) struct FrameCounter {
+    frame_left: usize,
+    header_left: usize,
+}
+
+impl Default for FrameCounter {
+    fn default() -> Self {
+        Self {
+            frame_left: 0,
+            header_left: 5,
+        }
+    }
+}
+
+impl FrameCounter {
+    /// The messages that start in this data frame.
+    fn count(&mut self, data: &impl Buf) -> u64 {
+        count_messages(
+            data.chunk(),
+            data.remaining(),
+            &mut self.frame_left,
+            &mut self.header_left,
+        )
     }
 }
 

@@ -22,7 +22,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::{now, streams::with_deadline};
+use super::{
+    now,
+    streams::{Shutdown, guard},
+};
 use crate::{
     error::Error,
     pb::{
@@ -50,6 +53,7 @@ pub struct FileApi {
     limits: FileLimits,
     /// Uploads in progress (by `<sha256>-<size>`): one writer per upload.
     active: Arc<Mutex<HashSet<String>>>,
+    shutdown: Shutdown,
 }
 
 fn io_error(what: &str, err: std::io::Error) -> Error {
@@ -115,7 +119,14 @@ impl FileApi {
             uploads,
             limits,
             active: Arc::default(),
+            shutdown: Shutdown::default(),
         })
+    }
+
+    /// Downloads end with UNAVAILABLE when `shutdown` triggers (resume from the offset).
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     fn part_path(&self, sha256: &str, size: u64) -> PathBuf {
@@ -425,7 +436,7 @@ impl FileService for FileApi {
             };
             Some((Ok(message), (file, offset + want as u64, None)))
         });
-        Ok(Response::new(Box::pin(with_deadline(chunks, &metadata))))
+        Ok(Response::new(Box::pin(guard(chunks, &metadata, &self.shutdown))))
     }
 
     async fn get_upload(

@@ -6,7 +6,8 @@ use tonic::{Request, Response, Status};
 
 use super::{
     OrderEvents, UserDirectory, now, order_events::is_terminal, store_error,
-    streams::with_deadline, validate::Violations,
+    streams::{Shutdown, guard},
+    validate::Violations,
 };
 use crate::{
     error::Error,
@@ -42,6 +43,7 @@ pub struct OrderApi {
     store: Arc<dyn Store>,
     users: UserDirectory,
     events: OrderEvents,
+    shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for OrderApi {
@@ -56,7 +58,14 @@ impl OrderApi {
             store,
             users,
             events,
+            shutdown: Shutdown::default(),
         }
+    }
+
+    /// Streams end with UNAVAILABLE when `shutdown` triggers.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Stores a status change and pushes it to the order's watchers.
@@ -181,7 +190,7 @@ impl OrderService for OrderApi {
             .map_err(|e| store_error(e, &id))?;
         watch.seed(&order);
         let updates = futures::StreamExt::map(watch.into_stream(), Ok);
-        Ok(Response::new(Box::pin(with_deadline(updates, &metadata))))
+        Ok(Response::new(Box::pin(guard(updates, &metadata, &self.shutdown))))
     }
 
     async fn update_order_status(
@@ -249,7 +258,7 @@ impl OrderService for OrderApi {
             let item = t.next_event().await?;
             Some((item, t))
         });
-        Ok(Response::new(Box::pin(with_deadline(events, &metadata))))
+        Ok(Response::new(Box::pin(guard(events, &metadata, &self.shutdown))))
     }
 }
 

@@ -4,6 +4,7 @@ use std::{pin::Pin, sync::Arc};
 use futures::Stream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
+use super::streams::Shutdown;
 use super::{now, store_error, validate::Violations};
 use crate::{
     pb::{
@@ -24,6 +25,7 @@ pub const NEXT_PAGE_TOKEN: &str = "x-next-page-token";
 #[derive(Clone)]
 pub struct UserApi {
     store: Arc<dyn Store>,
+    shutdown: Shutdown,
 }
 
 impl std::fmt::Debug for UserApi {
@@ -34,7 +36,16 @@ impl std::fmt::Debug for UserApi {
 
 impl UserApi {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            shutdown: Shutdown::default(),
+        }
+    }
+
+    /// Streams end with UNAVAILABLE when `shutdown` triggers.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 }
 
@@ -102,9 +113,10 @@ impl UserService for UserApi {
             });
         let items = page.users.into_iter().map(Ok).chain(trailer);
         // Produced as the client reads (h2 flow control): at most one page is held.
-        Ok(Response::new(Box::pin(super::streams::with_deadline(
+        Ok(Response::new(Box::pin(super::streams::guard(
             tokio_stream::iter(items),
             &metadata,
+            &self.shutdown,
         ))))
     }
 
