@@ -148,6 +148,13 @@ pub struct AuthSettings {
 pub struct ServerSettings {
     /// HTTP/2 streams one connection may have open.
     pub max_concurrent_streams: u32,
+    /// Calls handled at once, all connections together; more are refused at once with
+    /// RESOURCE_EXHAUSTED (health checks excepted).
+    pub max_concurrent_calls: usize,
+    /// Longest a unary call may run, whatever deadline its caller sent (or none).
+    pub max_call_duration_ms: u64,
+    /// Connections are closed gracefully after this age (clients reconnect and rebalance).
+    pub max_connection_age_secs: u64,
     /// Largest decoded request message.
     pub max_decoding_message_bytes: usize,
     /// Largest encoded response message.
@@ -220,6 +227,9 @@ impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             max_concurrent_streams: 256,
+            max_concurrent_calls: 1000,
+            max_call_duration_ms: 30_000,
+            max_connection_age_secs: 3600,
             max_decoding_message_bytes: 4 * 1024 * 1024,
             max_encoding_message_bytes: 4 * 1024 * 1024,
             shutdown_grace_ms: 10_000,

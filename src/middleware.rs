@@ -1,8 +1,12 @@
 //! Cross-cutting request handling, one concern per file, each a tower Layer/Service pair.
 pub mod auth;
+pub mod catch_panic;
 pub mod client_telemetry;
+pub mod limits;
 pub mod metrics;
 
 pub use auth::AuthLayer;
+pub use catch_panic::CatchPanicLayer;
 pub use client_telemetry::ClientTelemetryLayer;
+pub use limits::LoadShedLayer;
 pub use metrics::MetricsLayer;

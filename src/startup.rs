@@ -11,7 +11,7 @@ use tonic::{codec::CompressionEncoding, transport::Server};
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
     config::{ServiceKind, Settings},
-    middleware::{AuthLayer, MetricsLayer},
+    middleware::{AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer},
     pb::{
         self, file_service_server::FileServiceServer, order_service_server::OrderServiceServer,
         user_service_server::UserServiceServer,
@@ -85,6 +85,16 @@ impl std::fmt::Debug for Application {
 impl Application {
     /// Loads TLS material and keys, prepares the store and binds the gRPC listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_store(settings, Arc::new(MemoryStore::new()), "memory").await
+    }
+
+    /// As [`Application::build`], over the given storage backend (named `system` in
+    /// the store spans).
+    pub async fn build_with_store(
+        settings: Settings,
+        backend: Arc<dyn Store>,
+        system: &'static str,
+    ) -> Result<Self, StartupError> {
         let tls = tls::server_config(
             &ServerTlsFiles {
                 cert: &settings.server_cert(),
@@ -103,7 +113,7 @@ impl Application {
                 cache_capacity: settings.auth.cache_capacity,
             },
         )?;
-        let store: Arc<dyn Store> = Arc::new(TracedStore::new(MemoryStore::new(), "memory"));
+        let store: Arc<dyn Store> = Arc::new(TracedStore::new(backend, system));
         if settings.demo_data
             && settings.serves(ServiceKind::Users)
             && store.user_count().await? == 0
@@ -231,9 +241,8 @@ impl Application {
             ))
         });
         let serve_files = files.is_some();
-        let files = files.map(|api| {
-            api_server!(FileServiceServer::new(api.with_shutdown(streams.clone())))
-        });
+        let files = files
+            .map(|api| api_server!(FileServiceServer::new(api.with_shutdown(streams.clone()))));
 
         let incoming = tls_incoming(
             listener,
@@ -284,10 +293,18 @@ impl Application {
             .http2_max_header_list_size(16 * 1024)
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // Observe everything, including calls auth refuses: outermost.
+            .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
+            // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
+            // this maximum whatever the caller asked (streams: see service::streams).
+            .timeout(Duration::from_millis(limits.max_call_duration_ms))
+            // Observe everything, including calls auth refuses and calls shed: outermost.
             .layer(MetricsLayer::new(metrics.clone()))
+            // Shed load before spending anything on a call (health checks pass).
+            .layer(LoadShedLayer::new(limits.max_concurrent_calls))
             // Who is calling: the bearer token and the method's scope, before any handler.
             .layer(AuthLayer::new(verifier, metrics.clone()))
+            // A panicking handler fails its own call with INTERNAL, nothing else.
+            .layer(CatchPanicLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -436,7 +436,11 @@ impl FileService for FileApi {
             };
             Some((Ok(message), (file, offset + want as u64, None)))
         });
-        Ok(Response::new(Box::pin(guard(chunks, &metadata, &self.shutdown))))
+        Ok(Response::new(Box::pin(guard(
+            chunks,
+            &metadata,
+            &self.shutdown,
+        ))))
     }
 
     async fn get_upload(

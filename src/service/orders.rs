@@ -5,7 +5,9 @@ use futures::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{
-    OrderEvents, UserDirectory, now, order_events::is_terminal, store_error,
+    OrderEvents, UserDirectory, now,
+    order_events::is_terminal,
+    store_error,
     streams::{Shutdown, guard},
     validate::Violations,
 };
@@ -190,7 +192,11 @@ impl OrderService for OrderApi {
             .map_err(|e| store_error(e, &id))?;
         watch.seed(&order);
         let updates = futures::StreamExt::map(watch.into_stream(), Ok);
-        Ok(Response::new(Box::pin(guard(updates, &metadata, &self.shutdown))))
+        Ok(Response::new(Box::pin(guard(
+            updates,
+            &metadata,
+            &self.shutdown,
+        ))))
     }
 
     async fn update_order_status(
@@ -258,7 +264,11 @@ impl OrderService for OrderApi {
             let item = t.next_event().await?;
             Some((item, t))
         });
-        Ok(Response::new(Box::pin(guard(events, &metadata, &self.shutdown))))
+        Ok(Response::new(Box::pin(guard(
+            events,
+            &metadata,
+            &self.shutdown,
+        ))))
     }
 }
 

@@ -1,19 +1,28 @@
 //! A [`Store`] wrapper that gives every storage operation its own span, a child of the
 //! call's SERVER span (`store get_user`, with `db.operation.name`), whatever the backend.
+use std::sync::Arc;
+
 use tracing::Instrument as _;
 
 use super::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch};
 use crate::pb::{Order, User};
 
 /// Wraps a backend; `system` names it in `db.system.name`.
-#[derive(Debug)]
-pub struct TracedStore<S> {
-    inner: S,
+pub struct TracedStore {
+    inner: Arc<dyn Store>,
     system: &'static str,
 }
 
-impl<S> TracedStore<S> {
-    pub fn new(inner: S, system: &'static str) -> Self {
+impl std::fmt::Debug for TracedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TracedStore")
+            .field("system", &self.system)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TracedStore {
+    pub fn new(inner: Arc<dyn Store>, system: &'static str) -> Self {
         Self { inner, system }
     }
 }
@@ -44,7 +53,7 @@ async fn traced<T>(
 }
 
 #[async_trait::async_trait]
-impl<S: Store> Store for TracedStore<S> {
+impl Store for TracedStore {
     async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
         traced(
             op_span!(self, "create_user"),

@@ -2,7 +2,7 @@
 //! tokens minted by the project's own code in a temp dir.
 #![allow(dead_code)]
 
-use std::{path::Path, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use jisu::{
     client::{ClientConfig, ClientError, JisuClient},
@@ -33,11 +33,19 @@ impl TestServer {
 
     /// Starts a server; `configure` may change the settings first.
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::start_with_store(configure, Arc::new(jisu::store::MemoryStore::new())).await
+    }
+
+    /// Starts a server over the given storage backend.
+    pub async fn start_with_store(
+        configure: impl FnOnce(&mut Settings),
+        store: Arc<dyn jisu::store::Store>,
+    ) -> Self {
         let certs = tempfile::tempdir().expect("temp dir");
         certs::init(certs.path(), &[], false).expect("mint certificates");
         let mut settings = Settings::for_certs(certs.path());
         configure(&mut settings);
-        let app = Application::build(settings)
+        let app = Application::build_with_store(settings, store, "test")
             .await
             .expect("build application");
         let addr = app.grpc_addr();

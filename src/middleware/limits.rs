@@ -1,0 +1,121 @@
+//! Load shedding: at most `limit` calls are handled at once; past that a call is refused
+//! at once with RESOURCE_EXHAUSTED (reason `OVERLOADED`, `grpc-retry-pushback-ms` set) so
+//! admitted calls keep their latency and clients back off or go elsewhere. Health checks
+//! are never shed: a load balancer must still see the server. A call holds its slot until
+//! its handler returns (for streams: until the stream is set up, not for its lifetime).
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures::future::{Either, Ready, ready};
+use http::{Request, Response};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::Code;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::Error;
+
+/// Suggested wait before a retry of a shed call.
+pub const PUSHBACK_MS: &str = "50";
+
+#[derive(Debug, Clone)]
+pub struct LoadShedLayer {
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+impl LoadShedLayer {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+        }
+    }
+}
+
+impl<S> Layer<S> for LoadShedLayer {
+    type Service = LoadShed<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LoadShed {
+            inner,
+            permits: self.permits.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadShed<S> {
+    inner: S,
+    permits: Arc<Semaphore>,
+    limit: usize,
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future, holding its slot until it completes.
+    pub struct Admitted<F> {
+        #[pin]
+        inner: F,
+        _permit: OwnedSemaphorePermit,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
+    }
+}
+
+fn is_health_check(path: &str) -> bool {
+    path.starts_with("/grpc.health.v1.Health/")
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LoadShed<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future =
+        Either<Either<Admitted<S::Future>, S::Future>, Ready<Result<Self::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if is_health_check(req.uri().path()) {
+            return Either::Left(Either::Right(self.inner.call(req)));
+        }
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => Either::Left(Either::Left(Admitted {
+                inner: self.inner.call(req),
+                _permit: permit,
+            })),
+            Err(_) => {
+                let mut status: tonic::Status = Error::refused(
+                    Code::ResourceExhausted,
+                    "OVERLOADED",
+                    format!(
+                        "the server is handling its limit of {} calls; retry with backoff",
+                        self.limit
+                    ),
+                )
+                .into();
+                status.metadata_mut().insert(
+                    "grpc-retry-pushback-ms",
+                    PUSHBACK_MS.parse().expect("ascii"),
+                );
+                Either::Right(ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
