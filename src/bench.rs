@@ -400,6 +400,7 @@ async fn one_call(
                         quantity: 1,
                         price: 9.9,
                     }],
+                    idempotency_key: String::new(),
                 });
                 client
                     .orders()

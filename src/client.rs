@@ -5,6 +5,9 @@
 use std::{path::Path, time::Duration};
 
 pub mod files;
+pub mod resilience;
+
+pub use resilience::{Resilience, Resilient};
 
 use tonic::{
     Request, Status,
@@ -40,6 +43,10 @@ pub enum ClientError {
 pub struct ClientConfig {
     /// `https://host:port`.
     pub endpoint: String,
+    /// More replicas of the same service: calls are balanced over all of them.
+    pub more_endpoints: Vec<String>,
+    /// Balancing, health, circuit breaking and retries.
+    pub resilience: Resilience,
     pub ca_pem: Vec<u8>,
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
@@ -75,6 +82,8 @@ impl ClientConfig {
     pub fn from_certs_dir(endpoint: &str, dir: &Path, name: &str) -> Result<Self, ClientError> {
         Ok(Self {
             endpoint: endpoint.to_owned(),
+            more_endpoints: Vec::new(),
+            resilience: Resilience::default(),
             ca_pem: read(&dir.join("ca.pem"))?,
             cert_pem: read(&dir.join(format!("{name}.pem")))?,
             key_pem: read(&dir.join(format!("{name}.key")))?,
@@ -83,6 +92,12 @@ impl ClientConfig {
             server_name: None,
             metrics: None,
         })
+    }
+
+    /// Every endpoint, the first one first.
+    pub fn endpoints(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.endpoint.as_str())
+            .chain(self.more_endpoints.iter().map(String::as_str))
     }
 
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
@@ -119,37 +134,61 @@ pub struct JisuClient {
     credentials: CallCredentials,
 }
 
-/// The channel with the client's spans and metrics.
-pub type Traced = ClientTelemetry<Channel>;
+/// The balanced, guarded transport with the client's spans and metrics.
+pub type Traced = ClientTelemetry<Resilient>;
 /// What the generated clients run on: token and deadline, then telemetry, then the channel.
 pub type Authed = InterceptedService<Traced, CallCredentials>;
 
 impl JisuClient {
-    /// Connects (TLS handshake included) and fails if the server refuses us.
+    /// Connects (TLS handshake included) to every endpoint; fails when none accepts us.
+    /// Replicas that are down now are connected later, when they come back.
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
-        let (endpoint, peer) = Self::endpoint(&config)?;
-        let channel = endpoint.connect().await.map_err(|e| ClientError::Connect {
-            endpoint: config.endpoint.clone(),
-            detail: error_chain(&e),
-        })?;
-        Self::over(channel, peer, &config)
+        let mut channels = Vec::new();
+        let mut first_error = None;
+        let mut peer = None;
+        for endpoint in config.endpoints() {
+            let (built, p) = Self::endpoint(&config, endpoint)?;
+            peer.get_or_insert(p);
+            match built.connect().await {
+                Ok(channel) => channels.push((endpoint.to_owned(), channel)),
+                Err(e) => {
+                    first_error.get_or_insert(ClientError::Connect {
+                        endpoint: endpoint.to_owned(),
+                        detail: error_chain(&e),
+                    });
+                    channels.push((endpoint.to_owned(), built.connect_lazy()));
+                }
+            }
+        }
+        if let Some(err) = first_error
+            && channels.len() == 1
+        {
+            return Err(err);
+        }
+        Self::over(channels, peer.unwrap_or_default(), &config)
     }
 
     /// A client that connects on first use (and reconnects after failures): for a server
     /// calling another service that may start later.
     pub fn lazy(config: ClientConfig) -> Result<Self, ClientError> {
-        let (endpoint, peer) = Self::endpoint(&config)?;
-        Self::over(endpoint.connect_lazy(), peer, &config)
+        let mut channels = Vec::new();
+        let mut peer = None;
+        for endpoint in config.endpoints() {
+            let (built, p) = Self::endpoint(&config, endpoint)?;
+            peer.get_or_insert(p);
+            channels.push((endpoint.to_owned(), built.connect_lazy()));
+        }
+        Self::over(channels, peer.unwrap_or_default(), &config)
     }
 
-    fn endpoint(config: &ClientConfig) -> Result<(Endpoint, Peer), ClientError> {
-        let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|_| ClientError::Endpoint(config.endpoint.clone()))?;
+    fn endpoint(config: &ClientConfig, address: &str) -> Result<(Endpoint, Peer), ClientError> {
+        let endpoint = Endpoint::from_shared(address.to_owned())
+            .map_err(|_| ClientError::Endpoint(address.to_owned()))?;
         let host = endpoint
             .uri()
             .host()
             .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
-            .ok_or_else(|| ClientError::Endpoint(config.endpoint.clone()))?;
+            .ok_or_else(|| ClientError::Endpoint(address.to_owned()))?;
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&config.ca_pem))
             .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
@@ -163,7 +202,7 @@ impl JisuClient {
             endpoint
         } else {
             endpoint.tls_config(tls).map_err(|e| ClientError::Connect {
-                endpoint: config.endpoint.clone(),
+                endpoint: address.to_owned(),
                 detail: error_chain(&e),
             })?
         };
@@ -175,15 +214,20 @@ impl JisuClient {
         Ok((endpoint, peer))
     }
 
-    fn over(channel: Channel, peer: Peer, config: &ClientConfig) -> Result<Self, ClientError> {
+    fn over(
+        channels: Vec<(String, Channel)>,
+        peer: Peer,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
         let authorization = config
             .token
             .as_deref()
             .map(|t| MetadataValue::try_from(format!("Bearer {t}")).map_err(|_| ClientError::Token))
             .transpose()?;
+        let resilient = Resilient::new(channels, config.resilience.clone(), config.metrics.clone());
         let channel = tower_layer::Layer::layer(
             &ClientTelemetryLayer::new(config.metrics.clone(), peer),
-            channel,
+            resilient,
         );
         Ok(Self {
             channel,
@@ -206,9 +250,14 @@ impl JisuClient {
         tonic_health::pb::health_client::HealthClient::new(self.channel.clone())
     }
 
-    /// The traced channel, for clients of other services (no token added).
+    /// The traced transport, for clients of other services (no token added).
     pub fn channel(&self) -> Traced {
         self.channel.clone()
+    }
+
+    /// The replicas behind this client, with their circuit state and calls served.
+    pub fn replicas(&self) -> &[std::sync::Arc<resilience::Replica>] {
+        self.channel.inner().replicas()
     }
 }
 

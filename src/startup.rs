@@ -357,6 +357,8 @@ fn user_directory(settings: &Settings, metrics: &Metrics) -> Result<UserDirector
     };
     let config = ClientConfig {
         endpoint: endpoint.clone(),
+        more_endpoints: Vec::new(),
+        resilience: Default::default(),
         ca_pem: read(settings.client_ca())?,
         cert_pem: read(settings.server_cert())?,
         key_pem: read(settings.server_key())?,

@@ -56,6 +56,8 @@ pub struct NewOrder {
     /// Refuse the order when this store holds no such user. False when the users live
     /// in another service, which has checked the user already.
     pub check_user: bool,
+    /// The same key from the same user returns the order it first created.
+    pub idempotency_key: Option<String>,
 }
 
 /// Storage of users and orders. Implementations are safe to share between tasks; each

@@ -268,6 +268,7 @@ fn methods() -> Vec<(&'static str, &'static str, Call)> {
                             price: 1.0,
                             ..Default::default()
                         }],
+                        idempotency_key: String::new(),
                     })
                     .await
                     .map(drop)

@@ -28,6 +28,7 @@ async fn create_computes_total_and_get_and_stream_return_it() {
                 item("P2", 3, 0.0),
                 item("P3", 1, 100.25),
             ],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()
@@ -77,6 +78,7 @@ async fn create_refuses_unknown_users_and_bad_items() {
             .create_order(CreateOrderRequest {
                 user_id: "USER0999".into(),
                 items: vec![item("P1", 1, 1.0)],
+                idempotency_key: String::new(),
             })
             .await,
         Code::NotFound,
@@ -87,6 +89,7 @@ async fn create_refuses_unknown_users_and_bad_items() {
             .create_order(CreateOrderRequest {
                 user_id: "USER0001".into(),
                 items: vec![],
+                idempotency_key: String::new(),
             })
             .await,
         Code::InvalidArgument,
@@ -105,6 +108,7 @@ async fn create_refuses_unknown_users_and_bad_items() {
                     item("", 1, f64::NAN),
                     item("P5", 1, f64::INFINITY),
                 ],
+                idempotency_key: String::new(),
             })
             .await,
         Code::InvalidArgument,
@@ -148,4 +152,60 @@ async fn unknown_orders_are_not_found() {
         "ORDER_NOT_FOUND",
     );
     server.stop().await;
+}
+
+#[tokio::test]
+async fn an_idempotency_key_makes_create_order_safe_to_retry() {
+    let server = TestServer::start_with(|s| s.demo_data = true).await;
+    let mut orders = server.client(ALL_SCOPES).await.orders();
+    let request = |user: &str, key: &str| CreateOrderRequest {
+        user_id: user.into(),
+        items: vec![OrderItem {
+            product_id: "P".into(),
+            product_name: String::new(),
+            quantity: 1,
+            price: 1.0,
+        }],
+        idempotency_key: key.into(),
+    };
+    let first = orders
+        .create_order(request("USER0001", "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    let again = orders
+        .create_order(request("USER0001", "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first, "the same key gives the same order");
+    // The key in metadata works the same way.
+    let mut with_metadata = tonic::Request::new(request("USER0001", ""));
+    with_metadata
+        .metadata_mut()
+        .insert("idempotency-key", "k-1".parse().unwrap());
+    assert_eq!(
+        orders
+            .create_order(with_metadata)
+            .await
+            .unwrap()
+            .into_inner(),
+        first
+    );
+    // Keys belong to their user; no key means a new order each time.
+    let other = orders
+        .create_order(request("USER0002", "k-1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(other.order_id, first.order_id);
+    let a = orders.create_order(request("USER0001", "")).await.unwrap();
+    let b = orders.create_order(request("USER0001", "")).await.unwrap();
+    assert_ne!(a.get_ref().order_id, b.get_ref().order_id);
+    let status = assert_status(
+        orders.create_order(request("USER0001", "bad key\n")).await,
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    assert_eq!(violated_fields(&status), ["idempotency_key"]);
 }

@@ -39,6 +39,7 @@ async fn new_order(client: &JisuClient) -> Order {
                 quantity: 1,
                 price: 3.0,
             }],
+            idempotency_key: String::new(),
         })
         .await
         .unwrap()

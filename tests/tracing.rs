@@ -233,6 +233,7 @@ fn order_request(user: &str) -> CreateOrderRequest {
             quantity: 2,
             price: 9.5,
         }],
+        idempotency_key: String::new(),
     }
 }
 

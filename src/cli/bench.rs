@@ -133,10 +133,15 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
                 .issue("jisu-bench", call.scopes(), Duration::from_secs(24 * 3600)),
         ),
     };
+    // Each connection set spans every endpoint: the client balances over them.
     let mut drivers = Vec::new();
-    for endpoint in &args.endpoint {
-        for _ in 0..args.connections.max(1) {
-            drivers.push(driver(&args, endpoint, token.clone()).await?);
+    for _ in 0..args.connections.max(1) {
+        if args.rest {
+            for endpoint in &args.endpoint {
+                drivers.push(driver(&args, endpoint, token.clone()).await?);
+            }
+        } else {
+            drivers.push(driver(&args, &args.endpoint[0], token.clone()).await?);
         }
     }
     let live = std::io::stderr().is_terminal() && matches!(args.format, Format::Text);
@@ -183,6 +188,8 @@ async fn driver(args: &BenchArgs, endpoint: &str, token: Option<String>) -> anyh
     let config = if args.insecure {
         ClientConfig {
             endpoint: endpoint.to_owned(),
+            more_endpoints: args.endpoint[1..].to_vec(),
+            resilience: Default::default(),
             ca_pem: Vec::new(),
             cert_pem: Vec::new(),
             key_pem: Vec::new(),
@@ -193,6 +200,7 @@ async fn driver(args: &BenchArgs, endpoint: &str, token: Option<String>) -> anyh
         }
     } else {
         let mut c = ClientConfig::from_certs_dir(endpoint, &args.certs, &args.client)?;
+        c.more_endpoints = args.endpoint[1..].to_vec();
         c.token = token;
         c.timeout = args.timeout;
         c

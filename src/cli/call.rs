@@ -17,9 +17,9 @@ use tonic_types::StatusExt;
 
 #[derive(Debug, Args)]
 pub struct CallArgs {
-    /// Server address.
+    /// Server address; repeat for several replicas (calls are balanced, retried where safe).
     #[arg(long, default_value = "https://localhost:50051")]
-    endpoint: String,
+    endpoint: Vec<String>,
     /// Certificates directory (ca.pem, the client certificate, jwt.key).
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
@@ -190,7 +190,8 @@ async fn call(args: CallArgs) -> anyhow::Result<()> {
             .context("no --token or JISU_TOKEN given, and no key to mint one")?
             .issue("jisu-cli", ALL_SCOPES, Duration::from_secs(300)),
     };
-    let mut config = ClientConfig::from_certs_dir(&args.endpoint, &args.certs, &args.client)?;
+    let mut config = ClientConfig::from_certs_dir(&args.endpoint[0], &args.certs, &args.client)?;
+    config.more_endpoints = args.endpoint[1..].to_vec();
     config.token = Some(token);
     let follows = matches!(
         args.target,
@@ -332,15 +333,21 @@ async fn users(client: &JisuClient, call: UsersCall) -> Result<(), Failure> {
 async fn orders(client: &JisuClient, call: OrdersCall) -> Result<(), Failure> {
     let mut orders = client.orders();
     match call {
-        OrdersCall::Create { user, items } => print(
-            &orders
-                .create_order(pb::CreateOrderRequest {
-                    user_id: user,
-                    items,
-                })
-                .await?
-                .into_inner(),
-        ),
+        OrdersCall::Create { user, items } => {
+            // A fresh key per command: the client may retry it safely, one order results.
+            let key = format!("jisu-call-{:032x}", rand::random::<u128>());
+            let mut request = tonic::Request::new(pb::CreateOrderRequest {
+                user_id: user,
+                items,
+                idempotency_key: String::new(),
+            });
+            if let Ok(value) = key.parse() {
+                request
+                    .metadata_mut()
+                    .insert(jisu::service::orders::IDEMPOTENCY_KEY, value);
+            }
+            print(&orders.create_order(request).await?.into_inner())
+        }
         OrdersCall::Get { id } => print(
             &orders
                 .get_order(pb::GetOrderRequest { order_id: id })

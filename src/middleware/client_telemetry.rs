@@ -61,6 +61,12 @@ pub struct ClientTelemetry<S> {
     peer: Peer,
 }
 
+impl<S> ClientTelemetry<S> {
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+}
+
 fn client_span<B>(req: &Request<B>, peer: &Peer) -> tracing::Span {
     let path = req.uri().path();
     let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));

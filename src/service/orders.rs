@@ -25,6 +25,8 @@ pub const MAX_ITEMS: usize = 1000;
 pub const MAX_QUANTITY: i32 = 1_000_000;
 pub const MAX_PRICE: f64 = 1e12;
 pub const MAX_CANCEL_REASON: usize = 500;
+/// Metadata carrying a CreateOrder idempotency key (the request field wins).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Subscriptions one `TrackOrders` stream may hold.
 pub const MAX_TRACKED: usize = 1000;
 /// Events a `TrackOrders` stream holds for a client that does not read.
@@ -134,6 +136,21 @@ impl OrderService for OrderApi {
         let mut v = Violations::default();
         v.id("user_id", &req.user_id);
         validate_items(&mut v, &req.items);
+        let key = if req.idempotency_key.is_empty() {
+            metadata
+                .get(IDEMPOTENCY_KEY)
+                .map(|k| k.to_str().unwrap_or_default().to_owned())
+        } else {
+            Some(req.idempotency_key.clone())
+        };
+        if let Some(k) = &key
+            && (k.is_empty() || k.len() > 128 || !k.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            v.add(
+                "idempotency_key",
+                "must be 1 to 128 printable ASCII characters",
+            );
+        }
         v.finish()?;
         self.users.check(&req.user_id, &metadata).await?;
         let total_amount = req
@@ -146,6 +163,7 @@ impl OrderService for OrderApi {
             items: req.items,
             total_amount,
             check_user: self.users.is_local(),
+            idempotency_key: key,
         };
         let order = self
             .store

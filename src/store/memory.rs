@@ -21,6 +21,8 @@ struct Inner {
     emails: HashMap<String, u64>,
     last_user: u64,
     orders: HashMap<String, Order>,
+    /// (user id, idempotency key) → the order it created.
+    idempotency: HashMap<(String, String), String>,
 }
 
 impl MemoryStore {
@@ -142,6 +144,15 @@ impl Store for MemoryStore {
 
     async fn create_order(&self, new: NewOrder, now: i64) -> Result<Order, StoreError> {
         let mut inner = self.inner.write();
+        let key = new
+            .idempotency_key
+            .as_ref()
+            .map(|k| (new.user_id.clone(), k.clone()));
+        if let Some(first) = key.as_ref().and_then(|k| inner.idempotency.get(k))
+            && let Some(order) = inner.orders.get(first)
+        {
+            return Ok(order.clone());
+        }
         if new.check_user {
             let n = user_number(&new.user_id).ok_or(StoreError::UserNotFound)?;
             if !inner.users.contains_key(&n) {
@@ -165,7 +176,10 @@ impl Store for MemoryStore {
             updated_at: now,
             cancel_reason: String::new(),
         };
-        inner.orders.insert(order_id, order.clone());
+        inner.orders.insert(order_id.clone(), order.clone());
+        if let Some(key) = key {
+            inner.idempotency.insert(key, order_id);
+        }
         Ok(order)
     }
 
