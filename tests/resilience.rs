@@ -4,72 +4,14 @@ mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{ALL_SCOPES, TestServer, assert_status, samples, value};
-use jisu::{
-    pb::{
-        CreateUserRequest, GetUserRequest, Order, UploadHeader, UploadRequest, User, upload_request,
-    },
-    store::{MemoryStore, NewOrder, NewUser, Store, StoreError, UserPage, UserPatch},
-};
+use common::{ALL_SCOPES, FaultyStore, TestServer, assert_status, samples, value};
+use jisu::pb::{CreateUserRequest, GetUserRequest, UploadHeader, UploadRequest, upload_request};
 use tonic::Code;
-
-/// A backend whose `user("USER0666")` panics; everything else is a MemoryStore.
-struct Panicky(MemoryStore);
-
-#[tonic::async_trait]
-impl Store for Panicky {
-    async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
-        self.0.create_user(user, now).await
-    }
-    async fn user(&self, id: &str) -> Result<User, StoreError> {
-        if id == "USER0666" {
-            panic!("simulated bug reading {id}");
-        }
-        self.0.user(id).await
-    }
-    async fn update_user(&self, id: &str, patch: UserPatch, now: i64) -> Result<User, StoreError> {
-        self.0.update_user(id, patch, now).await
-    }
-    async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
-        self.0.delete_user(id).await
-    }
-    async fn list_users(
-        &self,
-        after: Option<&str>,
-        status: Option<&str>,
-        limit: usize,
-    ) -> Result<UserPage, StoreError> {
-        self.0.list_users(after, status, limit).await
-    }
-    async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
-        self.0.users(ids).await
-    }
-    async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError> {
-        self.0.create_order(order, now).await
-    }
-    async fn order(&self, id: &str) -> Result<Order, StoreError> {
-        self.0.order(id).await
-    }
-    async fn transition_order(
-        &self,
-        id: &str,
-        from: &[&str],
-        to: &str,
-        cancel_reason: Option<&str>,
-        now: i64,
-    ) -> Result<Order, StoreError> {
-        self.0
-            .transition_order(id, from, to, cancel_reason, now)
-            .await
-    }
-    async fn user_count(&self) -> Result<usize, StoreError> {
-        self.0.user_count().await
-    }
-}
 
 #[tokio::test]
 async fn a_panicking_handler_fails_only_its_own_call() {
-    let server = TestServer::start_with_store(|_| {}, Arc::new(Panicky(MemoryStore::new()))).await;
+    let server =
+        TestServer::start_with_store(|_| {}, Arc::new(FaultyStore::panic_on("USER0666"))).await;
     let client = server.client(ALL_SCOPES).await;
     let mut users = client.users();
     // A stream on the same connection stays up through the panic.

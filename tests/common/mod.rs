@@ -259,6 +259,29 @@ impl Served {
         format!("https://{}", self.addr)
     }
 
+    /// SIGKILL: the process dies without a word.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits (bounded) for the exit status.
+    pub fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// A client with the `client` certificate and a token for `scopes`.
     pub async fn client(&self, scopes: &str) -> JisuClient {
         let token = TokenIssuer::from_file(&self.certs.join("jwt.key"), "jisu", "jisucloud")
@@ -300,6 +323,7 @@ pub struct Binary<'a> {
     args: Vec<String>,
     certs: Option<std::path::PathBuf>,
     logs: bool,
+    listen: Option<String>,
 }
 
 impl<'a> Binary<'a> {
@@ -320,6 +344,11 @@ impl<'a> Binary<'a> {
         self.certs = Some(dir.to_owned());
         self
     }
+    /// Listen on this address instead of port 0 (to restart a replica where it was).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.listen = Some(addr.to_owned());
+        self
+    }
     /// Capture stderr (the logs) line by line.
     pub fn logs(mut self) -> Self {
         self.logs = true;
@@ -336,13 +365,8 @@ impl<'a> Binary<'a> {
             .clone()
             .unwrap_or_else(|| dir.path().join("certs"));
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
+            .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .args(["--demo-data", "--certs"])
             .arg(&certs)
             .arg("--data-dir")
@@ -402,4 +426,97 @@ pub fn serve_binary(env: &[(&str, &str)]) -> Served {
     env.iter()
         .fold(Binary::default(), |b, (k, v)| b.env(k, *v))
         .start()
+}
+
+/// A MemoryStore whose `user()` misbehaves on purpose: panics for one id, or answers
+/// "unavailable" for every id.
+#[allow(dead_code)]
+pub struct FaultyStore {
+    inner: jisu::store::MemoryStore,
+    panic_on: Option<&'static str>,
+    unavailable: bool,
+}
+
+#[allow(dead_code)]
+impl FaultyStore {
+    pub fn panic_on(id: &'static str) -> Self {
+        Self {
+            inner: jisu::store::MemoryStore::new(),
+            panic_on: Some(id),
+            unavailable: false,
+        }
+    }
+    pub fn unavailable() -> Self {
+        Self {
+            inner: jisu::store::MemoryStore::new(),
+            panic_on: None,
+            unavailable: true,
+        }
+    }
+}
+
+mod faulty {
+    use jisu::{
+        pb::{Order, User},
+        store::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch},
+    };
+
+    #[tonic::async_trait]
+    impl Store for super::FaultyStore {
+        async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
+            self.inner.create_user(user, now).await
+        }
+        async fn user(&self, id: &str) -> Result<User, StoreError> {
+            if self.panic_on == Some(id) {
+                panic!("simulated bug reading {id}");
+            }
+            if self.unavailable {
+                return Err(StoreError::Unavailable("simulated outage".into()));
+            }
+            self.inner.user(id).await
+        }
+        async fn update_user(
+            &self,
+            id: &str,
+            patch: UserPatch,
+            now: i64,
+        ) -> Result<User, StoreError> {
+            self.inner.update_user(id, patch, now).await
+        }
+        async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
+            self.inner.delete_user(id).await
+        }
+        async fn list_users(
+            &self,
+            after: Option<&str>,
+            status: Option<&str>,
+            limit: usize,
+        ) -> Result<UserPage, StoreError> {
+            self.inner.list_users(after, status, limit).await
+        }
+        async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
+            self.inner.users(ids).await
+        }
+        async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError> {
+            self.inner.create_order(order, now).await
+        }
+        async fn order(&self, id: &str) -> Result<Order, StoreError> {
+            self.inner.order(id).await
+        }
+        async fn transition_order(
+            &self,
+            id: &str,
+            from: &[&str],
+            to: &str,
+            cancel_reason: Option<&str>,
+            now: i64,
+        ) -> Result<Order, StoreError> {
+            self.inner
+                .transition_order(id, from, to, cancel_reason, now)
+                .await
+        }
+        async fn user_count(&self) -> Result<usize, StoreError> {
+            self.inner.user_count().await
+        }
+    }
 }
