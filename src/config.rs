@@ -151,6 +151,11 @@ pub struct ServerSettings {
     /// Calls handled at once, all connections together; more are refused at once with
     /// RESOURCE_EXHAUSTED (health checks excepted).
     pub max_concurrent_calls: usize,
+    /// Calls per second one caller (certificate identity + token subject) may make; 0 = no
+    /// limit.
+    pub rate_limit_per_second: u32,
+    /// Calls a quiet caller may make at once above the rate.
+    pub rate_limit_burst: u32,
     /// Longest a unary call may run, whatever deadline its caller sent (or none).
     pub max_call_duration_ms: u64,
     /// Connections are closed gracefully after this age (clients reconnect and rebalance).
@@ -228,6 +233,8 @@ impl Default for ServerSettings {
         Self {
             max_concurrent_streams: 256,
             max_concurrent_calls: 1000,
+            rate_limit_per_second: 0,
+            rate_limit_burst: 0,
             max_call_duration_ms: 30_000,
             max_connection_age_secs: 3600,
             max_decoding_message_bytes: 4 * 1024 * 1024,

@@ -4,9 +4,11 @@ pub mod catch_panic;
 pub mod client_telemetry;
 pub mod limits;
 pub mod metrics;
+pub mod rate_limit;
 
 pub use auth::AuthLayer;
 pub use catch_panic::CatchPanicLayer;
 pub use client_telemetry::ClientTelemetryLayer;
 pub use limits::LoadShedLayer;
 pub use metrics::MetricsLayer;
+pub use rate_limit::RateLimitLayer;

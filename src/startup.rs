@@ -11,7 +11,7 @@ use tonic::{codec::CompressionEncoding, transport::Server};
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
     config::{ServiceKind, Settings},
-    middleware::{AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer},
+    middleware::{AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer},
     pb::{
         self, file_service_server::FileServiceServer, order_service_server::OrderServiceServer,
         user_service_server::UserServiceServer,
@@ -251,6 +251,12 @@ impl Application {
             metrics.clone(),
         );
         let upkeep = metrics.spawn_upkeep();
+        let rate_limit = RateLimitLayer::new(
+            limits.rate_limit_per_second,
+            limits.rate_limit_burst,
+            metrics.clone(),
+        );
+        let rate_upkeep = rate_limit.spawn_upkeep();
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_server = tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
@@ -303,6 +309,8 @@ impl Application {
             .layer(LoadShedLayer::new(limits.max_concurrent_calls))
             // Who is calling: the bearer token and the method's scope, before any handler.
             .layer(AuthLayer::new(verifier, metrics.clone()))
+            // One caller cannot take the server from the others (needs auth's subject).
+            .layer(rate_limit)
             // A panicking handler fails its own call with INTERNAL, nothing else.
             .layer(CatchPanicLayer)
             .add_service(health_service)
@@ -325,6 +333,9 @@ impl Application {
         let _ = metrics_stop.send(());
         let _ = metrics_server.await;
         upkeep.abort();
+        if let Some(task) = rate_upkeep {
+            task.abort();
+        }
         tracing::info!("server stopped");
         Ok(())
     }

@@ -156,3 +156,57 @@ async fn past_the_concurrency_limit_calls_are_refused_at_once() {
         ) >= 1.0
     );
 }
+
+#[tokio::test]
+async fn a_noisy_caller_is_rate_limited_and_the_others_are_not() {
+    let server = TestServer::start_with(|s| {
+        s.demo_data = true;
+        s.server.rate_limit_per_second = 5;
+        s.server.rate_limit_burst = 5;
+    })
+    .await;
+    let noisy = server.client("users:read").await;
+    let quiet = server
+        .client_with_token(Some(server.issuer.issue(
+            "quiet",
+            "users:read",
+            Duration::from_secs(60),
+        )))
+        .await;
+    let get = |client: &jisu::client::JisuClient| {
+        let mut users = client.users();
+        async move {
+            users
+                .get_user(GetUserRequest {
+                    user_id: "USER0001".into(),
+                })
+                .await
+        }
+    };
+    let mut refused = None;
+    for _ in 0..20 {
+        if let Err(status) = get(&noisy).await {
+            refused = Some(status);
+            break;
+        }
+    }
+    let status = refused.expect("the noisy caller is limited within its burst");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(status.message().contains("5 per second"), "{status:?}");
+    let pushback: u64 = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1000).contains(&pushback), "{pushback}");
+    // Another subject has its own bucket.
+    get(&quiet).await.expect("the quiet caller is served");
+    // The noisy one is served again once its bucket refills.
+    tokio::time::sleep(Duration::from_millis(pushback + 10)).await;
+    get(&noisy).await.expect("served again after the pushback");
+    let m = samples(&server.scrape().await);
+    assert!(value(&m, "jisu_rate_limited_total", &[]) >= 1.0);
+}
