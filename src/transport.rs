@@ -40,7 +40,13 @@ pub struct Peer {
 pub struct MtlsStream {
     inner: TlsStream<TcpStream>,
     peer: Arc<Peer>,
+    /// Until the 24-byte HTTP/2 preface has arrived: when it must have (a client that
+    /// finishes TLS and then stalls or sends half a preface holds nothing for long).
+    preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
 }
+
+/// Length of the HTTP/2 client connection preface.
+const PREFACE_LEN: usize = 24;
 
 impl Connected for MtlsStream {
     type ConnectInfo = Arc<Peer>;
@@ -56,7 +62,24 @@ impl AsyncRead for MtlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Some((left, deadline)) = &mut self.preface {
+            let got = buf.filled().len() - before;
+            if got >= *left {
+                self.preface = None;
+            } else {
+                *left -= got;
+                if result.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(remote_addr = %self.peer.remote_addr, "no HTTP/2 preface in time");
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the HTTP/2 preface did not arrive in time",
+                    )));
+                }
+            }
+        }
+        result
     }
 }
 
@@ -188,5 +211,10 @@ async fn handshake(
         cert_sha256: cert_thumbprint(cert),
     });
     tracing::debug!(%remote_addr, identity = %peer.identity, "mTLS connection established");
-    Ok(MtlsStream { inner: tls, peer })
+    let deadline = Box::pin(tokio::time::sleep(handshake_timeout));
+    Ok(MtlsStream {
+        inner: tls,
+        peer,
+        preface: Some((PREFACE_LEN, deadline)),
+    })
 }

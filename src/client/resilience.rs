@@ -420,8 +420,15 @@ impl Shared {
             self.record(&replica, ok);
             return result;
         }
-        let (parts, body) = req.into_parts();
+        let (mut parts, body) = req.into_parts();
         let bytes: Bytes = body.collect().await?.to_bytes();
+        // Retries spend the call's own deadline, never extend it.
+        let deadline = parts
+            .headers
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::service::streams::parse_timeout)
+            .map(|t| Instant::now() + t);
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
         loop {
@@ -430,6 +437,18 @@ impl Shared {
                     "no replica available: every circuit is open; failing fast",
                 ));
             };
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(tonic::Status::deadline_exceeded(
+                        "the deadline passed while retrying",
+                    )
+                    .into_http());
+                }
+                if let Ok(v) = format!("{}m", left.as_millis().max(1)).parse() {
+                    parts.headers.insert("grpc-timeout", v);
+                }
+            }
             let req = Request::from_parts(
                 parts.clone(),
                 Body::new(http_body_util::Full::new(bytes.clone())),

@@ -34,6 +34,11 @@ impl Shutdown {
 /// The deadline a caller set with `grpc-timeout` (e.g. `250m`, `10S`), if any.
 pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
     let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    Some(Instant::now() + parse_timeout(raw)?)
+}
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(raw: &str) -> Option<Duration> {
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -48,7 +53,7 @@ pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
         "n" => Duration::from_nanos(n),
         _ => return None,
     };
-    Some(Instant::now() + timeout)
+    Some(timeout)
 }
 
 pin_project_lite::pin_project! {

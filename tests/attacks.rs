@@ -1,0 +1,310 @@
+//! HTTP/2 and TLS abuse against a live server, each with a legitimate client calling beside
+//! the attacker: the attacker's connection is closed, the legitimate client is served.
+//! The attacks speak raw HTTP/2 frames over mutual TLS (a real client certificate, so they
+//! get past TLS like an authenticated but hostile peer would).
+mod common;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{ALL_SCOPES, TestServer, samples, value};
+use jisu::pb::GetUserRequest;
+use rustls_pki_types::ServerName;
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK "literal without indexing, new name" (no Huffman), for names and values < 127.
+fn literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    hpack_len(out, value.len());
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// A string length with a 7-bit prefix (HPACK integer).
+fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128) as u8 | 0x80);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A GetUser request header block; `extra` headers are appended as they are.
+fn request_headers(extra: &[(&str, &str)]) -> Vec<u8> {
+    let mut h = vec![0x83, 0x87]; // :method POST, :scheme https
+    literal(&mut h, ":path", "/jisucloud.v1.UserService/GetUser");
+    literal(&mut h, ":authority", "localhost");
+    literal(&mut h, "content-type", "application/grpc");
+    literal(&mut h, "te", "trailers");
+    for (k, v) in extra {
+        literal(&mut h, k, v);
+    }
+    h
+}
+
+/// A mutual-TLS connection speaking raw HTTP/2; a reader task drains what the server
+/// sends and notes a GOAWAY and the end of the connection.
+struct Raw {
+    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    goaway: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Raw {
+    async fn connect(server: &TestServer) -> Raw {
+        let stream = tls(server).await;
+        let (mut reader, mut writer) = tokio::io::split(stream);
+        writer.write_all(PREFACE).await.unwrap();
+        writer.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
+        let (goaway, closed) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (g, c) = (goaway.clone(), closed.clone());
+        tokio::spawn(async move {
+            let mut head = [0u8; 9];
+            loop {
+                if reader.read_exact(&mut head).await.is_err() {
+                    break;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                if head[3] == 0x7 {
+                    g.store(true, Ordering::Relaxed);
+                }
+                let mut body = vec![0u8; len];
+                if reader.read_exact(&mut body).await.is_err() {
+                    break;
+                }
+            }
+            c.store(true, Ordering::Relaxed);
+        });
+        Raw {
+            writer,
+            goaway,
+            closed,
+        }
+    }
+
+    /// Sends frames until the server closes the connection (true) or `max` is reached.
+    async fn flood(&mut self, max: u32, mut next: impl FnMut(u32) -> Vec<u8>) -> bool {
+        for i in 0..max {
+            if self.closed.load(Ordering::Relaxed) {
+                return true;
+            }
+            if self.writer.write_all(&next(2 * i + 1)).await.is_err() {
+                return true;
+            }
+        }
+        let _ = self.writer.flush().await;
+        self.wait_closed(Duration::from_secs(10)).await
+    }
+
+    async fn wait_closed(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            if self.closed.load(Ordering::Relaxed) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+}
+
+async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let dir = server.dir();
+    let mut config = (*jisu::security::tls::client_config(
+        &dir.join("ca.pem"),
+        &dir.join("client.pem"),
+        &dir.join("client.key"),
+    )
+    .unwrap())
+    .clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// A legitimate client calling in a loop until stopped; returns (ok, failed).
+fn bystander(
+    client: jisu::client::JisuClient,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64)> {
+    tokio::spawn(async move {
+        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        while !stop.load(Ordering::Relaxed) {
+            let r = client
+                .users()
+                .get_user(GetUserRequest {
+                    user_id: "USER0001".into(),
+                })
+                .await;
+            if r.is_ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+        }
+        (ok.into_inner(), failed.into_inner())
+    })
+}
+
+async fn with_bystander<F: std::future::Future<Output = bool>>(
+    server: &TestServer,
+    attack: F,
+) -> (bool, u64, u64) {
+    let client = server.client(ALL_SCOPES).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let task = bystander(client, stop.clone());
+    let closed = attack.await;
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = task.await.unwrap();
+    (closed, ok, failed)
+}
+
+async fn server() -> TestServer {
+    TestServer::start_with(|s| {
+        s.demo_data = true;
+        s.tls.handshake_timeout_ms = 300;
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_flood_closes_the_attackers_connection() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    let (closed, ok, failed) = with_bystander(&server, async {
+        // HEADERS then RST_STREAM(CANCEL) at once, stream after stream (CVE-2023-44487).
+        raw.flood(100_000, |id| {
+            let mut f = frame(0x1, 0x4, id, &request_headers(&[]));
+            f.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+            f
+        })
+        .await
+    })
+    .await;
+    println!(
+        "rapid reset: closed={closed} goaway={}; bystander ok={ok} failed={failed}",
+        raw.goaway.load(Ordering::Relaxed)
+    );
+    assert!(closed, "the attacker's connection was closed");
+    assert!(ok > 0 && failed == 0, "bystander ok={ok} failed={failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_flood_closes_the_attackers_connection() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    let (closed, ok, failed) = with_bystander(&server, async {
+        // A connection-specific header makes each request malformed: the server resets
+        // each stream itself, until it has reset too many and goes away.
+        raw.flood(100_000, |id| {
+            frame(0x1, 0x5, id, &request_headers(&[("connection", "close")]))
+        })
+        .await
+    })
+    .await;
+    println!(
+        "malformed requests: closed={closed} goaway={}; bystander ok={ok} failed={failed}",
+        raw.goaway.load(Ordering::Relaxed)
+    );
+    assert!(closed, "the attacker's connection was closed");
+    assert!(ok > 0 && failed == 0, "bystander ok={ok} failed={failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_close_the_attackers_connection() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    let big = "x".repeat(20 * 1024);
+    let (closed, ok, failed) = with_bystander(&server, async {
+        raw.flood(100_000, |id| {
+            frame(0x1, 0x5, id, &request_headers(&[("x-big", &big)]))
+        })
+        .await
+    })
+    .await;
+    println!("oversized headers: closed={closed}; bystander ok={ok} failed={failed}");
+    assert!(closed, "the attacker's connection was closed");
+    assert!(ok > 0 && failed == 0, "bystander ok={ok} failed={failed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_handshakes_and_partial_prefaces_are_cut_off() {
+    let server = server().await;
+    let (closed, ok, failed) = with_bystander(&server, async {
+        // 50 TCP connections that never start TLS.
+        let mut stalled = Vec::new();
+        for _ in 0..50 {
+            stalled.push(TcpStream::connect(server.addr).await.unwrap());
+        }
+        // 5 connections that finish TLS and then send half an HTTP/2 preface.
+        let mut partial = Vec::new();
+        for _ in 0..5 {
+            let mut s = tls(&server).await;
+            s.write_all(&PREFACE[..10]).await.unwrap();
+            s.flush().await.unwrap();
+            partial.push(s);
+        }
+        let mut all_closed = true;
+        for mut s in stalled {
+            let mut b = [0u8; 1];
+            let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut b)).await;
+            all_closed &= matches!(r, Ok(Ok(0)) | Ok(Err(_)));
+        }
+        for mut s in partial {
+            let mut b = [0u8; 64];
+            let r = tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return true,
+                        Ok(_) => continue, // the server's SETTINGS, then the close
+                    }
+                }
+            })
+            .await;
+            all_closed &= r.unwrap_or(false);
+        }
+        all_closed
+    })
+    .await;
+    println!(
+        "stalled handshakes / partial prefaces: closed={closed}; bystander ok={ok} failed={failed}"
+    );
+    assert!(closed, "every stalled connection was closed by the server");
+    assert!(ok > 0 && failed == 0, "bystander ok={ok} failed={failed}");
+    let m = samples(&server.scrape().await);
+    assert_eq!(
+        value(
+            &m,
+            "jisu_tls_handshakes_refused_total",
+            &[("reason", "timeout")]
+        ),
+        50.0
+    );
+}
