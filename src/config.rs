@@ -32,7 +32,7 @@ pub struct Settings {
     #[serde(deserialize_with = "services_list")]
     pub services: Vec<ServiceKind>,
     /// `https://host:port` of the UserService that OrderService checks users with, when
-    /// this process does not serve users itself. It is called with the server's own
+    /// this process does not serve users itself (comma-separated for several replicas). It is called with the server's own
     /// certificate (`tls.cert`/`tls.key`) and the caller's token.
     pub users_endpoint: Option<String>,
     /// Where data lives (uploaded files under `files/` and `uploads/`).

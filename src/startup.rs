@@ -300,6 +300,7 @@ impl Application {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
+            .max_connection_age_grace(settings.shutdown_grace())
             // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
             // this maximum whatever the caller asked (streams: see service::streams).
             .timeout(Duration::from_millis(limits.max_call_duration_ms))
@@ -366,9 +367,16 @@ fn user_directory(settings: &Settings, metrics: &Metrics) -> Result<UserDirector
             source,
         })
     };
+    // A comma-separated list balances over several UserService replicas.
+    let mut endpoints = endpoint
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned);
+    let first = endpoints.next().unwrap_or_default();
     let config = ClientConfig {
-        endpoint: endpoint.clone(),
-        more_endpoints: Vec::new(),
+        endpoint: first,
+        more_endpoints: endpoints.collect(),
         resilience: Default::default(),
         ca_pem: read(settings.client_ca())?,
         cert_pem: read(settings.server_cert())?,
