@@ -153,37 +153,50 @@ async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> 
         .unwrap()
 }
 
-/// A legitimate client calling in a loop until stopped; returns (ok, failed).
-fn bystander(
-    client: jisu::client::JisuClient,
-    stop: Arc<AtomicBool>,
-) -> tokio::task::JoinHandle<(u64, u64)> {
-    tokio::spawn(async move {
-        let (ok, failed) = (AtomicU64::new(0), AtomicU64::new(0));
-        while !stop.load(Ordering::Relaxed) {
-            let r = client
-                .users()
-                .get_user(GetUserRequest {
-                    user_id: "USER0001".into(),
-                })
-                .await;
-            if r.is_ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
-        }
-        (ok.into_inner(), failed.into_inner())
-    })
-}
-
+/// Runs `attack` while a legitimate client calls in a loop (it is served before, during
+/// and after the attack); returns whether the attack's connection closed, and the
+/// bystander's successes and failures.
 async fn with_bystander<F: std::future::Future<Output = bool>>(
     server: &TestServer,
     attack: F,
 ) -> (bool, u64, u64) {
     let client = server.client(ALL_SCOPES).await;
     let stop = Arc::new(AtomicBool::new(false));
-    let task = bystander(client, stop.clone());
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let task = {
+        let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r = client
+                    .users()
+                    .get_user(GetUserRequest {
+                        user_id: "USER0001".into(),
+                    })
+                    .await;
+                if r.is_ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) == 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let closed = attack.await;
+    let after_attack = ok.load(Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while ok.load(Ordering::Relaxed) < after_attack + 5
+        && failed.load(Ordering::Relaxed) == 0
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = task.await.unwrap();
-    (closed, ok, failed)
+    task.await.unwrap();
+    (
+        closed,
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    )
 }
 
 async fn server() -> TestServer {

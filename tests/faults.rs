@@ -67,12 +67,15 @@ impl InProcess {
     }
 }
 
-/// Quick health probes and short cool-downs, so a test sees the whole cycle.
+/// Quick health probes and short cool-downs, so a test sees the whole cycle. The retry
+/// budget is sized for 8 callers failing at once when a replica dies (the default of 10
+/// tokens suits a client whose traffic is mostly successes between incidents).
 fn fast() -> Resilience {
     Resilience {
         health_interval: Duration::from_millis(100),
         breaker_cooldown: Duration::from_millis(200),
         breaker_failures: 3,
+        budget_tokens: 100.0,
         ..Resilience::default()
     }
 }
