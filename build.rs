@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/jisucloud/v1/files.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
+    // The SQL migrations are embedded by `sqlx::migrate!`.
+    println!("cargo:rerun-if-changed=migrations");
 
     let mut compiler = protox::Compiler::new(["proto"])?;
     compiler.include_source_info(true).include_imports(true);

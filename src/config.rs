@@ -35,8 +35,15 @@ pub struct Settings {
     /// this process does not serve users itself (comma-separated for several replicas). It is called with the server's own
     /// certificate (`tls.cert`/`tls.key`) and the caller's token.
     pub users_endpoint: Option<String>,
-    /// Where data lives (uploaded files under `files/` and `uploads/`).
+    /// Where data lives: the embedded database `jisu.db`, uploaded files under `files/`
+    /// and `uploads/`.
     pub data_dir: PathBuf,
+    /// Storage backend: unset = SQLite at `<data_dir>/jisu.db` (durable, no set-up);
+    /// `sqlite:///path/to/file.db`; `memory:` (forgets everything at exit: tests and
+    /// benchmarks only).
+    pub database_url: Option<String>,
+    /// Most connections the storage pool opens.
+    pub database_max_connections: u32,
     pub files: FileSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
@@ -193,6 +200,8 @@ impl Default for Settings {
             demo_data: false,
             services: vec![ServiceKind::Users, ServiceKind::Orders, ServiceKind::Files],
             data_dir: PathBuf::from("data"),
+            database_url: None,
+            database_max_connections: 8,
             files: FileSettings::default(),
             users_endpoint: None,
             tls: TlsSettings::default(),
@@ -258,8 +267,10 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 12] = [
+const TOP_LEVEL_KEYS: [&str; 14] = [
     "data_dir",
+    "database_url",
+    "database_max_connections",
     "files",
     "listen",
     "metrics_listen",

@@ -24,7 +24,7 @@ use crate::{
         FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits,
         streams::Shutdown,
     },
-    store::{self, MemoryStore, Store, StoreError, TracedStore},
+    store::{self, MemoryStore, SqliteStore, Store, StoreError, TracedStore},
     telemetry::{metrics::Metrics, metrics_endpoint},
     transport::tls_incoming,
 };
@@ -83,9 +83,11 @@ impl std::fmt::Debug for Application {
 }
 
 impl Application {
-    /// Loads TLS material and keys, prepares the store and binds the gRPC listener.
+    /// Loads TLS material and keys, opens the store `database_url` names (SQLite in the
+    /// data directory by default) and binds the gRPC listener.
     pub async fn build(settings: Settings) -> Result<Self, StartupError> {
-        Self::build_with_store(settings, Arc::new(MemoryStore::new()), "memory").await
+        let (backend, system) = open_store(&settings).await?;
+        Self::build_with_store(settings, backend, system).await
     }
 
     /// As [`Application::build`], over the given storage backend (named `system` in
@@ -339,6 +341,39 @@ impl Application {
         }
         tracing::info!("server stopped");
         Ok(())
+    }
+}
+
+/// The storage backend the settings name.
+async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, &'static str), StartupError> {
+    let sqlite = |path: std::path::PathBuf| async move {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StartupError::DataDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let store = SqliteStore::open(&path, settings.database_max_connections).await?;
+        tracing::info!(path = %path.display(), "storage: SQLite (WAL, synchronous=FULL)");
+        Ok::<(Arc<dyn Store>, &'static str), StartupError>((Arc::new(store), "sqlite"))
+    };
+    match settings.database_url.as_deref() {
+        None => sqlite(settings.data_dir.join("jisu.db")).await,
+        Some("memory:") => {
+            tracing::warn!("storage: in memory; everything is lost at exit");
+            Ok((Arc::new(MemoryStore::new()), "memory"))
+        }
+        Some(url) if url.starts_with("sqlite://") => {
+            sqlite(std::path::PathBuf::from(
+                url.trim_start_matches("sqlite://"),
+            ))
+            .await
+        }
+        Some(url) => Err(StartupError::Deployment(format!(
+            "database_url {:?} is not supported: use sqlite:///path/to/file.db or memory: \
+             (PostgreSQL is not in this build yet)",
+            url.split('@').next_back().unwrap_or_default()
+        ))),
     }
 }
 

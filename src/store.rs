@@ -1,11 +1,14 @@
 //! Storage behind a trait. The services only see [`Store`]; the backend is chosen at
-//! start-up ([`memory::MemoryStore`] for now).
+//! start-up: [`sqlite::SqliteStore`] in the data directory by default (durable), or
+//! [`memory::MemoryStore`] (`database_url = "memory:"`, for tests and benchmarks).
 use crate::pb::{Order, OrderItem, User};
 
 pub mod memory;
+pub mod sqlite;
 pub mod traced;
 
 pub use memory::MemoryStore;
+pub use sqlite::SqliteStore;
 pub use traced::TracedStore;
 
 /// What a backend can refuse. The services map these to API errors.

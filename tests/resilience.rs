@@ -80,33 +80,37 @@ async fn past_the_concurrency_limit_calls_are_refused_at_once() {
             files.upload(hanging_upload(n)).await
         }));
     }
-    // Wait (bounded) until both are admitted, then a third call is shed at once.
+    // Wait (bounded) until both are admitted (the in-flight gauge, read over /metrics,
+    // which is never shed), then a third call is shed at once.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let started = tokio::time::Instant::now();
-        let result = client
-            .users()
-            .get_user(GetUserRequest {
-                user_id: "USER0001".into(),
-            })
-            .await;
-        match result {
-            Err(s) if s.code() == Code::ResourceExhausted => {
-                assert!(
-                    started.elapsed() < Duration::from_secs(1),
-                    "refused at once"
-                );
-                break s;
-            }
-            _ => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "never shed: {result:?}"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+    loop {
+        let in_flight = value(
+            &samples(&server.scrape().await),
+            "jisu_grpc_server_in_flight",
+            &[],
+        );
+        if in_flight >= 2.0 {
+            break;
         }
-    };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "uploads never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = tokio::time::Instant::now();
+    let status = client
+        .users()
+        .get_user(GetUserRequest {
+            user_id: "USER0001".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
     assert_eq!(
         status.metadata().get("grpc-retry-pushback-ms").unwrap(),
         "50"

@@ -28,9 +28,12 @@ pub struct ServeArgs {
     /// Load the origin document's 100 demo users into an empty store.
     #[arg(long)]
     demo_data: bool,
-    /// Data directory (uploaded files; default ./data).
+    /// Data directory (the embedded database and uploaded files; default ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Storage: sqlite:///path/file.db, or memory: (default: SQLite in the data directory).
+    #[arg(long)]
+    database_url: Option<String>,
     /// Log format.
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -61,6 +64,9 @@ impl ServeArgs {
         }
         if let Some(dir) = &self.data_dir {
             o.push(("data_dir".into(), Value::from(dir.display().to_string())));
+        }
+        if let Some(url) = &self.database_url {
+            o.push(("database_url".into(), Value::from(url.clone())));
         }
         if !self.services.is_empty() {
             let names: Vec<&str> = self.services.iter().map(|s| s.name()).collect();

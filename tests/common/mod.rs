@@ -31,9 +31,22 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server; `configure` may change the settings first.
+    /// Starts a server; `configure` may change the settings first. The backend is the
+    /// in-memory store, or SQLite in a temporary file when `JISU_TEST_STORE=sqlite` (the
+    /// test command runs the suite both ways).
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
-        Self::start_with_store(configure, Arc::new(jisu::store::MemoryStore::new())).await
+        let store: Arc<dyn jisu::store::Store> = match std::env::var("JISU_TEST_STORE").as_deref() {
+            Ok("sqlite") => {
+                let dir = tempfile::tempdir().expect("temp dir").keep();
+                Arc::new(
+                    jisu::store::SqliteStore::open(&dir.join("test.db"), 4)
+                        .await
+                        .expect("open sqlite"),
+                )
+            }
+            _ => Arc::new(jisu::store::MemoryStore::new()),
+        };
+        Self::start_with_store(configure, store).await
     }
 
     /// Starts a server over the given storage backend.
@@ -324,6 +337,7 @@ pub struct Binary<'a> {
     certs: Option<std::path::PathBuf>,
     logs: bool,
     listen: Option<String>,
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl<'a> Binary<'a> {
@@ -349,6 +363,11 @@ impl<'a> Binary<'a> {
         self.listen = Some(addr.to_owned());
         self
     }
+    /// Keep data here (to restart a replica on the same database).
+    pub fn data_dir(mut self, dir: &std::path::Path) -> Self {
+        self.data_dir = Some(dir.to_owned());
+        self
+    }
     /// Capture stderr (the logs) line by line.
     pub fn logs(mut self) -> Self {
         self.logs = true;
@@ -370,7 +389,11 @@ impl<'a> Binary<'a> {
             .args(["--demo-data", "--certs"])
             .arg(&certs)
             .arg("--data-dir")
-            .arg(dir.path().join("data"))
+            .arg(
+                self.data_dir
+                    .clone()
+                    .unwrap_or_else(|| dir.path().join("data")),
+            )
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::process::Stdio::piped())
