@@ -115,7 +115,9 @@ impl Application {
                 cache_capacity: settings.auth.cache_capacity,
             },
         )?;
-        let store: Arc<dyn Store> = Arc::new(TracedStore::new(backend, system));
+        let metrics = Metrics::new();
+        let store: Arc<dyn Store> =
+            Arc::new(TracedStore::new(backend, system).with_metrics(&metrics));
         if settings.demo_data
             && settings.serves(ServiceKind::Users)
             && store.user_count().await? == 0
@@ -123,7 +125,6 @@ impl Application {
             let n = store::load_demo_users(store.as_ref(), crate::service::now()).await?;
             tracing::info!(users = n, "loaded demo data");
         }
-        let metrics = Metrics::new();
         let users = user_directory(&settings, &metrics)?;
         let files = if settings.serves(ServiceKind::Files) {
             let limits = FileLimits {

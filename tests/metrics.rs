@@ -255,3 +255,44 @@ async fn promtool_accepts_the_live_exposition() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn store_operations_are_timed() {
+    let server = TestServer::start().await;
+    let client = server.client(ALL_SCOPES).await;
+    let user = client
+        .users()
+        .create_user(jisu::pb::CreateUserRequest {
+            name: "Timed".into(),
+            email: "timed@jisu.dev".into(),
+            phone: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        client
+            .users()
+            .get_user(GetUserRequest {
+                user_id: user.id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let m = samples(&server.scrape().await);
+    let count = |op| {
+        value(
+            &m,
+            "jisu_store_operation_seconds_count",
+            &[("operation", op)],
+        )
+    };
+    assert_eq!(count("create_user"), 1.0);
+    assert_eq!(count("get_user"), 3.0);
+    assert_eq!(
+        count("delete_user"),
+        0.0,
+        "every operation is pre-registered"
+    );
+    server.stop().await;
+}

@@ -1,5 +1,6 @@
 //! A [`Store`] wrapper that gives every storage operation its own span, a child of the
-//! call's SERVER span (`store get_user`, with `db.operation.name`), whatever the backend.
+//! call's SERVER span (`store get_user`, with `db.operation.name`), and its duration in
+//! `jisu_store_operation_seconds{operation,system}`, whatever the backend.
 use std::sync::Arc;
 
 use tracing::Instrument as _;
@@ -7,10 +8,25 @@ use tracing::Instrument as _;
 use super::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch};
 use crate::pb::{Order, User};
 
+const OPERATIONS: [&str; 10] = [
+    "create_user",
+    "get_user",
+    "update_user",
+    "delete_user",
+    "list_users",
+    "batch_get_users",
+    "create_order",
+    "get_order",
+    "transition_order",
+    "count_users",
+];
+
 /// Wraps a backend; `system` names it in `db.system.name`.
 pub struct TracedStore {
     inner: Arc<dyn Store>,
     system: &'static str,
+    /// One histogram per operation, in [`OPERATIONS`] order (registered once).
+    durations: Option<Vec<metrics::Histogram>>,
 }
 
 impl std::fmt::Debug for TracedStore {
@@ -23,7 +39,35 @@ impl std::fmt::Debug for TracedStore {
 
 impl TracedStore {
     pub fn new(inner: Arc<dyn Store>, system: &'static str) -> Self {
-        Self { inner, system }
+        Self {
+            inner,
+            system,
+            durations: None,
+        }
+    }
+
+    /// Also records each operation's duration in `metrics`.
+    pub fn with_metrics(mut self, metrics: &crate::telemetry::metrics::Metrics) -> Self {
+        self.durations = Some(
+            OPERATIONS
+                .iter()
+                .map(|op| {
+                    metrics.histogram(
+                        "jisu_store_operation_seconds",
+                        &[("operation", op), ("system", self.system)],
+                    )
+                })
+                .collect(),
+        );
+        self
+    }
+
+    fn observe(&self, op: &'static str, elapsed: std::time::Duration) {
+        if let Some(d) = &self.durations
+            && let Some(i) = OPERATIONS.iter().position(|o| *o == op)
+        {
+            d[i].record(elapsed.as_secs_f64());
+        }
     }
 }
 
@@ -40,12 +84,17 @@ macro_rules! op_span {
     };
 }
 
-/// Runs `fut` in the operation's span and marks the span as failed on an unexpected error.
+/// Runs `fut` in the operation's span, times it, and marks the span as failed on an
+/// unexpected error.
 async fn traced<T>(
+    store: &TracedStore,
+    op: &'static str,
     span: tracing::Span,
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
     let result = fut.instrument(span.clone()).await;
+    store.observe(op, started.elapsed());
     if let Err(StoreError::Unavailable(_)) = &result {
         span.record("otel.status_code", "ERROR");
     }
@@ -56,23 +105,39 @@ async fn traced<T>(
 impl Store for TracedStore {
     async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
         traced(
+            self,
+            "create_user",
             op_span!(self, "create_user"),
             self.inner.create_user(user, now),
         )
         .await
     }
     async fn user(&self, id: &str) -> Result<User, StoreError> {
-        traced(op_span!(self, "get_user"), self.inner.user(id)).await
+        traced(
+            self,
+            "get_user",
+            op_span!(self, "get_user"),
+            self.inner.user(id),
+        )
+        .await
     }
     async fn update_user(&self, id: &str, patch: UserPatch, now: i64) -> Result<User, StoreError> {
         traced(
+            self,
+            "update_user",
             op_span!(self, "update_user"),
             self.inner.update_user(id, patch, now),
         )
         .await
     }
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
-        traced(op_span!(self, "delete_user"), self.inner.delete_user(id)).await
+        traced(
+            self,
+            "delete_user",
+            op_span!(self, "delete_user"),
+            self.inner.delete_user(id),
+        )
+        .await
     }
     async fn list_users(
         &self,
@@ -81,23 +146,39 @@ impl Store for TracedStore {
         limit: usize,
     ) -> Result<UserPage, StoreError> {
         traced(
+            self,
+            "list_users",
             op_span!(self, "list_users"),
             self.inner.list_users(after, status, limit),
         )
         .await
     }
     async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
-        traced(op_span!(self, "batch_get_users"), self.inner.users(ids)).await
+        traced(
+            self,
+            "batch_get_users",
+            op_span!(self, "batch_get_users"),
+            self.inner.users(ids),
+        )
+        .await
     }
     async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError> {
         traced(
+            self,
+            "create_order",
             op_span!(self, "create_order"),
             self.inner.create_order(order, now),
         )
         .await
     }
     async fn order(&self, id: &str) -> Result<Order, StoreError> {
-        traced(op_span!(self, "get_order"), self.inner.order(id)).await
+        traced(
+            self,
+            "get_order",
+            op_span!(self, "get_order"),
+            self.inner.order(id),
+        )
+        .await
     }
     async fn transition_order(
         &self,
@@ -108,6 +189,8 @@ impl Store for TracedStore {
         now: i64,
     ) -> Result<Order, StoreError> {
         traced(
+            self,
+            "transition_order",
             op_span!(self, "transition_order"),
             self.inner
                 .transition_order(id, from, to, cancel_reason, now),
@@ -115,6 +198,12 @@ impl Store for TracedStore {
         .await
     }
     async fn user_count(&self) -> Result<usize, StoreError> {
-        traced(op_span!(self, "count_users"), self.inner.user_count()).await
+        traced(
+            self,
+            "count_users",
+            op_span!(self, "count_users"),
+            self.inner.user_count(),
+        )
+        .await
     }
 }

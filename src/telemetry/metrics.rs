@@ -233,6 +233,26 @@ impl Metrics {
         let server = table(Side::Server);
         let client = table(Side::Client);
         recorder.describe_counter(
+            "jisu_client_retries_total".into(),
+            None,
+            "Calls this process's clients sent again, by reason (unavailable, transport).".into(),
+        );
+        recorder.describe_gauge(
+            "jisu_client_circuit_open".into(),
+            None,
+            "1 while the circuit to a replica is open (calls to it fail fast).".into(),
+        );
+        recorder.describe_counter(
+            "jisu_rate_limited_total".into(),
+            None,
+            "Calls refused by the per-caller rate limit.".into(),
+        );
+        recorder.describe_histogram(
+            "jisu_store_operation_seconds".into(),
+            Some(Unit::Seconds),
+            "Time a storage operation took, by operation and backend.".into(),
+        );
+        recorder.describe_counter(
             "jisu_otel_spans_exported_total".into(),
             None,
             "Spans the OTLP exporter delivered.".into(),
@@ -350,6 +370,17 @@ impl Metrics {
                     .register_counter(&Key::from_parts(name, labels(pairs)), &METADATA)
             })
             .clone()
+    }
+
+    /// A histogram (seconds, with the latency buckets) with static labels.
+    pub fn histogram(
+        &self,
+        name: &'static str,
+        pairs: &[(&'static str, &'static str)],
+    ) -> Histogram {
+        self.inner
+            .recorder
+            .register_histogram(&Key::from_parts(name, labels(pairs)), &METADATA)
     }
 
     /// A gauge with static labels.
