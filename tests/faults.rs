@@ -98,6 +98,40 @@ fn client_config(certs: &std::path::Path, endpoints: &[String], metrics: &Metric
     config
 }
 
+/// `n` real `jisu serve` replicas sharing one CA, and a client balancing over them.
+struct Cluster {
+    _dir: tempfile::TempDir,
+    certs_dir: std::path::PathBuf,
+    replicas: Vec<Served>,
+    endpoints: Vec<String>,
+    metrics: Metrics,
+    client: JisuClient,
+}
+
+impl Cluster {
+    async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let certs_dir = dir.path().join("certs");
+        certs::init(&certs_dir, &[], false).unwrap();
+        let replicas: Vec<Served> = (0..n)
+            .map(|_| Binary::default().certs(&certs_dir).start())
+            .collect();
+        let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint()).collect();
+        let metrics = Metrics::new();
+        let client = JisuClient::connect(client_config(&certs_dir, &endpoints, &metrics))
+            .await
+            .unwrap();
+        Self {
+            _dir: dir,
+            certs_dir,
+            replicas,
+            endpoints,
+            metrics,
+            client,
+        }
+    }
+}
+
 fn retries(metrics: &Metrics) -> f64 {
     samples(&metrics.render())
         .iter()
@@ -156,17 +190,14 @@ async fn wait_until(what: &str, within: Duration, mut done: impl FnMut() -> bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_under_load_costs_no_call_and_gets_traffic_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs_dir = dir.path().join("certs");
-    certs::init(&certs_dir, &[], false).unwrap();
-    let mut replicas: Vec<Served> = (0..3)
-        .map(|_| Binary::default().certs(&certs_dir).start())
-        .collect();
-    let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint()).collect();
-    let metrics = Metrics::new();
-    let client = JisuClient::connect(client_config(&certs_dir, &endpoints, &metrics))
-        .await
-        .unwrap();
+    let Cluster {
+        _dir,
+        certs_dir,
+        mut replicas,
+        endpoints: _,
+        metrics,
+        client,
+    } = Cluster::start(3).await;
     let stop = Arc::new(AtomicBool::new(false));
     let (calls, failed, tasks) = load(&client, 8, &stop);
     let served = |i: usize| client.replicas()[i].served();
@@ -271,17 +302,14 @@ async fn an_unavailable_replica_is_avoided_and_with_all_down_calls_fail_fast() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_loses_no_unary_call_and_every_stream_gets_a_status() {
-    let dir = tempfile::tempdir().unwrap();
-    let certs_dir = dir.path().join("certs");
-    certs::init(&certs_dir, &[], false).unwrap();
-    let mut replicas: Vec<Served> = (0..2)
-        .map(|_| Binary::default().certs(&certs_dir).start())
-        .collect();
-    let endpoints: Vec<String> = replicas.iter().map(|r| r.endpoint()).collect();
-    let metrics = Metrics::new();
-    let client = JisuClient::connect(client_config(&certs_dir, &endpoints, &metrics))
-        .await
-        .unwrap();
+    let Cluster {
+        _dir,
+        certs_dir,
+        mut replicas,
+        endpoints,
+        metrics,
+        client,
+    } = Cluster::start(2).await;
     // Streams open on the replica that will be stopped.
     let first = JisuClient::connect(client_config(&certs_dir, &endpoints[..1], &Metrics::new()))
         .await
