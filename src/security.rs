@@ -1,6 +1,7 @@
 //! Who is calling and how we know: TLS configs and peer identity, certificates minted with
-//! rcgen, JWT issuing and verification, and the method → scope policy.
+//! rcgen, JWT issuing and verification, the method → scope policy, and credential reload.
 pub mod certs;
 pub mod jwt;
 pub mod policy;
+pub mod reload;
 pub mod tls;

@@ -18,6 +18,7 @@ use crate::{
     },
     security::{
         jwt::{KeyError, TokenVerifier, VerifierSettings},
+        reload,
         tls::{self, ServerTlsFiles, TlsError},
     },
     service::{
@@ -26,7 +27,7 @@ use crate::{
     },
     store::{self, MemoryStore, SqliteStore, Store, StoreError, TracedStore},
     telemetry::{metrics::Metrics, metrics_endpoint},
-    transport::tls_incoming,
+    transport::{SharedAcceptor, tls_incoming},
 };
 
 /// Why the server could not start or stopped with an error.
@@ -66,7 +67,7 @@ pub struct Application {
     metrics_listener: TcpListener,
     metrics_addr: SocketAddr,
     metrics: Metrics,
-    tls: Arc<rustls::ServerConfig>,
+    acceptor: SharedAcceptor,
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
     users: UserDirectory,
@@ -153,7 +154,7 @@ impl Application {
             metrics_listener,
             metrics_addr,
             metrics,
-            tls,
+            acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
             verifier,
             store,
             users,
@@ -189,7 +190,7 @@ impl Application {
             metrics_listener,
             metrics_addr,
             metrics,
-            tls,
+            acceptor,
             verifier,
             store,
             users: user_directory,
@@ -247,9 +248,24 @@ impl Application {
         let files = files
             .map(|api| api_server!(FileServiceServer::new(api.with_shutdown(streams.clone()))));
 
+        // Credentials on disk are watched: new handshakes get a reloaded set.
+        let reloader = reload::spawn(reload::Reloadable {
+            cert: settings.server_cert(),
+            key: settings.server_key(),
+            client_ca: settings.client_ca(),
+            jwt_public_key: settings.jwt_public_key(),
+            allow_tls12: settings.tls.allow_tls12,
+            acceptor: acceptor.clone(),
+            verifier: verifier.clone(),
+            metrics: metrics.clone(),
+        })
+        .map_err(|source| StartupError::DataDir {
+            path: settings.certs.clone(),
+            source,
+        })?;
         let incoming = tls_incoming(
             listener,
-            TlsAcceptor::from(tls),
+            acceptor,
             settings.handshake_timeout(),
             metrics.clone(),
         );
@@ -337,6 +353,7 @@ impl Application {
         let _ = metrics_stop.send(());
         let _ = metrics_server.await;
         upkeep.abort();
+        reloader.abort();
         if let Some(task) = rate_upkeep {
             task.abort();
         }

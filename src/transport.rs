@@ -131,12 +131,15 @@ impl HandshakeRefusal {
     }
 }
 
+/// The TLS configuration new connections get; replaced on a credential reload.
+pub type SharedAcceptor = Arc<parking_lot::RwLock<TlsAcceptor>>;
+
 /// Accepts TCP connections and completes TLS handshakes concurrently, each within
 /// `handshake_timeout`; finished connections come out of the returned stream. The accept
 /// task stops when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    acceptor: SharedAcceptor,
     handshake_timeout: Duration,
     metrics: Metrics,
 ) -> ReceiverStream<io::Result<MtlsStream>> {
@@ -156,7 +159,8 @@ pub fn tls_incoming(
                     continue;
                 }
             };
-            let acceptor = acceptor.clone();
+            // The TLS configuration of the moment: a reload applies to new connections.
+            let acceptor = acceptor.read().clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {

@@ -211,7 +211,8 @@ pub struct VerifierSettings {
 /// Verifies bearer tokens and caches the verified ones.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: Arc<DecodingKey>,
+    /// Shared by every clone, so a reload reaches them all.
+    key: Arc<parking_lot::RwLock<Arc<DecodingKey>>>,
     validation: Arc<Validation>,
     leeway: u64,
     max_token_bytes: usize,
@@ -239,7 +240,9 @@ impl TokenVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         Ok(Self {
-            key: Arc::new(DecodingKey::from_ec_pem(public_pem)?),
+            key: Arc::new(parking_lot::RwLock::new(Arc::new(
+                DecodingKey::from_ec_pem(public_pem)?,
+            ))),
             validation: Arc::new(validation),
             leeway: settings.leeway.as_secs(),
             max_token_bytes: settings.max_token_bytes,
@@ -252,6 +255,15 @@ impl TokenVerifier {
 
     pub fn from_file(path: &Path, settings: &VerifierSettings) -> Result<Self, KeyError> {
         Self::from_pem(&read_key(path)?, settings).map_err(|e| format_err(path, e))
+    }
+
+    /// Replaces the verification key (every clone sees it) and forgets every token verified
+    /// with the old one. A key that does not parse changes nothing.
+    pub fn replace_key(&self, public_pem: &[u8]) -> Result<(), jsonwebtoken::errors::Error> {
+        let key = Arc::new(DecodingKey::from_ec_pem(public_pem)?);
+        *self.key.write() = key;
+        self.cache.invalidate_all();
+        Ok(())
     }
 
     /// Verifies `token` (without the `Bearer ` prefix) at time `now` (Unix seconds).
@@ -269,7 +281,8 @@ impl TokenVerifier {
             }
             self.cache.invalidate(token);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+        let key = self.key.read().clone();
+        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
             .map_err(|e| classify(e.kind()))?;
         let claims = data.claims;
         if claims.sub.is_empty() {

@@ -131,8 +131,8 @@ struct Inner {
     /// Lazily registered series with bounded labels (reasons, kinds).
     dynamic: Mutex<HashMap<SeriesKey, Counter>>,
     process: metrics_process::Collector,
-    /// Certificates whose remaining lifetime is exported: (gauge, not-after Unix time).
-    expiries: Mutex<Vec<(Gauge, i64)>>,
+    /// Certificates whose remaining lifetime is exported: name → (gauge, not-after).
+    expiries: Mutex<HashMap<&'static str, (Gauge, i64)>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -300,6 +300,11 @@ impl Metrics {
             "Seconds until the certificate expires (negative once expired).".into(),
         );
         describe(
+            "jisu_credential_reload_total",
+            None,
+            "Credential reloads (kind tls or jwt) by result (ok, or error: the last good set kept).",
+        );
+        describe(
             "jisu_auth_failures_total",
             None,
             "Calls refused by bearer-token auth, by bounded reason.",
@@ -326,7 +331,7 @@ impl Metrics {
                 in_flight,
                 dynamic: Mutex::new(HashMap::new()),
                 process,
-                expiries: Mutex::new(Vec::new()),
+                expiries: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -394,14 +399,14 @@ impl Metrics {
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
     }
 
-    /// Exports `jisu_tls_certificate_expiry_seconds{cert}`: seconds until `not_after`.
+    /// Exports `jisu_tls_certificate_expiry_seconds{cert}`: seconds until `not_after`
+    /// (a reloaded certificate replaces the one of the same name).
     pub fn watch_certificate(&self, cert: &'static str, not_after: i64) {
         let gauge = self.gauge(
             "jisu_tls_certificate_expiry_seconds",
             &[("cert", cert.to_owned())],
         );
-        let mut expiries = self.inner.expiries.lock();
-        expiries.push((gauge, not_after));
+        self.inner.expiries.lock().insert(cert, (gauge, not_after));
     }
 
     /// The Prometheus text exposition, with fresh process and certificate figures.
@@ -419,7 +424,7 @@ impl Metrics {
             .export_failed
             .absolute(stats.dropped_export_failed.load(Ordering::Relaxed));
         let now = crate::security::jwt::unix_now() as i64;
-        for (gauge, not_after) in self.inner.expiries.lock().iter() {
+        for (gauge, not_after) in self.inner.expiries.lock().values() {
             gauge.set((not_after - now) as f64);
         }
         self.inner.handle.render()

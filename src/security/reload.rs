@@ -1,0 +1,183 @@
+//! Credentials that change without a restart: the server certificate and key, the client
+//! CA bundle and the JWT verification key are watched on disk (inotify through the
+//! `notify` crate) and re-read on SIGHUP. A new set is validated first (the whole rustls
+//! configuration is built from it) and swapped in atomically: new handshakes use it, open
+//! connections and streams keep going. A broken file keeps the last good set and is
+//! reported — a warning in the log and `jisu_credential_reload_total{kind,result}`.
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use notify::Watcher as _;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    security::{jwt::TokenVerifier, tls},
+    telemetry::metrics::Metrics,
+    transport::SharedAcceptor,
+};
+
+/// What is watched and what gets replaced.
+#[derive(Clone)]
+pub struct Reloadable {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub jwt_public_key: PathBuf,
+    pub allow_tls12: bool,
+    pub acceptor: SharedAcceptor,
+    pub verifier: TokenVerifier,
+    pub metrics: Metrics,
+}
+
+impl std::fmt::Debug for Reloadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reloadable")
+            .field("cert", &self.cert)
+            .field("client_ca", &self.client_ca)
+            .field("jwt_public_key", &self.jwt_public_key)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The contents last loaded, to reload only what changed.
+#[derive(Debug, Default)]
+struct Loaded {
+    tls: Option<[u8; 32]>,
+    jwt: Option<[u8; 32]>,
+}
+
+fn digest(paths: &[&Path]) -> Option<[u8; 32]> {
+    let mut h = Sha256::new();
+    for p in paths {
+        h.update(std::fs::read(p).ok()?);
+    }
+    Some(h.finalize().into())
+}
+
+impl Reloadable {
+    fn count(&self, kind: &'static str, result: &'static str) {
+        self.metrics
+            .counter(
+                "jisu_credential_reload_total",
+                &[("kind", kind), ("result", result)],
+            )
+            .increment(1);
+    }
+
+    fn reload(&self, loaded: &mut Loaded) {
+        let tls_files = [
+            self.cert.as_path(),
+            self.key.as_path(),
+            self.client_ca.as_path(),
+        ];
+        let now = digest(&tls_files);
+        if now.is_some() && now != loaded.tls {
+            let files = tls::ServerTlsFiles {
+                cert: &self.cert,
+                key: &self.key,
+                client_ca: &self.client_ca,
+            };
+            match tls::server_config(&files, self.allow_tls12) {
+                Ok(config) => {
+                    *self.acceptor.write() = TlsAcceptor::from(config);
+                    loaded.tls = now;
+                    if let Some(not_after) = tls::load_certs(&self.cert)
+                        .ok()
+                        .and_then(|c| c.first().and_then(tls::not_after))
+                    {
+                        self.metrics.watch_certificate("server", not_after);
+                    }
+                    tracing::info!(cert = %self.cert.display(), "TLS credentials reloaded");
+                    self.count("tls", "ok");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "new TLS credentials refused; keeping the last good set");
+                    self.count("tls", "error");
+                    // Do not retry the same broken bytes on every event.
+                    loaded.tls = now;
+                }
+            }
+        }
+        let now = digest(&[self.jwt_public_key.as_path()]);
+        if now.is_some() && now != loaded.jwt {
+            let pem = std::fs::read(&self.jwt_public_key).unwrap_or_default();
+            match self.verifier.replace_key(&pem) {
+                Ok(()) => {
+                    tracing::info!(key = %self.jwt_public_key.display(), "JWT verification key reloaded");
+                    self.count("jwt", "ok");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "new JWT key refused; keeping the last good one");
+                    self.count("jwt", "error");
+                }
+            }
+            loaded.jwt = now;
+        }
+    }
+}
+
+/// Watches the files' directories and SIGHUP; reloads after a short quiet period (an
+/// editor or `cp` writes a file in several steps). Ends when the returned handle is
+/// aborted.
+pub fn spawn(reloadable: Reloadable) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(std::io::Error::other)?;
+    let dirs: BTreeSet<PathBuf> = [
+        &reloadable.cert,
+        &reloadable.key,
+        &reloadable.client_ca,
+        &reloadable.jwt_public_key,
+    ]
+    .iter()
+    .filter_map(|p| p.parent().map(Path::to_path_buf))
+    .map(|d| {
+        if d.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            d
+        }
+    })
+    .collect();
+    for dir in &dirs {
+        watcher
+            .watch(dir, notify::RecursiveMode::NonRecursive)
+            .map_err(std::io::Error::other)?;
+    }
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let reloadable = Arc::new(reloadable);
+    Ok(tokio::spawn(async move {
+        let _watcher = watcher; // lives as long as the task
+        let mut loaded = Loaded {
+            tls: digest(&[&reloadable.cert, &reloadable.key, &reloadable.client_ca]),
+            jwt: digest(&[&reloadable.jwt_public_key]),
+        };
+        loop {
+            tokio::select! {
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    // Let a multi-step write finish, then take everything pending at once.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = hangup.recv() => {
+                    tracing::info!("SIGHUP: reloading credentials");
+                    loaded = Loaded::default();
+                }
+            }
+            reloadable.reload(&mut loaded);
+        }
+    }))
+}
