@@ -80,13 +80,28 @@ fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
 impl ClientConfig {
     /// Trusts `<dir>/ca.pem` and presents `<dir>/<name>.pem` / `<name>.key`.
     pub fn from_certs_dir(endpoint: &str, dir: &Path, name: &str) -> Result<Self, ClientError> {
+        Self::from_files(
+            endpoint,
+            &dir.join("ca.pem"),
+            &dir.join(format!("{name}.pem")),
+            &dir.join(format!("{name}.key")),
+        )
+    }
+
+    /// Trusts the CA bundle `ca` and presents `cert` / `key`.
+    pub fn from_files(
+        endpoint: &str,
+        ca: &Path,
+        cert: &Path,
+        key: &Path,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             endpoint: endpoint.to_owned(),
             more_endpoints: Vec::new(),
             resilience: Resilience::default(),
-            ca_pem: read(&dir.join("ca.pem"))?,
-            cert_pem: read(&dir.join(format!("{name}.pem")))?,
-            key_pem: read(&dir.join(format!("{name}.key")))?,
+            ca_pem: read(ca)?,
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
             token: None,
             timeout: Duration::from_secs(10),
             server_name: None,

@@ -141,10 +141,7 @@ impl Application {
         } else {
             None
         };
-        let server_cert = tls::load_certs(&settings.server_cert())?;
-        if let Some(not_after) = server_cert.first().and_then(tls::not_after) {
-            metrics.watch_certificate("server", not_after);
-        }
+        reload::watch_server_expiry(&metrics, &settings.server_cert());
         let (listener, grpc_addr) = bind(settings.listen).await?;
         let (metrics_listener, metrics_addr) = bind(settings.metrics_listen).await?;
         Ok(Self {
@@ -414,31 +411,17 @@ fn user_directory(settings: &Settings, metrics: &Metrics) -> Result<UserDirector
                 .into(),
         ));
     };
-    let read = |path: std::path::PathBuf| {
-        std::fs::read(&path).map_err(|source| ClientError::Read {
-            path: path.display().to_string(),
-            source,
-        })
-    };
     // A comma-separated list balances over several UserService replicas.
-    let mut endpoints = endpoint
-        .split(',')
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(str::to_owned);
-    let first = endpoints.next().unwrap_or_default();
-    let config = ClientConfig {
-        endpoint: first,
-        more_endpoints: endpoints.collect(),
-        resilience: Default::default(),
-        ca_pem: read(settings.client_ca())?,
-        cert_pem: read(settings.server_cert())?,
-        key_pem: read(settings.server_key())?,
-        token: None,
-        timeout: Duration::from_secs(5),
-        server_name: None,
-        metrics: Some(metrics.clone()),
-    };
+    let mut endpoints = endpoint.split(',').map(str::trim).filter(|e| !e.is_empty());
+    let mut config = ClientConfig::from_files(
+        endpoints.next().unwrap_or_default(),
+        &settings.client_ca(),
+        &settings.server_cert(),
+        &settings.server_key(),
+    )?;
+    config.more_endpoints = endpoints.map(str::to_owned).collect();
+    config.timeout = Duration::from_secs(5);
+    config.metrics = Some(metrics.clone());
     tracing::info!(%endpoint, "orders check users with a remote UserService");
     Ok(UserDirectory::Remote(JisuClient::lazy(config)?))
 }

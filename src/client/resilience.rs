@@ -279,12 +279,7 @@ fn is_idempotent(req: &Request<Body>) -> bool {
     {
         return true;
     }
-    policy::split_path(path).is_some_and(|(_, method)| {
-        matches!(
-            method,
-            "GetUser" | "ListUsers" | "BatchGetUsers" | "GetOrder"
-        )
-    })
+    policy::method(path).is_some_and(|m| m.idempotent)
 }
 
 /// A connection that could not be made: the request never left.

@@ -42,6 +42,9 @@ pub struct Method {
     pub name: &'static str,
     pub call_type: CallType,
     pub scope: &'static str,
+    /// Safe to send again: the same request gives the same answer and changes nothing.
+    /// Clients retry only these (and calls carrying an idempotency key).
+    pub idempotent: bool,
 }
 
 pub const USER_SERVICE: &str = "jisucloud.v1.UserService";
@@ -59,23 +62,37 @@ const fn m(
         name,
         call_type,
         scope,
+        idempotent: false,
+    }
+}
+
+/// A read-only method: [`Method::idempotent`].
+const fn read(
+    service: &'static str,
+    name: &'static str,
+    call_type: CallType,
+    scope: &'static str,
+) -> Method {
+    Method {
+        idempotent: true,
+        ..m(service, name, call_type, scope)
     }
 }
 
 /// Every Jisu method and its scope.
 pub const METHODS: &[Method] = &[
-    m(USER_SERVICE, "GetUser", CallType::Unary, "users:read"),
-    m(
+    read(USER_SERVICE, "GetUser", CallType::Unary, "users:read"),
+    read(
         USER_SERVICE,
         "ListUsers",
         CallType::ServerStream,
         "users:read",
     ),
-    m(USER_SERVICE, "BatchGetUsers", CallType::Unary, "users:read"),
+    read(USER_SERVICE, "BatchGetUsers", CallType::Unary, "users:read"),
     m(USER_SERVICE, "CreateUser", CallType::Unary, "users:write"),
     m(USER_SERVICE, "UpdateUser", CallType::Unary, "users:write"),
     m(USER_SERVICE, "DeleteUser", CallType::Unary, "users:write"),
-    m(ORDER_SERVICE, "GetOrder", CallType::Unary, "orders:read"),
+    read(ORDER_SERVICE, "GetOrder", CallType::Unary, "orders:read"),
     m(
         ORDER_SERVICE,
         "StreamOrderUpdates",
@@ -182,5 +199,14 @@ mod tests {
         );
         assert_eq!(access("/grpc.health.v1.Health"), Access::Authenticated);
         assert_eq!(access("garbage"), Access::Authenticated);
+        let idempotent: Vec<&str> = METHODS
+            .iter()
+            .filter(|m| m.idempotent)
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(
+            idempotent,
+            ["GetUser", "ListUsers", "BatchGetUsers", "GetOrder"]
+        );
     }
 }

@@ -87,12 +87,7 @@ impl Reloadable {
                 Ok(config) => {
                     *self.acceptor.write() = TlsAcceptor::from(config);
                     loaded.tls = now;
-                    if let Some(not_after) = tls::load_certs(&self.cert)
-                        .ok()
-                        .and_then(|c| c.first().and_then(tls::not_after))
-                    {
-                        self.metrics.watch_certificate("server", not_after);
-                    }
+                    watch_server_expiry(&self.metrics, &self.cert);
                     tracing::info!(cert = %self.cert.display(), "TLS credentials reloaded");
                     self.count("tls", "ok");
                 }
@@ -119,6 +114,17 @@ impl Reloadable {
             }
             loaded.jwt = now;
         }
+    }
+}
+
+/// Exports the remaining lifetime of the server certificate at `cert` (at start-up and
+/// after each reload).
+pub fn watch_server_expiry(metrics: &Metrics, cert: &Path) {
+    if let Some(not_after) = tls::load_certs(cert)
+        .ok()
+        .and_then(|c| c.first().and_then(tls::not_after))
+    {
+        metrics.watch_certificate("server", not_after);
     }
 }
 

@@ -24,6 +24,8 @@ pub struct TestServer {
     pub issuer: TokenIssuer,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), jisu::startup::StartupError>>>,
+    /// The SQLite file's directory, removed with the server.
+    _data: Option<tempfile::TempDir>,
 }
 
 impl TestServer {
@@ -76,6 +78,7 @@ impl TestServer {
             issuer,
             stop: Some(stop),
             task: Some(task),
+            _data: None,
         }
     }
 
