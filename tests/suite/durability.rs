@@ -1,7 +1,6 @@
 //! The embedded SQLite store keeps what it acknowledged: a Jisu process is SIGKILLed again
 //! and again in the middle of a write load; after each restart every acknowledged write is
 //! there and the store opens cleanly.
-mod common;
 
 use std::{
     sync::{
@@ -11,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::Binary;
+use crate::common::Binary;
 use jisu::{
     pb::{CreateUserRequest, GetUserRequest},
     security::certs,

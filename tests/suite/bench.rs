@@ -1,10 +1,9 @@
 //! `jisu bench` against the real binary: closed and open loop, the JSON report, the status
 //! distribution, and the comparison targets of the benchmark suite (bare, REST).
-mod common;
 
 use std::process::{Command, Stdio};
 
-use common::Binary;
+use crate::common::Binary;
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
@@ -21,7 +20,7 @@ fn bench(args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-fn certs(server: &common::Served) -> &str {
+fn certs(server: &crate::common::Served) -> &str {
     server.certs.to_str().unwrap()
 }
 

@@ -1,11 +1,10 @@
 //! Live order updates over real mTLS: pushed changes seen by several watchers, the state
 //! machine, bidirectional tracking, lagging and departing watchers, stream deadlines and
 //! stream metrics.
-mod common;
 
 use std::time::Duration;
 
-use common::{ALL_SCOPES, TestServer, assert_status, samples, value};
+use crate::common::{ALL_SCOPES, TestServer, assert_status, samples, value};
 use futures::StreamExt;
 use jisu::{
     client::JisuClient,

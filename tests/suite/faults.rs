@@ -1,7 +1,6 @@
 //! Fault tests with real processes on loopback, bounded in time: the client's balancing,
 //! retries and circuit breakers against killed, failing and stopping replicas. Each test
 //! prints what it measured (calls attempted, failed, retried); run with `--nocapture`.
-mod common;
 
 use std::{
     sync::{
@@ -11,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Binary, FaultyStore, Served, samples};
+use crate::common::{Binary, FaultyStore, Served, samples};
 use futures::StreamExt;
 use jisu::{
     client::{ClientConfig, JisuClient, Resilience},

@@ -1,10 +1,11 @@
 //! FileService over real mTLS: chunked round trips larger than the message limit, resume
 //! after a dropped connection, corrupted content, bad names and sizes, and the CLI.
-mod common;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
-use common::{ALL_SCOPES, Binary, TestServer, assert_status, samples, value, violated_fields};
+use crate::common::{
+    ALL_SCOPES, Binary, TestServer, assert_status, samples, value, violated_fields,
+};
 use futures::StreamExt;
 use jisu::{
     client::files::{Progress, sha256_file},
@@ -338,7 +339,7 @@ async fn bad_names_sizes_and_chunks_are_refused() {
     );
 }
 
-fn jisu_call(server: &common::Served, args: &[&str]) -> std::process::Output {
+fn jisu_call(server: &crate::common::Served, args: &[&str]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
         .args(["call", "--endpoint", &server.endpoint(), "--certs"])
         .arg(&server.certs)

@@ -3,11 +3,10 @@
 //!
 //! Both come from the venv that `scripts/test` installs (`.venv`, or `JISU_PYTHON` /
 //! `JISU_GRPCURL`); a missing tool fails the test, it never skips.
-mod common;
 
 use std::{path::Path, process::Command, time::Duration};
 
-use common::{MANIFEST, serve_binary, tool};
+use crate::common::{MANIFEST, serve_binary, tool};
 
 use jisu::security::jwt::TokenIssuer;
 

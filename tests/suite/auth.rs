@@ -1,10 +1,9 @@
 //! JWT bearer auth over real mTLS: every token case and every method's scope.
-mod common;
 
 use std::time::Duration;
 
+use crate::common::{ALL_SCOPES, TestServer, assert_status};
 use base64::Engine;
-use common::{ALL_SCOPES, TestServer, assert_status};
 use futures::future::BoxFuture;
 use jisu::{
     client::JisuClient,

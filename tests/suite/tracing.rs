@@ -1,10 +1,9 @@
 //! Traces over OTLP: the real binary exports to an OTLP receiver running inside the test;
 //! the SERVER span continues the caller's W3C trace and carries the RPC attributes.
-mod common;
 
 use std::time::Duration;
 
-use common::{Binary, MANIFEST, assert_status, samples, scrape, tool, value};
+use crate::common::{Binary, MANIFEST, assert_status, samples, scrape, tool, value};
 use jisu::{
     client::{ClientConfig, JisuClient},
     pb::{CreateOrderRequest, GetUserRequest, OrderItem},

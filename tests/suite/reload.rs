@@ -1,11 +1,10 @@
 //! Credentials replaced on disk while the server runs: a rotated server certificate is used
 //! by new handshakes while open connections keep working; a broken file keeps the last
 //! good set; a new JWT key takes over (tokens of the old key are refused from then on).
-mod common;
 
 use std::time::Duration;
 
-use common::{ALL_SCOPES, TestServer, samples};
+use crate::common::{ALL_SCOPES, TestServer, samples};
 use jisu::{
     pb::GetUserRequest,
     security::{

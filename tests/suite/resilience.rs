@@ -1,10 +1,9 @@
 //! The server under stress and faults: a panicking handler fails only its own call, and
 //! past the concurrency limit calls are refused at once while health checks still pass.
-mod common;
 
 use std::{sync::Arc, time::Duration};
 
-use common::{ALL_SCOPES, FaultyStore, TestServer, assert_status, samples, value};
+use crate::common::{ALL_SCOPES, FaultyStore, TestServer, assert_status, samples, value};
 use jisu::pb::{CreateUserRequest, GetUserRequest, UploadHeader, UploadRequest, upload_request};
 use tonic::Code;
 

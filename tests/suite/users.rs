@@ -1,7 +1,6 @@
 //! UserService over real mTLS: every RPC's success and error paths.
-mod common;
 
-use common::{ALL_SCOPES, TestServer, assert_status, violated_fields};
+use crate::common::{ALL_SCOPES, TestServer, assert_status, violated_fields};
 use futures::StreamExt;
 use jisu::pb::{
     BatchGetUsersRequest, CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest,

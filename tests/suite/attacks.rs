@@ -2,7 +2,6 @@
 //! the attacker: the attacker's connection is closed, the legitimate client is served.
 //! The attacks speak raw HTTP/2 frames over mutual TLS (a real client certificate, so they
 //! get past TLS like an authenticated but hostile peer would).
-mod common;
 
 use std::{
     sync::{
@@ -12,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use common::{ALL_SCOPES, TestServer, samples, value};
+use crate::common::{ALL_SCOPES, TestServer, samples, value};
 use jisu::pb::GetUserRequest;
 use rustls_pki_types::ServerName;
 use tokio::{

@@ -1,6 +1,5 @@
 //! observability/: promtool validates the config and rules and runs their unit tests, and
 //! a real Prometheus (Debian's package) scrapes a running Jisu and answers PromQL.
-mod common;
 
 use std::{
     path::{Path, PathBuf},
@@ -8,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use common::{ALL_SCOPES, TestServer, http_get};
+use crate::common::{ALL_SCOPES, TestServer, http_get};
 use jisu::pb::GetUserRequest;
 
 const OBSERVABILITY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/observability");

@@ -1,10 +1,9 @@
 //! `/metrics` scraped over real HTTP after known calls: exact counts, codes, histograms,
 //! bounded label values, and promtool's verdict on the live exposition.
-mod common;
 
 use std::{io::Write, process::Stdio, time::Duration};
 
-use common::{ALL_SCOPES, TestServer, samples, value};
+use crate::common::{ALL_SCOPES, TestServer, samples, value};
 use futures::StreamExt;
 use jisu::{
     pb::{GetUserRequest, ListUsersRequest},

@@ -1,7 +1,6 @@
 //! OrderService over real mTLS: success and error paths.
-mod common;
 
-use common::{ALL_SCOPES, TestServer, assert_status, violated_fields};
+use crate::common::{ALL_SCOPES, TestServer, assert_status, violated_fields};
 use futures::StreamExt;
 use jisu::pb::{CreateOrderRequest, GetOrderRequest, OrderItem, StreamOrderUpdatesRequest};
 use tonic::Code;

@@ -1,9 +1,8 @@
 //! Mutual TLS: the gRPC port speaks only TLS and refuses clients without a good certificate.
-mod common;
 
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use jisu::{
     pb::GetUserRequest,
     security::certs::{CertificateAuthority, LeafSpec, Usage},

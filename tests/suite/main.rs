@@ -1,0 +1,22 @@
+//! The integration suite: one test binary (one link, one copy of the dependencies on disk)
+//! holding every end-to-end test. `cargo nextest run faults::` runs one file.
+
+mod common;
+
+mod api_docs;
+mod attacks;
+mod auth;
+mod bench;
+mod durability;
+mod faults;
+mod files;
+mod interop;
+mod metrics;
+mod mtls;
+mod observability;
+mod orders;
+mod reload;
+mod resilience;
+mod streaming;
+mod tracing;
+mod users;
