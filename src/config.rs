@@ -39,16 +39,65 @@ pub struct Settings {
     /// and `uploads/`.
     pub data_dir: PathBuf,
     /// Storage backend: unset = SQLite at `<data_dir>/jisu.db` (durable, no set-up);
-    /// `sqlite:///path/to/file.db`; `memory:` (forgets everything at exit: tests and
-    /// benchmarks only).
-    pub database_url: Option<String>,
+    /// `sqlite:///path/to/file.db`; `postgres://user:password@host/db` (several replicas
+    /// sharing one database); `memory:` (forgets everything at exit: tests and
+    /// benchmarks only). Its password is never printed.
+    pub database_url: Option<DatabaseUrl>,
     /// Most connections the storage pool opens.
     pub database_max_connections: u32,
+    /// How long a call waits for a database connection before it fails with UNAVAILABLE
+    /// (what callers see while the database is unreachable).
+    pub database_acquire_timeout_ms: u64,
     pub files: FileSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+}
+
+/// A database URL. Debug and Display hide its password, so settings can be logged.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The whole URL, password included: for the database driver only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let url = &self.0;
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return url.clone();
+        };
+        let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        match authority.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or_default();
+                let hidden = if userinfo.contains(':') { ":***" } else { "" };
+                format!("{scheme}://{user}{hidden}@{host}{tail}")
+            }
+            None => url.clone(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
 }
 
 /// One of the API services a process can serve.
@@ -202,6 +251,7 @@ impl Default for Settings {
             data_dir: PathBuf::from("data"),
             database_url: None,
             database_max_connections: 8,
+            database_acquire_timeout_ms: 2000,
             files: FileSettings::default(),
             users_endpoint: None,
             tls: TlsSettings::default(),
@@ -267,10 +317,11 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 14] = [
+const TOP_LEVEL_KEYS: [&str; 15] = [
     "data_dir",
     "database_url",
     "database_max_connections",
+    "database_acquire_timeout_ms",
     "files",
     "listen",
     "metrics_listen",
@@ -368,6 +419,24 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_passwords_are_never_printed() {
+        let url =
+            DatabaseUrl::new("postgres://jisu:s3cr%40t@db.internal:5432/jisu?sslmode=require");
+        assert_eq!(
+            url.redacted(),
+            "postgres://jisu:***@db.internal:5432/jisu?sslmode=require"
+        );
+        let settings = Settings {
+            database_url: Some(url),
+            ..Settings::default()
+        };
+        assert!(!format!("{settings:?}").contains("s3cr"));
+        let plain = DatabaseUrl::new("postgres://jisu@localhost/jisu");
+        assert_eq!(plain.redacted(), "postgres://jisu@localhost/jisu");
+        assert_eq!(DatabaseUrl::new("memory:").redacted(), "memory:");
+    }
 
     #[test]
     fn layers_apply_in_order_file_env_flags() {

@@ -6,7 +6,11 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::{codec::CompressionEncoding, transport::Server};
+use tonic::{codec::CompressionEncoding, server::NamedService, transport::Server};
+
+mod readiness;
+
+use readiness::Readiness;
 
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
@@ -25,7 +29,10 @@ use crate::{
         FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits,
         streams::Shutdown,
     },
-    store::{self, MemoryStore, SqliteStore, Store, StoreError, TracedStore},
+    store::{
+        self, MemoryStore, PostgresStore, SqliteStore, Store, StoreError, TracedStore,
+        postgres::PoolLimits,
+    },
     telemetry::{metrics::Metrics, metrics_endpoint},
     transport::{SharedAcceptor, tls_incoming},
 };
@@ -198,15 +205,20 @@ impl Application {
         let serve_users = settings.serves(ServiceKind::Users);
         let serve_orders = settings.serves(ServiceKind::Orders);
         let (health, health_service) = tonic_health::server::health_reporter();
+        let mut store_services = Vec::new();
         if serve_users {
-            health.set_serving::<UserServiceServer<UserApi>>().await;
+            store_services.push(<UserServiceServer<UserApi> as NamedService>::NAME);
         }
         if serve_orders {
-            health.set_serving::<OrderServiceServer<OrderApi>>().await;
+            store_services.push(<OrderServiceServer<OrderApi> as NamedService>::NAME);
         }
+        let mut other_services = Vec::new();
         if files.is_some() {
-            health.set_serving::<FileServiceServer<FileApi>>().await;
+            other_services.push(<FileServiceServer<FileApi> as NamedService>::NAME);
         }
+        // SERVING now; NOT_SERVING while the store does not answer, and from shutdown on.
+        let readiness = Readiness::new(health, store_services, other_services).await;
+        let probe = readiness.spawn_probe(store.clone(), &metrics);
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -236,12 +248,15 @@ impl Application {
             ))
         });
         let events = OrderEvents::new(metrics.order_watchers());
+        // Changes written by other replicas sharing the database reach watchers here.
+        let relay = store
+            .changes()
+            .map(|changes| tokio::spawn(events.clone().relay(store.clone(), changes)));
         let orders = serve_orders.then(|| {
             api_server!(OrderServiceServer::new(
                 OrderApi::new(store, user_directory, events).with_shutdown(streams.clone())
             ))
         });
-        let serve_files = files.is_some();
         let files = files
             .map(|api| api_server!(FileServiceServer::new(api.with_shutdown(streams.clone()))));
 
@@ -283,25 +298,12 @@ impl Application {
         ));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = {
-            let health = health.clone();
+            let readiness = readiness.clone();
             async move {
                 shutdown.await;
                 tracing::info!("shutting down: health NOT_SERVING, draining calls");
-                if serve_users {
-                    health.set_not_serving::<UserServiceServer<UserApi>>().await;
-                }
-                if serve_orders {
-                    health
-                        .set_not_serving::<OrderServiceServer<OrderApi>>()
-                        .await;
-                }
-                if serve_files {
-                    health.set_not_serving::<FileServiceServer<FileApi>>().await;
-                }
+                readiness.stop().await;
                 streams.trigger();
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
                 let _ = stopping_tx.send(());
             }
         };
@@ -350,6 +352,10 @@ impl Application {
         let _ = metrics_stop.send(());
         let _ = metrics_server.await;
         upkeep.abort();
+        probe.abort();
+        if let Some(task) = relay {
+            task.abort();
+        }
         reloader.abort();
         if let Some(task) = rate_upkeep {
             task.abort();
@@ -372,7 +378,7 @@ async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, &'static str
         tracing::info!(path = %path.display(), "storage: SQLite (WAL, synchronous=FULL)");
         Ok::<(Arc<dyn Store>, &'static str), StartupError>((Arc::new(store), "sqlite"))
     };
-    match settings.database_url.as_deref() {
+    match settings.database_url.as_ref().map(|u| u.expose()) {
         None => sqlite(settings.data_dir.join("jisu.db")).await,
         Some("memory:") => {
             tracing::warn!("storage: in memory; everything is lost at exit");
@@ -384,10 +390,27 @@ async fn open_store(settings: &Settings) -> Result<(Arc<dyn Store>, &'static str
             ))
             .await
         }
-        Some(url) => Err(StartupError::Deployment(format!(
-            "database_url {:?} is not supported: use sqlite:///path/to/file.db or memory: \
-             (PostgreSQL is not in this build yet)",
-            url.split('@').next_back().unwrap_or_default()
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            let limits = PoolLimits {
+                max_connections: settings.database_max_connections,
+                acquire_timeout: Duration::from_millis(settings.database_acquire_timeout_ms),
+            };
+            let store = PostgresStore::connect(url, limits).await?;
+            let shown = settings.database_url.as_ref().map(|u| u.redacted());
+            tracing::info!(
+                url = shown.as_deref().unwrap_or_default(),
+                "storage: PostgreSQL"
+            );
+            Ok((Arc::new(store), "postgresql"))
+        }
+        Some(_) => Err(StartupError::Deployment(format!(
+            "database_url {} is not supported: use postgres://user:password@host/db, \
+             sqlite:///path/to/file.db or memory:",
+            settings
+                .database_url
+                .as_ref()
+                .map(|u| u.redacted())
+                .unwrap_or_default()
         ))),
     }
 }

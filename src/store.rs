@@ -1,15 +1,38 @@
 //! Storage behind a trait. The services only see [`Store`]; the backend is chosen at
-//! start-up: [`sqlite::SqliteStore`] in the data directory by default (durable), or
+//! start-up: [`sqlite::SqliteStore`] in the data directory by default (durable),
+//! [`postgres::PostgresStore`] for several replicas sharing one database, or
 //! [`memory::MemoryStore`] (`database_url = "memory:"`, for tests and benchmarks).
+use futures::stream::BoxStream;
+
 use crate::pb::{Order, OrderItem, User};
 
 pub mod memory;
+pub mod postgres;
+mod sql;
 pub mod sqlite;
 pub mod traced;
 
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 pub use traced::TracedStore;
+
+/// A change announced by another process sharing the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The status of this order changed.
+    Order(String),
+    /// Announcements may have been missed (the feed was down and is back): re-read
+    /// whatever is being watched.
+    Missed,
+}
+
+/// Connections of a backend's pool, for the pool gauges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    pub open: u32,
+    pub idle: u32,
+}
 
 /// What a backend can refuse. The services map these to API errors.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -97,6 +120,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Order, StoreError>;
     /// Number of users, for start-up decisions such as demo data.
     async fn user_count(&self) -> Result<usize, StoreError>;
+    /// Checks that the backend answers (health). In-process backends always do.
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// The connection pool's state, for backends that have one.
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+    /// Order changes written by *other* processes sharing this store (PostgreSQL
+    /// LISTEN/NOTIFY). `None` when no other process can write to it: changes made here
+    /// are published in-process by the services. Call once.
+    fn changes(&self) -> Option<BoxStream<'static, Change>> {
+        None
+    }
 }
 
 /// Parses the numeric part of a `USER0042`-style id; ids order by this number.
@@ -113,10 +150,13 @@ pub fn user_id(n: u64) -> String {
     format!("USER{n:04}")
 }
 
-/// The origin document's 100 demo users (`USER0001`..`USER0100`).
+/// The origin document's 100 demo users (`USER0001`..`USER0100` on an empty store). A
+/// user whose email exists already is skipped: replicas seeding one database at once
+/// cannot fail each other's start-up.
 pub async fn load_demo_users(store: &dyn Store, now: i64) -> Result<usize, StoreError> {
+    let mut created = 0;
     for i in 1..=100u64 {
-        store
+        let seeded = store
             .create_user(
                 NewUser {
                     name: format!("用户{i}"),
@@ -125,9 +165,14 @@ pub async fn load_demo_users(store: &dyn Store, now: i64) -> Result<usize, Store
                 },
                 now,
             )
-            .await?;
+            .await;
+        match seeded {
+            Ok(_) => created += 1,
+            Err(StoreError::EmailTaken) => {}
+            Err(e) => return Err(e),
+        }
     }
-    Ok(100)
+    Ok(created)
 }
 
 #[cfg(test)]

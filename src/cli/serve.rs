@@ -31,7 +31,8 @@ pub struct ServeArgs {
     /// Data directory (the embedded database and uploaded files; default ./data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// Storage: sqlite:///path/file.db, or memory: (default: SQLite in the data directory).
+    /// Storage: postgres://user:password@host/db (several replicas), sqlite:///path/file.db,
+    /// or memory: (default: SQLite in the data directory). Also JISU_DATABASE_URL.
     #[arg(long)]
     database_url: Option<String>,
     /// Log format.

@@ -99,6 +99,11 @@ impl Replica {
         self.served.load(Ordering::Relaxed)
     }
 
+    /// What the last health check said (SERVING) or the transport let through.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
     pub fn is_open(&self) -> bool {
         matches!(*self.circuit.lock(), Circuit::Open { .. })
     }

@@ -115,6 +115,42 @@ impl OrderEvents {
         }
     }
 
+    /// Orders with at least one watcher here, by id.
+    pub fn watched_ids(&self) -> Vec<String> {
+        self.inner.orders.lock().keys().cloned().collect()
+    }
+
+    /// Relays changes written by other processes sharing the store (PostgreSQL
+    /// LISTEN/NOTIFY) to the watchers here: an announced order that someone here watches
+    /// is read and published; after a gap in the feed every watched order is re-read.
+    /// Runs until the feed ends.
+    pub async fn relay(
+        self,
+        store: std::sync::Arc<dyn crate::store::Store>,
+        mut changes: futures::stream::BoxStream<'static, crate::store::Change>,
+    ) {
+        use futures::StreamExt as _;
+        while let Some(change) = changes.next().await {
+            let ids = match change {
+                crate::store::Change::Order(id) => {
+                    if !self.inner.orders.lock().contains_key(&id) {
+                        continue;
+                    }
+                    vec![id]
+                }
+                crate::store::Change::Missed => self.watched_ids(),
+            };
+            for id in ids {
+                match store.order(&id).await {
+                    Ok(order) => self.publish(&order),
+                    Err(e) => {
+                        tracing::warn!(order_id = %id, error = %e, "order change not relayed")
+                    }
+                }
+            }
+        }
+    }
+
     /// Tells the watchers of this order its new state (after it is stored).
     pub fn publish(&self, order: &Order) {
         if let Some(slot) = self.inner.orders.lock().get(&order.order_id) {

@@ -7,7 +7,6 @@
 //! transitions (conditional UPDATE) are enforced by the database itself.
 use std::{path::Path, str::FromStr, time::Duration};
 
-use rand::Rng as _;
 use sqlx::{
     Row,
     sqlite::{
@@ -16,26 +15,21 @@ use sqlx::{
     },
 };
 
-use super::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch, user_id, user_number};
-use crate::pb::{Order, OrderItem, User};
+use super::{
+    NewOrder, NewUser, Store, StoreError, UserPage, UserPatch,
+    sql::{
+        ORDER_COLUMNS, USER_COLUMNS, email_conflict, is_unique_violation, items_from_json,
+        items_to_json, new_order_id, unavailable,
+    },
+    user_id, user_number,
+};
+use crate::pb::{Order, User};
 
 /// SQLite storage. Cheap to share: a pool of connections.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
 }
-
-fn unavailable(err: sqlx::Error) -> StoreError {
-    StoreError::Unavailable(err.to_string())
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-const USER_COLUMNS: &str = "number, name, email, phone, status, created_at, updated_at";
-const ORDER_COLUMNS: &str =
-    "order_id, user_id, items, total_amount, status, cancel_reason, created_at, updated_at";
 
 fn user_row(row: &SqliteRow) -> User {
     User {
@@ -50,8 +44,7 @@ fn user_row(row: &SqliteRow) -> User {
 }
 
 fn order_row(row: &SqliteRow) -> Result<Order, StoreError> {
-    let items: Vec<OrderItem> = serde_json::from_str(row.get::<&str, _>("items"))
-        .map_err(|e| StoreError::Unavailable(format!("stored items unreadable: {e}")))?;
+    let items = items_from_json(row.get::<&str, _>("items"))?;
     Ok(Order {
         order_id: row.get("order_id"),
         user_id: row.get("user_id"),
@@ -114,13 +107,7 @@ impl Store for SqliteStore {
         .bind(now)
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::EmailTaken
-            } else {
-                unavailable(e)
-            }
-        })?;
+        .map_err(email_conflict)?;
         Ok(user_row(&row))
     }
 
@@ -147,13 +134,7 @@ impl Store for SqliteStore {
         .bind(n as i64)
         .fetch_optional(&self.pool)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::EmailTaken
-            } else {
-                unavailable(e)
-            }
-        })?;
+        .map_err(email_conflict)?;
         row.map(|r| user_row(&r)).ok_or(StoreError::UserNotFound)
     }
 
@@ -237,10 +218,9 @@ impl Store for SqliteStore {
                 return Err(StoreError::UserNotFound);
             }
         }
-        let items = serde_json::to_string(&new.items)
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let items = items_to_json(&new.items)?;
         let row = loop {
-            let order_id = format!("ORD{:08X}", rand::rng().random::<u32>());
+            let order_id = new_order_id();
             let inserted = sqlx::query(&format!(
                 "INSERT INTO orders (order_id, user_id, items, total_amount, status, created_at, \
                  updated_at) VALUES (?, ?, ?, ?, 'PENDING', ?, ?) RETURNING {ORDER_COLUMNS}"

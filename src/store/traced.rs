@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tracing::Instrument as _;
 
-use super::{NewOrder, NewUser, Store, StoreError, UserPage, UserPatch};
+use super::{Change, NewOrder, NewUser, PoolStats, Store, StoreError, UserPage, UserPatch};
 use crate::pb::{Order, User};
 
 const OPERATIONS: [&str; 10] = [
@@ -205,5 +205,19 @@ impl Store for TracedStore {
             self.inner.user_count(),
         )
         .await
+    }
+
+    // Health probes and the change feed are the server's own upkeep, not callers' work:
+    // no spans, no durations.
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        self.inner.pool_stats()
+    }
+
+    fn changes(&self) -> Option<futures::stream::BoxStream<'static, Change>> {
+        self.inner.changes()
     }
 }

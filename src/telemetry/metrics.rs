@@ -290,6 +290,16 @@ impl Metrics {
             "RPCs being handled right now.".into(),
         );
         recorder.describe_gauge(
+            "jisu_store_up".into(),
+            None,
+            "1 while the storage backend answers its health probe, 0 while it does not.".into(),
+        );
+        recorder.describe_gauge(
+            "jisu_store_pool_connections".into(),
+            None,
+            "Connections of the database pool, by state (in_use, idle).".into(),
+        );
+        recorder.describe_gauge(
             "jisu_build_info".into(),
             None,
             "Always 1; the labels name the running version.".into(),

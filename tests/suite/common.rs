@@ -14,6 +14,8 @@ use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
+pub mod postgres;
+
 pub const ALL_SCOPES: &str =
     "users:read users:write orders:read orders:write files:read files:write";
 
@@ -34,10 +36,25 @@ impl TestServer {
     }
 
     /// Starts a server; `configure` may change the settings first. The backend is the
-    /// in-memory store, or SQLite in a temporary file when `JISU_TEST_STORE=sqlite` (the
-    /// test command runs the suite both ways).
+    /// in-memory store, SQLite in a temporary file when `JISU_TEST_STORE=sqlite`, or a
+    /// fresh database on PostgreSQL when `JISU_TEST_STORE=postgres` (the test command runs
+    /// the suite all three ways).
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
         let store: Arc<dyn jisu::store::Store> = match std::env::var("JISU_TEST_STORE").as_deref() {
+            Ok("postgres") => {
+                let admin = std::env::var("JISU_TEST_DATABASE_URL")
+                    .expect("JISU_TEST_STORE=postgres needs JISU_TEST_DATABASE_URL");
+                let url = postgres::create_database(&admin).await;
+                let limits = jisu::store::postgres::PoolLimits {
+                    max_connections: 4,
+                    acquire_timeout: Duration::from_secs(2),
+                };
+                Arc::new(
+                    jisu::store::PostgresStore::connect(&url, limits)
+                        .await
+                        .expect("open postgres"),
+                )
+            }
             Ok("sqlite") => {
                 let dir = tempfile::tempdir().expect("temp dir").keep();
                 Arc::new(
@@ -410,12 +427,20 @@ impl<'a> Binary<'a> {
         let logs = child.stderr.take().map(|stderr| {
             let (tx, rx) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
-                for line in std::io::BufReader::new(stderr)
-                    .lines()
-                    .map_while(Result::ok)
-                {
-                    if tx.send(line).is_err() {
-                        break;
+                // Bytes, not `lines()`: one line that is not UTF-8 must not stop the
+                // reader (the server would then block on a full pipe).
+                let mut reader = std::io::BufReader::new(stderr);
+                let mut buf = Vec::new();
+                loop {
+                    buf.clear();
+                    match reader.read_until(b'\n', &mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                            if tx.send(line).is_err() {
+                                break;
+                            }
+                        }
                     }
                 }
             });

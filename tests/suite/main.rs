@@ -16,6 +16,7 @@ mod mtls;
 mod observability;
 mod orders;
 mod reload;
+mod replicas;
 mod resilience;
 mod streaming;
 mod tracing;

@@ -1,0 +1,134 @@
+//! Health that follows the database. A probe asks the store every second: while it does
+//! not answer, the services that need it (and the server as a whole, `""`, which the Jisu
+//! client's balancer checks) are NOT_SERVING, so balancers steer away; when it answers
+//! again they are SERVING again, by themselves. Once shutdown starts they stay
+//! NOT_SERVING whatever the probe says. The probe also keeps the store gauges fresh:
+//! `jisu_store_up` and `jisu_store_pool_connections{state}`.
+use std::{sync::Arc, time::Duration};
+
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{store::Store, telemetry::metrics::Metrics};
+
+/// How often the store is probed, and how long a probe may take before it counts as down.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The server's health, shared by the store probe and shutdown.
+#[derive(Clone)]
+pub(crate) struct Readiness {
+    state: Arc<tokio::sync::Mutex<State>>,
+}
+
+struct State {
+    reporter: HealthReporter,
+    /// Services whose calls need the store.
+    store_services: Vec<&'static str>,
+    /// Services that work without it (files).
+    other_services: Vec<&'static str>,
+    store_up: bool,
+    stopping: bool,
+}
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Readiness").finish_non_exhaustive()
+    }
+}
+
+impl Readiness {
+    /// Marks every service SERVING.
+    pub(crate) async fn new(
+        reporter: HealthReporter,
+        store_services: Vec<&'static str>,
+        other_services: Vec<&'static str>,
+    ) -> Self {
+        let state = State {
+            reporter,
+            store_services,
+            other_services,
+            store_up: true,
+            stopping: false,
+        };
+        state.apply().await;
+        Self {
+            state: Arc::new(tokio::sync::Mutex::new(state)),
+        }
+    }
+
+    /// Everything NOT_SERVING, for good.
+    pub(crate) async fn stop(&self) {
+        let mut state = self.state.lock().await;
+        state.stopping = true;
+        state.apply().await;
+    }
+
+    async fn store_answered(&self, up: bool) {
+        let mut state = self.state.lock().await;
+        if state.store_up != up {
+            state.store_up = up;
+            if up {
+                tracing::info!("storage answers again: SERVING");
+            } else {
+                tracing::warn!("storage does not answer: NOT_SERVING until it does");
+            }
+            state.apply().await;
+        }
+    }
+
+    /// Probes `store` until the task is aborted.
+    pub(crate) fn spawn_probe(
+        &self,
+        store: Arc<dyn Store>,
+        metrics: &Metrics,
+    ) -> tokio::task::JoinHandle<()> {
+        let readiness = self.clone();
+        let up_gauge = metrics.gauge("jisu_store_up", &[]);
+        let in_use = metrics.gauge("jisu_store_pool_connections", &[("state", "in_use".into())]);
+        let idle = metrics.gauge("jisu_store_pool_connections", &[("state", "idle".into())]);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PROBE_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                let up = match tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "storage probe failed");
+                        false
+                    }
+                    Err(_) => false,
+                };
+                up_gauge.set(if up { 1.0 } else { 0.0 });
+                if let Some(pool) = store.pool_stats() {
+                    in_use.set(f64::from(pool.open.saturating_sub(pool.idle)));
+                    idle.set(f64::from(pool.idle));
+                }
+                readiness.store_answered(up).await;
+            }
+        })
+    }
+}
+
+impl State {
+    async fn apply(&self) {
+        let status = |ok: bool| {
+            if ok && !self.stopping {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            }
+        };
+        for name in &self.store_services {
+            self.reporter
+                .set_service_status(*name, status(self.store_up))
+                .await;
+        }
+        for name in &self.other_services {
+            self.reporter.set_service_status(*name, status(true)).await;
+        }
+        self.reporter
+            .set_service_status("", status(self.store_up))
+            .await;
+    }
+}
