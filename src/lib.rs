@@ -6,7 +6,8 @@
 //! - [`pb`]: the generated protobuf types, gRPC stubs and the descriptor set.
 //! - [`config`]: typed settings, layered defaults ← TOML file ← `JISU_*` env ← flags.
 //! - [`startup`]: [`startup::Application`] binds its listeners and composes the one
-//!   middleware stack; tests start it on port 0.
+//!   middleware stack; tests start it on port 0. `readiness`: health that follows the
+//!   database (NOT_SERVING while it does not answer) and `/ready`.
 //! - [`transport`]: the TLS accept loop (handshake timeout, peer identity per connection).
 //! - [`security`]: rustls configs and peer identity (`tls`), rcgen certificates (`certs`),
 //!   JWT issuing and verification (`jwt`), the method → scope table (`policy`).
@@ -15,11 +16,12 @@
 //!   W3C injection and `grpc_client_*` metrics.
 //! - [`service`]: the business rules of each proto service; knows nothing of TLS or CLI.
 //!   `user_directory`: where OrderService checks users (same store, or a remote UserService).
-//! - [`store`]: storage behind a trait, with a concurrent in-memory implementation and a
-//!   wrapper that gives each operation a span.
+//! - [`store`]: storage behind a trait: SQLite (the default), PostgreSQL (several replicas;
+//!   LISTEN/NOTIFY change feed), in memory (tests, benchmarks), and a wrapper that gives
+//!   each operation a span and a duration.
 //! - [`client`]: the typed client (mTLS channel, bearer token, deadline, CLIENT spans).
 //! - [`telemetry`]: logging (filter, format, trace ids per line), the OTLP pipeline with
-//!   its bounded export queue (`otel`), Prometheus metrics and `/metrics`.
+//!   its bounded export queue (`otel`), Prometheus metrics, `/metrics` and `/ready`.
 //! - [`bench`]: the load generator behind `jisu bench` and the servers the benchmark suite
 //!   compares with (bare, REST/JSON, an OTLP sink).
 //! - [`docs`]: renders `docs/api.md` from the proto comments.

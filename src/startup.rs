@@ -292,6 +292,7 @@ impl Application {
         let metrics_server = tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
             metrics.clone(),
+            readiness.serving(),
             async move {
                 let _ = metrics_stopped.await;
             },

@@ -18,10 +18,13 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub(crate) struct Readiness {
     state: Arc<tokio::sync::Mutex<State>>,
+    /// The overall status, for `/ready` on the metrics listener.
+    serving: Arc<std::sync::atomic::AtomicBool>,
 }
 
 struct State {
     reporter: HealthReporter,
+    serving: Arc<std::sync::atomic::AtomicBool>,
     /// Services whose calls need the store.
     store_services: Vec<&'static str>,
     /// Services that work without it (files).
@@ -43,8 +46,10 @@ impl Readiness {
         store_services: Vec<&'static str>,
         other_services: Vec<&'static str>,
     ) -> Self {
+        let serving = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let state = State {
             reporter,
+            serving: serving.clone(),
             store_services,
             other_services,
             store_up: true,
@@ -53,7 +58,13 @@ impl Readiness {
         state.apply().await;
         Self {
             state: Arc::new(tokio::sync::Mutex::new(state)),
+            serving,
         }
+    }
+
+    /// True while the server as a whole is SERVING.
+    pub(crate) fn serving(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        self.serving.clone()
     }
 
     /// Everything NOT_SERVING, for good.
@@ -130,5 +141,9 @@ impl State {
         self.reporter
             .set_service_status("", status(self.store_up))
             .await;
+        self.serving.store(
+            status(self.store_up) == ServingStatus::Serving,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 }

@@ -1,7 +1,21 @@
-//! `GET /metrics` on its own plain-HTTP listener, never on the gRPC port.
-use std::future::Future;
+//! `GET /metrics` on its own plain-HTTP listener, never on the gRPC port; beside it
+//! `GET /ready` (200 while the server is SERVING, 503 otherwise) for probes that cannot
+//! speak gRPC over mutual TLS: Kubernetes readiness probes, L4 balancers' HTTP checks.
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
-use axum::{Router, extract::State, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
@@ -12,15 +26,30 @@ async fn scrape(State(metrics): State<Metrics>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], metrics.render())
 }
 
-/// Serves `/metrics` on `listener` until `shutdown` completes.
+async fn ready(State(serving): State<Arc<AtomicBool>>) -> impl IntoResponse {
+    if serving.load(Ordering::Relaxed) {
+        (StatusCode::OK, "SERVING\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "NOT_SERVING\n")
+    }
+}
+
+/// Serves `/metrics` and `/ready` (what `serving` says) on `listener` until `shutdown`
+/// completes.
 pub async fn serve(
     listener: TcpListener,
     metrics: Metrics,
+    serving: Arc<AtomicBool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = Router::new()
         .route("/metrics", get(scrape))
-        .with_state(metrics);
+        .with_state(metrics)
+        .merge(
+            Router::new()
+                .route("/ready", get(ready))
+                .with_state(serving),
+        );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::common::{
-    Binary, Served, assert_status,
+    Binary, Served, assert_status, http_get,
     postgres::{PgCluster, create_database, fresh_database},
     samples, scrape, value,
 };
@@ -243,6 +243,8 @@ async fn a_database_outage_is_unavailable_and_not_serving_then_service_recovers(
     *phase.lock() = 1;
     server.log_line("storage does not answer");
     assert_eq!(serving(&health).await, ServingStatus::NotServing);
+    let (head, _) = http_get(metrics_addr, "/ready").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     wait_for("calls to fail", || count(1, Code::Unavailable) >= 20).await;
     let text = scrape(metrics_addr).await;
     assert_eq!(value(&samples(&text), "jisu_store_up", &[]), 0.0);
@@ -251,6 +253,9 @@ async fn a_database_outage_is_unavailable_and_not_serving_then_service_recovers(
     cluster.restart();
     server.log_line("storage answers again");
     assert_eq!(serving(&health).await, ServingStatus::Serving);
+    let (head, body) = http_get(metrics_addr, "/ready").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.trim(), "SERVING");
     // The load's client opened its circuit during the outage; its next half-open probe
     // finds the server well again.
     wait_for("a call to succeed after the restart", || {
