@@ -178,10 +178,16 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// CA bundle client certificates must chain to (default `<certs>/ca.pem`).
     pub client_ca: Option<PathBuf>,
+    /// Revoked client certificates, PEM CRLs (default `<certs>/crl.pem`, used once it
+    /// exists: `jisu certs revoke` writes it). Watched like the certificates.
+    pub crl: Option<PathBuf>,
     /// Also accept TLS 1.2 (TLS 1.3 only by default).
     pub allow_tls12: bool,
     /// Time a new connection has to finish its handshake.
     pub handshake_timeout_ms: u64,
+    /// Health turns NOT_SERVING this long before the server certificate expires (so
+    /// balancers move away from a replica whose rotation failed, before clients fail).
+    pub expiry_margin_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -268,8 +274,10 @@ impl Default for TlsSettings {
             cert: None,
             key: None,
             client_ca: None,
+            crl: None,
             allow_tls12: false,
             handshake_timeout_ms: 10_000,
+            expiry_margin_secs: 600,
         }
     }
 }
@@ -390,6 +398,9 @@ impl Settings {
     }
     pub fn client_ca(&self) -> PathBuf {
         self.in_certs(&self.tls.client_ca, "ca.pem")
+    }
+    pub fn crl(&self) -> PathBuf {
+        self.in_certs(&self.tls.crl, crate::security::revocation::CRL_FILE)
     }
     pub fn jwt_public_key(&self) -> PathBuf {
         self.in_certs(&self.auth.public_key, "jwt.pub")

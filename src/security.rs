@@ -4,4 +4,5 @@ pub mod certs;
 pub mod jwt;
 pub mod policy;
 pub mod reload;
+pub mod revocation;
 pub mod tls;

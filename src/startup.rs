@@ -75,6 +75,8 @@ pub struct Application {
     metrics_addr: SocketAddr,
     metrics: Metrics,
     acceptor: SharedAcceptor,
+    /// The credential files as they were when loaded (see [`reload::Loaded`]).
+    credentials: reload::Loaded,
     verifier: TokenVerifier,
     store: Arc<dyn Store>,
     users: UserDirectory,
@@ -105,11 +107,19 @@ impl Application {
         backend: Arc<dyn Store>,
         system: &'static str,
     ) -> Result<Self, StartupError> {
+        let credentials = reload::Loaded::read(
+            &settings.server_cert(),
+            &settings.server_key(),
+            &settings.client_ca(),
+            &settings.crl(),
+            &settings.jwt_public_key(),
+        );
         let tls = tls::server_config(
             &ServerTlsFiles {
                 cert: &settings.server_cert(),
                 key: &settings.server_key(),
                 client_ca: &settings.client_ca(),
+                crl: Some(&settings.crl()),
             },
             settings.tls.allow_tls12,
         )?;
@@ -159,6 +169,7 @@ impl Application {
             metrics_addr,
             metrics,
             acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
+            credentials,
             verifier,
             store,
             users,
@@ -195,6 +206,7 @@ impl Application {
             metrics_addr,
             metrics,
             acceptor,
+            credentials,
             verifier,
             store,
             users: user_directory,
@@ -218,7 +230,11 @@ impl Application {
         }
         // SERVING now; NOT_SERVING while the store does not answer, and from shutdown on.
         let readiness = Readiness::new(health, store_services, other_services).await;
-        let probe = readiness.spawn_probe(store.clone(), &metrics);
+        let probe = readiness.spawn_probe(
+            store.clone(),
+            &metrics,
+            Duration::from_secs(settings.tls.expiry_margin_secs),
+        );
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -261,16 +277,20 @@ impl Application {
             .map(|api| api_server!(FileServiceServer::new(api.with_shutdown(streams.clone()))));
 
         // Credentials on disk are watched: new handshakes get a reloaded set.
-        let reloader = reload::spawn(reload::Reloadable {
-            cert: settings.server_cert(),
-            key: settings.server_key(),
-            client_ca: settings.client_ca(),
-            jwt_public_key: settings.jwt_public_key(),
-            allow_tls12: settings.tls.allow_tls12,
-            acceptor: acceptor.clone(),
-            verifier: verifier.clone(),
-            metrics: metrics.clone(),
-        })
+        let reloader = reload::spawn(
+            reload::Reloadable {
+                cert: settings.server_cert(),
+                key: settings.server_key(),
+                client_ca: settings.client_ca(),
+                crl: settings.crl(),
+                jwt_public_key: settings.jwt_public_key(),
+                allow_tls12: settings.tls.allow_tls12,
+                acceptor: acceptor.clone(),
+                verifier: verifier.clone(),
+                metrics: metrics.clone(),
+            },
+            credentials,
+        )
         .map_err(|source| StartupError::DataDir {
             path: settings.certs.clone(),
             source,

@@ -251,6 +251,7 @@ pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
                         cert: &args.certs.join("server.pem"),
                         key: &args.certs.join("server.key"),
                         client_ca: &args.certs.join("ca.pem"),
+                        crl: None,
                     },
                     false,
                 )?;

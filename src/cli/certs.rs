@@ -1,9 +1,10 @@
-//! `jisu certs init | issue-client`: the development PKI, minted with rcgen.
+//! `jisu certs init | issue-client | rotate | revoke | crl`: the development PKI, minted
+//! with rcgen.
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::Subcommand;
-use jisu::security::certs;
+use jisu::security::{certs, revocation};
 
 #[derive(Debug, Subcommand)]
 pub enum CertsCommand {
@@ -27,6 +28,36 @@ pub enum CertsCommand {
         #[arg(long, value_parser = super::parse_duration)]
         ttl: Option<Duration>,
     },
+    /// Replace server.pem / server.key with a new pair from the CA (a running server
+    /// switches to it for new handshakes).
+    Rotate {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// Extra server names (DNS or IP), beside localhost, 127.0.0.1 and ::1.
+        #[arg(long = "san")]
+        sans: Vec<String>,
+        /// Validity, e.g. 30d (default one year).
+        #[arg(long, value_parser = super::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Revoke the client certificate NAME.pem: add it to crl.pem, which the server
+    /// watches (refused from the next handshake on).
+    Revoke {
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        /// How long the new CRL is valid; the server refuses every client certificate
+        /// of this CA once it has expired (default 7d).
+        #[arg(long, value_parser = super::parse_duration)]
+        valid: Option<Duration>,
+    },
+    /// Re-sign crl.pem with a new validity (run before it expires, e.g. daily).
+    Crl {
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+        #[arg(long, value_parser = super::parse_duration)]
+        valid: Option<Duration>,
+    },
 }
 
 pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
@@ -43,6 +74,42 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
         CertsCommand::IssueClient { name, dir, ttl } => {
             let path = certs::issue_client(&dir, &name, ttl)?;
             println!("wrote {} and {name}.key", path.display());
+        }
+        CertsCommand::Rotate { dir, sans, ttl } => {
+            let serial = certs::rotate_server(&dir, &sans, ttl)?;
+            println!(
+                "wrote {}/server.pem and server.key (serial {serial})",
+                dir.display()
+            );
+        }
+        CertsCommand::Revoke { name, dir, valid } => {
+            let valid = valid.unwrap_or(revocation::DEFAULT_CRL_VALIDITY);
+            let crl = revocation::revoke(&dir, &name, valid)?;
+            println!(
+                "{name} {}; {}/{} lists {} certificate(s), CRL number {}, valid until {}",
+                if crl.added {
+                    "revoked"
+                } else {
+                    "was already revoked"
+                },
+                dir.display(),
+                revocation::CRL_FILE,
+                crl.revoked,
+                crl.crl_number,
+                crl.next_update
+            );
+        }
+        CertsCommand::Crl { dir, valid } => {
+            let valid = valid.unwrap_or(revocation::DEFAULT_CRL_VALIDITY);
+            let crl = revocation::update(&dir, None, valid)?;
+            println!(
+                "{}/{} re-signed: {} certificate(s), CRL number {}, valid until {}",
+                dir.display(),
+                revocation::CRL_FILE,
+                crl.revoked,
+                crl.crl_number,
+                crl.next_update
+            );
         }
     }
     Ok(())

@@ -28,6 +28,8 @@ pub enum CertError {
     Rcgen(#[from] rcgen::Error),
     #[error("invalid client name {0:?}: use letters, digits, '-', '_' and '.'")]
     BadName(String),
+    #[error("{path} is not a certificate or CRL this CA issued: {detail}")]
+    Unreadable { path: PathBuf, detail: String },
 }
 
 /// The files `jisu certs init` writes, relative to the certs directory.
@@ -153,6 +155,19 @@ impl CertificateAuthority {
         &self.pem
     }
 
+    /// Signs a certificate revocation list (PEM).
+    pub fn sign_crl(
+        &self,
+        params: &rcgen::CertificateRevocationListParams,
+    ) -> Result<String, CertError> {
+        Ok(params.signed_by(&self.issuer)?.pem()?)
+    }
+
+    /// Loads the CA that `certs init` wrote into `dir`.
+    pub fn load(dir: &Path) -> Result<Self, CertError> {
+        Self::from_pem(&read(&dir.join("ca.pem"))?, &read(&dir.join("ca.key"))?)
+    }
+
     /// Signs a new leaf with a fresh P-256 key.
     pub fn issue(&self, spec: &LeafSpec) -> Result<Pem, CertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)?;
@@ -233,6 +248,27 @@ pub fn init(dir: &Path, extra_sans: &[String], force: bool) -> Result<(), CertEr
     Ok(())
 }
 
+/// Issues a new server certificate and key from the CA in `dir` (the default SANs plus
+/// `extra_sans`, the server's SPIFFE identity) and replaces `server.pem`/`server.key`; a
+/// running server picks them up for new handshakes. Returns the new serial (hex).
+pub fn rotate_server(
+    dir: &Path,
+    extra_sans: &[String],
+    ttl: Option<Duration>,
+) -> Result<String, CertError> {
+    let ca = CertificateAuthority::load(dir)?;
+    let mut server = LeafSpec::new("jisu-server", Usage::Service, ttl.unwrap_or(ONE_YEAR));
+    server.sans = server_sans(extra_sans);
+    server.uris = vec![SERVER_IDENTITY.into()];
+    let pem = ca.issue(&server)?;
+    // Key first: until the certificate follows, the pair does not match and a reload in
+    // between keeps the old set.
+    write_secret(&dir.join("server.key"), &pem.key)?;
+    write_public(&dir.join("server.pem"), &pem.cert)?;
+    let serial = crate::security::revocation::serial_of(&dir.join("server.pem"))?;
+    Ok(hex::encode(serial))
+}
+
 /// Issues another client certificate `NAME.pem`/`NAME.key` (identity NAME) from the CA in
 /// `dir`. Returns the certificate path.
 pub fn issue_client(dir: &Path, name: &str, ttl: Option<Duration>) -> Result<PathBuf, CertError> {
@@ -246,18 +282,17 @@ pub fn issue_client(dir: &Path, name: &str, ttl: Option<Duration>) -> Result<Pat
     if !valid {
         return Err(CertError::BadName(name.to_owned()));
     }
-    let ca =
-        CertificateAuthority::from_pem(&read(&dir.join("ca.pem"))?, &read(&dir.join("ca.key"))?)?;
+    let ca = CertificateAuthority::load(dir)?;
     let leaf = ca.issue(&LeafSpec::new(name, Usage::Client, ttl.unwrap_or(ONE_YEAR)))?;
     write_pair(dir, name, &leaf)?;
     Ok(dir.join(format!("{name}.pem")))
 }
 
-fn read(path: &Path) -> Result<String, CertError> {
+pub(crate) fn read(path: &Path) -> Result<String, CertError> {
     fs::read_to_string(path).map_err(|source| io(path, source))
 }
 
-fn io(path: &Path, source: std::io::Error) -> CertError {
+pub(crate) fn io(path: &Path, source: std::io::Error) -> CertError {
     CertError::Io {
         path: path.to_owned(),
         source,
@@ -270,7 +305,7 @@ pub fn write_pair(dir: &Path, name: &str, pem: &Pem) -> Result<(), CertError> {
     write_secret(&dir.join(format!("{name}.key")), &pem.key)
 }
 
-fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
+pub(crate) fn write_public(path: &Path, contents: &str) -> Result<(), CertError> {
     write_mode(path, contents, 0o644)
 }
 

@@ -1,5 +1,5 @@
 //! Credentials that change without a restart: the server certificate and key, the client
-//! CA bundle and the JWT verification key are watched on disk (inotify through the
+//! CA bundle, the client CRL and the JWT verification key are watched on disk (inotify through the
 //! `notify` crate) and re-read on SIGHUP. A new set is validated first (the whole rustls
 //! configuration is built from it) and swapped in atomically: new handshakes use it, open
 //! connections and streams keep going. A broken file keeps the last good set and is
@@ -28,6 +28,8 @@ pub struct Reloadable {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// Used once it exists; its removal lifts every revocation.
+    pub crl: PathBuf,
     pub jwt_public_key: PathBuf,
     pub allow_tls12: bool,
     pub acceptor: SharedAcceptor,
@@ -45,11 +47,22 @@ impl std::fmt::Debug for Reloadable {
     }
 }
 
-/// The contents last loaded, to reload only what changed.
-#[derive(Debug, Default)]
-struct Loaded {
+/// What the credential files held when they were last loaded, to reload only what changed.
+/// Taken *before* the files are read at start-up, so a change while the server starts is
+/// reloaded rather than missed.
+#[derive(Debug, Default, Clone)]
+pub struct Loaded {
     tls: Option<[u8; 32]>,
     jwt: Option<[u8; 32]>,
+}
+
+impl Loaded {
+    pub fn read(cert: &Path, key: &Path, client_ca: &Path, crl: &Path, jwt: &Path) -> Self {
+        Self {
+            tls: tls_digest(cert, key, client_ca, crl),
+            jwt: digest(&[jwt]),
+        }
+    }
 }
 
 fn digest(paths: &[&Path]) -> Option<[u8; 32]> {
@@ -57,6 +70,16 @@ fn digest(paths: &[&Path]) -> Option<[u8; 32]> {
     for p in paths {
         h.update(std::fs::read(p).ok()?);
     }
+    Some(h.finalize().into())
+}
+
+/// The TLS files' digest; a CRL that does not exist (yet) counts as empty.
+fn tls_digest(cert: &Path, key: &Path, client_ca: &Path, crl: &Path) -> Option<[u8; 32]> {
+    let crl = std::fs::read(crl).unwrap_or_default();
+    let files = digest(&[cert, key, client_ca])?;
+    let mut h = Sha256::new();
+    h.update(files);
+    h.update(crl);
     Some(h.finalize().into())
 }
 
@@ -71,17 +94,13 @@ impl Reloadable {
     }
 
     fn reload(&self, loaded: &mut Loaded) {
-        let tls_files = [
-            self.cert.as_path(),
-            self.key.as_path(),
-            self.client_ca.as_path(),
-        ];
-        let now = digest(&tls_files);
+        let now = tls_digest(&self.cert, &self.key, &self.client_ca, &self.crl);
         if now.is_some() && now != loaded.tls {
             let files = tls::ServerTlsFiles {
                 cert: &self.cert,
                 key: &self.key,
                 client_ca: &self.client_ca,
+                crl: Some(&self.crl),
             };
             match tls::server_config(&files, self.allow_tls12) {
                 Ok(config) => {
@@ -131,7 +150,10 @@ pub fn watch_server_expiry(metrics: &Metrics, cert: &Path) {
 /// Watches the files' directories and SIGHUP; reloads after a short quiet period (an
 /// editor or `cp` writes a file in several steps). Ends when the returned handle is
 /// aborted.
-pub fn spawn(reloadable: Reloadable) -> std::io::Result<tokio::task::JoinHandle<()>> {
+pub fn spawn(
+    reloadable: Reloadable,
+    loaded: Loaded,
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if event.is_ok() {
@@ -143,6 +165,7 @@ pub fn spawn(reloadable: Reloadable) -> std::io::Result<tokio::task::JoinHandle<
         &reloadable.cert,
         &reloadable.key,
         &reloadable.client_ca,
+        &reloadable.crl,
         &reloadable.jwt_public_key,
     ]
     .iter()
@@ -164,10 +187,9 @@ pub fn spawn(reloadable: Reloadable) -> std::io::Result<tokio::task::JoinHandle<
     let reloadable = Arc::new(reloadable);
     Ok(tokio::spawn(async move {
         let _watcher = watcher; // lives as long as the task
-        let mut loaded = Loaded {
-            tls: digest(&[&reloadable.cert, &reloadable.key, &reloadable.client_ca]),
-            jwt: digest(&[&reloadable.jwt_public_key]),
-        };
+        let mut loaded = loaded;
+        // Anything that changed between start-up and now.
+        reloadable.reload(&mut loaded);
         loop {
             tokio::select! {
                 event = rx.recv() => {

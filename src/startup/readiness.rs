@@ -1,9 +1,11 @@
-//! Health that follows the database. A probe asks the store every second: while it does
-//! not answer, the services that need it (and the server as a whole, `""`, which the Jisu
-//! client's balancer checks) are NOT_SERVING, so balancers steer away; when it answers
-//! again they are SERVING again, by themselves. Once shutdown starts they stay
-//! NOT_SERVING whatever the probe says. The probe also keeps the store gauges fresh:
-//! `jisu_store_up` and `jisu_store_pool_connections{state}`.
+//! Health that follows the database and the server certificate. A probe runs every
+//! second: while the store does not answer, the services that need it (and the server as
+//! a whole, `""`, which the Jisu client's balancer checks) are NOT_SERVING, so balancers
+//! steer away; when it answers again they are SERVING again, by themselves. Within
+//! `tls.expiry_margin_secs` of the server certificate's expiry everything is NOT_SERVING
+//! (before clients start failing their handshakes, not after), until a rotated
+//! certificate is loaded. Once shutdown starts everything stays NOT_SERVING. The probe
+//! also keeps the store gauges fresh: `jisu_store_up` and `jisu_store_pool_connections`.
 use std::{sync::Arc, time::Duration};
 
 use tonic_health::{ServingStatus, server::HealthReporter};
@@ -30,6 +32,8 @@ struct State {
     /// Services that work without it (files).
     other_services: Vec<&'static str>,
     store_up: bool,
+    /// False within the expiry margin of the server certificate.
+    cert_ok: bool,
     stopping: bool,
 }
 
@@ -53,6 +57,7 @@ impl Readiness {
             store_services,
             other_services,
             store_up: true,
+            cert_ok: true,
             stopping: false,
         };
         state.apply().await;
@@ -74,6 +79,25 @@ impl Readiness {
         state.apply().await;
     }
 
+    async fn certificate_checked(&self, ok: bool, expires_in: i64) {
+        let mut state = self.state.lock().await;
+        if state.cert_ok != ok {
+            state.cert_ok = ok;
+            if ok {
+                tracing::info!(
+                    expires_in_secs = expires_in,
+                    "server certificate renewed: SERVING"
+                );
+            } else {
+                tracing::error!(
+                    expires_in_secs = expires_in,
+                    "server certificate about to expire: NOT_SERVING until a new one is loaded"
+                );
+            }
+            state.apply().await;
+        }
+    }
+
     async fn store_answered(&self, up: bool) {
         let mut state = self.state.lock().await;
         if state.store_up != up {
@@ -92,8 +116,10 @@ impl Readiness {
         &self,
         store: Arc<dyn Store>,
         metrics: &Metrics,
+        expiry_margin: Duration,
     ) -> tokio::task::JoinHandle<()> {
         let readiness = self.clone();
+        let metrics = metrics.clone();
         let up_gauge = metrics.gauge("jisu_store_up", &[]);
         let in_use = metrics.gauge("jisu_store_pool_connections", &[("state", "in_use".into())]);
         let idle = metrics.gauge("jisu_store_pool_connections", &[("state", "idle".into())]);
@@ -116,6 +142,11 @@ impl Readiness {
                     idle.set(f64::from(pool.idle));
                 }
                 readiness.store_answered(up).await;
+                if let Some(not_after) = metrics.certificate_not_after("server") {
+                    let left = not_after - time::OffsetDateTime::now_utc().unix_timestamp();
+                    let ok = left > expiry_margin.as_secs() as i64;
+                    readiness.certificate_checked(ok, left).await;
+                }
             }
         })
     }
@@ -130,19 +161,19 @@ impl State {
                 ServingStatus::NotServing
             }
         };
+        let cert = self.cert_ok;
         for name in &self.store_services {
             self.reporter
-                .set_service_status(*name, status(self.store_up))
+                .set_service_status(*name, status(cert && self.store_up))
                 .await;
         }
         for name in &self.other_services {
-            self.reporter.set_service_status(*name, status(true)).await;
+            self.reporter.set_service_status(*name, status(cert)).await;
         }
-        self.reporter
-            .set_service_status("", status(self.store_up))
-            .await;
+        let all = status(cert && self.store_up);
+        self.reporter.set_service_status("", all).await;
         self.serving.store(
-            status(self.store_up) == ServingStatus::Serving,
+            all == ServingStatus::Serving,
             std::sync::atomic::Ordering::Relaxed,
         );
     }

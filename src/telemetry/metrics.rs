@@ -419,6 +419,11 @@ impl Metrics {
         self.inner.expiries.lock().insert(cert, (gauge, not_after));
     }
 
+    /// When the watched certificate `cert` expires (Unix seconds), if one is watched.
+    pub fn certificate_not_after(&self, cert: &str) -> Option<i64> {
+        self.inner.expiries.lock().get(cert).map(|(_, t)| *t)
+    }
+
     /// The Prometheus text exposition, with fresh process and certificate figures.
     pub fn render(&self) -> String {
         metrics::with_local_recorder(&self.inner.recorder, || self.inner.process.collect());

@@ -150,6 +150,25 @@ impl TestServer {
     }
 }
 
+/// A refused client either cannot connect or gets no answer to its first call.
+pub async fn assert_refused(server: &TestServer, cert: &str, key: &str) {
+    match server.connect_with_pem(cert, key).await {
+        Err(_) => {}
+        Ok(client) => {
+            let result = client
+                .users()
+                .get_user(jisu::pb::GetUserRequest {
+                    user_id: "USER0001".into(),
+                })
+                .await;
+            assert!(
+                result.is_err(),
+                "server answered a refused client: {result:?}"
+            );
+        }
+    }
+}
+
 /// Asserts the code and the `ErrorInfo.reason` of a refusal.
 #[track_caller]
 pub fn assert_status<T: std::fmt::Debug>(

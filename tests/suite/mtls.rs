@@ -2,31 +2,12 @@
 
 use std::time::Duration;
 
-use crate::common::TestServer;
+use crate::common::{TestServer, assert_refused};
 use jisu::{
     pb::GetUserRequest,
     security::certs::{CertificateAuthority, LeafSpec, Usage},
 };
 use tonic_health::pb::HealthCheckRequest;
-
-/// A refused client either cannot connect or gets no answer to its first call.
-async fn assert_refused(server: &TestServer, cert: &str, key: &str) {
-    match server.connect_with_pem(cert, key).await {
-        Err(_) => {}
-        Ok(client) => {
-            let result = client
-                .users()
-                .get_user(GetUserRequest {
-                    user_id: "USER0001".into(),
-                })
-                .await;
-            assert!(
-                result.is_err(),
-                "server answered a refused client: {result:?}"
-            );
-        }
-    }
-}
 
 fn server_ca(server: &TestServer) -> CertificateAuthority {
     let read = |f: &str| std::fs::read_to_string(server.dir().join(f)).unwrap();

@@ -1,19 +1,28 @@
 //! Credentials replaced on disk while the server runs: a rotated server certificate is used
-//! by new handshakes while open connections keep working; a broken file keeps the last
-//! good set; a new JWT key takes over (tokens of the old key are refused from then on).
+//! by new handshakes while open connections keep working and no call fails; a broken file
+//! keeps the last good set; a CA removed from the bundle and a revoked client certificate
+//! are refused from the next handshake on, an expired CRL refuses every client (fail
+//! closed); a new JWT key takes over (tokens of the old key are refused from then on).
 
 use std::time::Duration;
 
-use crate::common::{ALL_SCOPES, TestServer, samples};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, Ordering},
+};
+
+use crate::common::{ALL_SCOPES, TestServer, assert_refused, samples};
 use jisu::{
     pb::GetUserRequest,
     security::{
         certs::{self, CertificateAuthority, LeafSpec, Usage},
         jwt::TokenIssuer,
+        revocation,
     },
 };
 use rustls_pki_types::ServerName;
 use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 
 /// The serial number of the certificate the server presents to a new connection.
 async fn served_serial(server: &TestServer) -> String {
@@ -55,25 +64,20 @@ async fn wait_for_reload(server: &TestServer, kind: &str, result: &str, n: f64) 
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "no {kind} reload with result {result}"
+            "no {kind} reload with result {result}: {}",
+            server
+                .scrape()
+                .await
+                .lines()
+                .filter(|l| l.contains("reload"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-fn new_server_certificate(dir: &std::path::Path) {
-    let ca = CertificateAuthority::from_pem(
-        &std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
-        &std::fs::read_to_string(dir.join("ca.key")).unwrap(),
-    )
-    .unwrap();
-    let mut spec = LeafSpec::new("jisu-server", Usage::Service, Duration::from_secs(3600));
-    spec.sans = certs::server_sans(&[]);
-    let pem = ca.issue(&spec).unwrap();
-    certs::write_pair(dir, "server", &pem).unwrap();
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_server_certificate_is_used_by_new_connections() {
     let server = TestServer::start_with(|s| s.demo_data = true).await;
     let open = server.client(ALL_SCOPES).await;
@@ -90,10 +94,71 @@ async fn a_rotated_server_certificate_is_used_by_new_connections() {
     get(&open).await.unwrap();
     let before = served_serial(&server).await;
 
-    new_server_certificate(server.dir());
+    // Load through the rotation: one long-lived connection and a new connection per
+    // call; not one call may fail.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (calls, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for fresh in [false, true] {
+        let (stop, calls, failed) = (stop.clone(), calls.clone(), failed.clone());
+        let open = server.client(ALL_SCOPES).await;
+        let (endpoint, dir, token) = (
+            server.endpoint(),
+            server.dir().to_owned(),
+            server.token(ALL_SCOPES),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let client = if fresh {
+                    let config =
+                        jisu::client::ClientConfig::from_certs_dir(&endpoint, &dir, "client")
+                            .unwrap()
+                            .with_token(token.clone());
+                    jisu::client::JisuClient::connect(config).await.unwrap()
+                } else {
+                    open.clone()
+                };
+                let ok = client
+                    .users()
+                    .get_user(GetUserRequest {
+                        user_id: "USER0001".into(),
+                    })
+                    .await
+                    .is_ok();
+                calls.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    let serial = certs::rotate_server(server.dir(), &[], Some(Duration::from_secs(3600))).unwrap();
     wait_for_reload(&server, "tls", "ok", 1.0).await;
     let after = served_serial(&server).await;
     assert_ne!(before, after, "new handshakes get the new certificate");
+    assert_eq!(
+        after.replace(':', "").to_lowercase(),
+        serial,
+        "the rotated one"
+    );
+    let at_rotation = calls.load(Ordering::Relaxed);
+    while calls.load(Ordering::Relaxed) < at_rotation + 50 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    println!(
+        "rotation under load: {} calls, {} failed",
+        calls.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "a call failed during rotation"
+    );
     get(&open).await.expect("the open connection keeps working");
     get(&server.client(ALL_SCOPES).await)
         .await
@@ -151,4 +216,127 @@ async fn a_new_jwt_key_takes_over() {
     std::fs::write(server.dir().join("jwt.pub"), "garbage").unwrap();
     wait_for_reload(&server, "jwt", "error", 1.0).await;
     get(&fresh).await.expect("the last good key is kept");
+}
+
+#[tokio::test]
+async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_fails_closed() {
+    let server = TestServer::start_with(|s| s.demo_data = true).await;
+    let dir = server.dir();
+    certs::issue_client(dir, "mallory", None).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (cert, key) = (read("mallory.pem"), read("mallory.key"));
+    let mallory = server.connect_with_pem(&cert, &key).await.unwrap();
+    let get = |c: jisu::client::JisuClient| async move {
+        c.users()
+            .get_user(GetUserRequest {
+                user_id: "USER0001".into(),
+            })
+            .await
+    };
+    get(mallory)
+        .await
+        .expect("mallory is served before revocation");
+
+    revocation::revoke(dir, "mallory", revocation::DEFAULT_CRL_VALIDITY).unwrap();
+    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    assert_refused(&server, &cert, &key).await;
+    get(server.client(ALL_SCOPES).await)
+        .await
+        .expect("other clients are still served");
+
+    // A CRL past its nextUpdate: no client of this CA gets in until it is re-signed.
+    revocation::update(dir, None, Duration::from_secs(1)).unwrap();
+    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let the CRL expire
+    assert_refused(&server, &read("client.pem"), &read("client.key")).await;
+    revocation::update(dir, None, revocation::DEFAULT_CRL_VALIDITY).unwrap();
+    wait_for_reload(&server, "tls", "ok", 3.0).await;
+    get(server.client(ALL_SCOPES).await)
+        .await
+        .expect("served again once the CRL is re-signed");
+    assert_refused(&server, &cert, &key).await;
+}
+
+#[tokio::test]
+async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
+    let server = TestServer::start_with(|s| s.demo_data = true).await;
+    let dir = server.dir();
+    let partner = CertificateAuthority::generate("Partner CA").unwrap();
+    let leaf = partner
+        .issue(&LeafSpec::new(
+            "partner",
+            Usage::Client,
+            Duration::from_secs(3600),
+        ))
+        .unwrap();
+    let ours = std::fs::read_to_string(dir.join("ca.pem")).unwrap();
+    std::fs::write(
+        dir.join("ca.pem"),
+        format!("{}\n{}", ours.trim_end(), partner.pem().cert),
+    )
+    .unwrap();
+    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    let client = server
+        .connect_with_pem(&leaf.cert, &leaf.key)
+        .await
+        .unwrap();
+    client
+        .users()
+        .get_user(GetUserRequest {
+            user_id: "USER0001".into(),
+        })
+        .await
+        .expect("the partner CA's client is served while its CA is trusted");
+
+    std::fs::write(dir.join("ca.pem"), &ours).unwrap();
+    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    assert_refused(&server, &leaf.cert, &leaf.key).await;
+    server
+        .client(ALL_SCOPES)
+        .await
+        .users()
+        .get_user(GetUserRequest {
+            user_id: "USER0001".into(),
+        })
+        .await
+        .expect("our own clients are still served");
+}
+
+#[tokio::test]
+async fn health_turns_not_serving_before_the_server_certificate_expires() {
+    // Margin two hours: a certificate with one hour left is "about to expire".
+    let server = TestServer::start_with(|s| s.tls.expiry_margin_secs = 7200).await;
+    let client = server.client(ALL_SCOPES).await;
+    let status = || {
+        let mut health = client.health();
+        async move {
+            health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status
+        }
+    };
+    let wait_for = |want: ServingStatus, what: &'static str| {
+        let status = &status;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while status().await != want as i32 {
+                assert!(tokio::time::Instant::now() < deadline, "never {what}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(ServingStatus::Serving, "SERVING with a year left").await;
+
+    certs::rotate_server(server.dir(), &[], Some(Duration::from_secs(3600))).unwrap();
+    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    wait_for(ServingStatus::NotServing, "NOT_SERVING with an hour left").await;
+    let (head, _) = crate::common::http_get(server.metrics_addr, "/ready").await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+
+    certs::rotate_server(server.dir(), &[], None).unwrap();
+    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    wait_for(ServingStatus::Serving, "SERVING again once renewed").await;
 }
