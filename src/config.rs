@@ -203,6 +203,9 @@ pub struct AuthSettings {
     pub max_token_bytes: usize,
     /// Verified tokens kept to skip repeated signature checks.
     pub cache_capacity: u64,
+    /// Authorization policy file (TOML; watched and reloaded like the certificates).
+    /// Unset: the built-in policy, each method allowed to tokens with its scope.
+    pub policy: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -291,6 +294,7 @@ impl Default for AuthSettings {
             leeway_secs: 30,
             max_token_bytes: 8 * 1024,
             cache_capacity: 10_000,
+            policy: None,
         }
     }
 }

@@ -21,6 +21,7 @@ use crate::{
         user_service_server::UserServiceServer,
     },
     security::{
+        authz::{Policy, PolicyHandle},
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         reload,
         tls::{self, ServerTlsFiles, TlsError},
@@ -44,6 +45,8 @@ pub enum StartupError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Key(#[from] KeyError),
+    #[error(transparent)]
+    Policy(#[from] crate::security::authz::PolicyError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -78,6 +81,7 @@ pub struct Application {
     /// The credential files as they were when loaded (see [`reload::Loaded`]).
     credentials: reload::Loaded,
     verifier: TokenVerifier,
+    policy: PolicyHandle,
     store: Arc<dyn Store>,
     users: UserDirectory,
     files: Option<FileApi>,
@@ -113,6 +117,7 @@ impl Application {
             &settings.client_ca(),
             &settings.crl(),
             &settings.jwt_public_key(),
+            settings.auth.policy.as_deref(),
         );
         let tls = tls::server_config(
             &ServerTlsFiles {
@@ -134,6 +139,15 @@ impl Application {
             },
         )?;
         let metrics = Metrics::new();
+        let policy = match &settings.auth.policy {
+            Some(path) => {
+                let policy = Policy::from_file(path, &metrics)?;
+                tracing::info!(path = %path.display(), "authorization policy loaded");
+                policy
+            }
+            None => Policy::builtin(&metrics),
+        };
+        let policy = PolicyHandle::new(policy);
         let store: Arc<dyn Store> =
             Arc::new(TracedStore::new(backend, system).with_metrics(&metrics));
         if settings.demo_data
@@ -171,6 +185,7 @@ impl Application {
             acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
             credentials,
             verifier,
+            policy,
             store,
             users,
             files,
@@ -208,6 +223,7 @@ impl Application {
             acceptor,
             credentials,
             verifier,
+            policy,
             store,
             users: user_directory,
             files,
@@ -287,6 +303,11 @@ impl Application {
                 allow_tls12: settings.tls.allow_tls12,
                 acceptor: acceptor.clone(),
                 verifier: verifier.clone(),
+                policy: settings
+                    .auth
+                    .policy
+                    .clone()
+                    .map(|path| (path, policy.clone())),
                 metrics: metrics.clone(),
             },
             credentials,
@@ -348,7 +369,7 @@ impl Application {
             // Shed load before spending anything on a call (health checks pass).
             .layer(LoadShedLayer::new(limits.max_concurrent_calls))
             // Who is calling: the bearer token and the method's scope, before any handler.
-            .layer(AuthLayer::new(verifier, metrics.clone()))
+            .layer(AuthLayer::new(verifier, policy.clone(), metrics.clone()))
             // One caller cannot take the server from the others (needs auth's subject).
             .layer(rate_limit)
             // A panicking handler fails its own call with INTERNAL, nothing else.

@@ -1,8 +1,9 @@
-//! `jisu token issue`: mints a bearer token with `<certs>/jwt.key`.
+//! `jisu token issue`: mints a bearer token with `<certs>/jwt.key` (optionally bound to a
+//! client certificate).
 use std::{path::PathBuf, time::Duration};
 
 use clap::Subcommand;
-use jisu::security::jwt::TokenIssuer;
+use jisu::security::{jwt::TokenIssuer, tls};
 
 #[derive(Debug, Subcommand)]
 pub enum TokenCommand {
@@ -22,6 +23,10 @@ pub enum TokenCommand {
         issuer: String,
         #[arg(long, default_value = "jisucloud")]
         audience: String,
+        /// Bind the token to this client certificate (RFC 8705 `cnf.x5t#S256`): it is
+        /// then accepted only over a connection presenting that certificate.
+        #[arg(long)]
+        bind_cert: Option<PathBuf>,
     },
 }
 
@@ -33,8 +38,16 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         ttl,
         issuer,
         audience,
+        bind_cert,
     } = cmd;
     let issuer = TokenIssuer::from_file(&certs.join("jwt.key"), &issuer, &audience)?;
-    println!("{}", issuer.issue(&sub, &scope, ttl));
+    let token = match bind_cert {
+        None => issuer.issue(&sub, &scope, ttl),
+        Some(path) => {
+            let cert = tls::load_certs(&path)?;
+            issuer.issue_bound(&sub, &scope, ttl, &tls::cert_thumbprint(&cert[0]))
+        }
+    };
+    println!("{token}");
     Ok(())
 }

@@ -1,7 +1,10 @@
-//! Bearer-token authentication and per-method scopes, checked before any handler runs.
+//! Who may call what, decided before any handler runs: the bearer token (UNAUTHENTICATED
+//! when missing, invalid, or bound to another client certificate — RFC 8705 `cnf`), then
+//! the authorization policy (PERMISSION_DENIED; see [`crate::security::authz`]).
 //!
-//! The verified [`Principal`] is put into the request extensions for handlers and logs;
-//! a refusal is answered here with UNAUTHENTICATED or PERMISSION_DENIED.
+//! The verified [`Principal`] is put into the request extensions for handlers and logs.
+//! The deciding rule goes to the span (`jisu.authz.decision`, `jisu.authz.rule`), the
+//! metric and, for a deny, the log — never to the caller.
 use std::{
     sync::Arc,
     task::{Context, Poll},
@@ -16,6 +19,7 @@ use tower_service::Service;
 use crate::{
     error::Error,
     security::{
+        authz::{Call, PolicyHandle},
         jwt::{AuthFailure, Principal, TokenVerifier, unix_now},
         policy::{self, Access},
     },
@@ -27,12 +31,17 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     verifier: TokenVerifier,
+    policy: PolicyHandle,
     metrics: Metrics,
 }
 
 impl AuthLayer {
-    pub fn new(verifier: TokenVerifier, metrics: Metrics) -> Self {
-        Self { verifier, metrics }
+    pub fn new(verifier: TokenVerifier, policy: PolicyHandle, metrics: Metrics) -> Self {
+        Self {
+            verifier,
+            policy,
+            metrics,
+        }
     }
 }
 
@@ -43,6 +52,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             verifier: self.verifier.clone(),
+            policy: self.policy.clone(),
             metrics: self.metrics.clone(),
         }
     }
@@ -53,6 +63,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     verifier: TokenVerifier,
+    policy: PolicyHandle,
     metrics: Metrics,
 }
 
@@ -70,7 +81,15 @@ where
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        match authorize(&self.verifier, req.uri().path(), req.headers()) {
+        let peer = req.extensions().get::<Arc<Peer>>().cloned();
+        let checked = authorize(
+            &self.verifier,
+            &self.policy,
+            req.uri().path(),
+            req.headers(),
+            peer.as_deref(),
+        );
+        match checked {
             Ok(Some(principal)) => {
                 tracing::Span::current().record("enduser.id", principal.subject.as_str());
                 req.extensions_mut().insert(principal);
@@ -81,11 +100,7 @@ where
                 self.metrics
                     .counter("jisu_auth_failures_total", &[("reason", label)])
                     .increment(1);
-                let identity = req
-                    .extensions()
-                    .get::<Arc<Peer>>()
-                    .map(|p| p.identity.as_str())
-                    .unwrap_or("-");
+                let identity = peer.as_ref().map_or("-", |p| p.identity.as_str());
                 tracing::info!(path = %req.uri().path(), peer = identity, error = %err, "call refused");
                 Either::Right(ready(Ok(Status::from(err).into_http())))
             }
@@ -93,37 +108,77 @@ where
     }
 }
 
-/// Decides one call: `Ok(None)` for public methods, the principal when the token and scope
-/// are good; a refusal comes with its bounded metric label.
+/// Decides one call: `Ok(None)` for public methods (health, reflection), the principal
+/// when the token is good, bound to this connection's certificate if it says so, and the
+/// policy allows the call; a refusal comes with its bounded metric label. `peer` is the
+/// connection's client certificate (absent only for callers outside the mTLS stack).
 pub fn authorize(
     verifier: &TokenVerifier,
+    policy: &PolicyHandle,
     path: &str,
     headers: &HeaderMap,
+    peer: Option<&Peer>,
 ) -> Result<Option<Arc<Principal>>, (Error, &'static str)> {
-    let required = match policy::access(path) {
+    let scope = match policy::access(path) {
         Access::Public => return Ok(None),
         Access::Scope(scope) => Some(scope),
         Access::Authenticated => None,
     };
+    let refuse = |failure: AuthFailure| {
+        let err = Error::Unauthenticated {
+            reason: failure.reason(),
+            message: failure.to_string(),
+        };
+        (err, failure.label())
+    };
     let principal = bearer(headers)
         .and_then(|token| verifier.verify(token, unix_now()))
-        .map_err(|failure| {
-            let err = Error::Unauthenticated {
-                reason: failure.reason(),
-                message: failure.to_string(),
-            };
-            (err, failure.label())
-        })?;
-    if let Some(scope) = required
-        && !principal.has_scope(scope)
+        .map_err(refuse)?;
+    // RFC 8705: a certificate-bound token is good only over a connection presenting that
+    // certificate.
+    if let Some(bound) = &principal.cert_thumbprint
+        && peer.is_none_or(|p| &p.cert_sha256 != bound)
     {
+        return Err(refuse(AuthFailure::CertificateMismatch));
+    }
+    // Paths outside the method table go on to the router (UNIMPLEMENTED).
+    let Some(scope) = scope else {
+        return Ok(Some(principal));
+    };
+    let policy = policy.current();
+    let decision = policy.decide(&Call {
+        method: path.trim_start_matches('/'),
+        caller: peer.map_or("", |p| p.identity.as_str()),
+        subject: &principal.subject,
+        issuer: &principal.issuer,
+        audiences: &principal.audiences,
+        scopes: &principal.scopes,
+    });
+    let span = tracing::Span::current();
+    span.record(
+        "jisu.authz.decision",
+        if decision.allowed { "allow" } else { "deny" },
+    );
+    span.record("jisu.authz.rule", &*decision.rule);
+    if decision.allowed {
+        return Ok(Some(principal));
+    }
+    tracing::info!(path, rule = %decision.rule, subject = %principal.subject, "denied by the authorization policy");
+    // Under the built-in policy the scope a method needs is public (the API reference);
+    // under a policy file nothing about the rules is told.
+    if !policy.builtin || principal.has_scope(scope) {
+        let err = Error::PermissionDenied {
+            reason: "POLICY_DENIED",
+            message: "the authorization policy does not allow this call".into(),
+        };
+        Err((err, "policy_denied"))
+    } else {
         let err = Error::PermissionDenied {
             reason: "MISSING_SCOPE",
             message: format!("this method needs the scope `{scope}`"),
         };
-        return Err((err, "missing_scope"));
+        Err((err, "missing_scope"))
     }
-    Ok(Some(principal))
 }
 
 /// The token from `authorization: Bearer <token>`.

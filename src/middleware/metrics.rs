@@ -57,6 +57,8 @@ fn server_span<B>(req: &Request<B>) -> tracing::Span {
         network.peer.address = tracing::field::Empty,
         tls.client.identity = tracing::field::Empty,
         enduser.id = tracing::field::Empty,
+        jisu.authz.decision = tracing::field::Empty,
+        jisu.authz.rule = tracing::field::Empty,
     );
     // Most calls carry no context: skip the propagator (a global lock) for them.
     let headers = req.headers();

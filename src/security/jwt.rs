@@ -30,15 +30,36 @@ pub struct Claims {
     pub iat: Option<u64>,
     #[serde(default)]
     pub scope: String,
+    /// RFC 8705 confirmation: the token is bound to one client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// The `cnf` claim (RFC 7800) with the certificate thumbprint of RFC 8705.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Confirmation {
+    /// base64url (no padding) of the SHA-256 of the client certificate (DER).
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// base64url (no padding) of a certificate thumbprint, as `cnf.x5t#S256` carries it.
+pub fn thumbprint_b64(sha256: &[u8; 32]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha256)
 }
 
 /// A verified caller, as handlers and logs see it.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub subject: String,
+    pub issuer: String,
+    pub audiences: Vec<String>,
     pub scopes: Vec<String>,
     pub expires_at: u64,
     pub not_before: Option<u64>,
+    /// The client certificate the token is bound to (RFC 8705), if any.
+    pub cert_thumbprint: Option<[u8; 32]>,
 }
 
 impl Principal {
@@ -70,6 +91,8 @@ pub enum AuthFailure {
     WrongAudience,
     #[error("bearer token lacks a required claim (exp, iss, aud, sub)")]
     MissingClaim,
+    #[error("bearer token is bound to another client certificate")]
+    CertificateMismatch,
 }
 
 impl AuthFailure {
@@ -86,6 +109,7 @@ impl AuthFailure {
             AuthFailure::WrongIssuer => "wrong_issuer",
             AuthFailure::WrongAudience => "wrong_audience",
             AuthFailure::MissingClaim => "missing_claim",
+            AuthFailure::CertificateMismatch => "cert_mismatch",
         }
     }
 
@@ -102,6 +126,7 @@ impl AuthFailure {
             AuthFailure::WrongIssuer => "TOKEN_WRONG_ISSUER",
             AuthFailure::WrongAudience => "TOKEN_WRONG_AUDIENCE",
             AuthFailure::MissingClaim => "TOKEN_MISSING_CLAIM",
+            AuthFailure::CertificateMismatch => "TOKEN_CERT_MISMATCH",
         }
     }
 }
@@ -184,7 +209,24 @@ impl TokenIssuer {
             nbf: Some(now),
             iat: Some(now),
             scope: scopes.split_whitespace().collect::<Vec<_>>().join(" "),
+            cnf: None,
         }
+    }
+
+    /// A token usable only over a connection presenting the certificate whose SHA-256
+    /// (of the DER) is `cert_sha256` (RFC 8705).
+    pub fn issue_bound(
+        &self,
+        sub: &str,
+        scopes: &str,
+        ttl: Duration,
+        cert_sha256: &[u8; 32],
+    ) -> String {
+        let mut claims = self.claims(sub, scopes, ttl);
+        claims.cnf = Some(Confirmation {
+            x5t_s256: thumbprint_b64(cert_sha256),
+        });
+        self.sign(&claims)
     }
 
     pub fn issue(&self, sub: &str, scopes: &str, ttl: Duration) -> String {
@@ -288,11 +330,34 @@ impl TokenVerifier {
         if claims.sub.is_empty() {
             return Err(AuthFailure::MissingClaim);
         }
+        let cert_thumbprint = match &claims.cnf {
+            None => None,
+            Some(cnf) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&cnf.x5t_s256)
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or(AuthFailure::Malformed)?;
+                Some(bytes)
+            }
+        };
+        let audiences = match &claims.aud {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(list) => list
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_owned))
+                .collect(),
+            _ => Vec::new(),
+        };
         let principal = Arc::new(Principal {
             subject: claims.sub,
+            issuer: claims.iss,
+            audiences,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
             expires_at: claims.exp,
             not_before: claims.nbf,
+            cert_thumbprint,
         });
         // jsonwebtoken checks exp/nbf against its own clock; re-check against `now`.
         if !self.in_time(&principal, now) {

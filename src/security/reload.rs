@@ -1,5 +1,6 @@
 //! Credentials that change without a restart: the server certificate and key, the client
-//! CA bundle, the client CRL and the JWT verification key are watched on disk (inotify through the
+//! CA bundle, the client CRL, the JWT verification key and the authorization policy are
+//! watched on disk (inotify through the
 //! `notify` crate) and re-read on SIGHUP. A new set is validated first (the whole rustls
 //! configuration is built from it) and swapped in atomically: new handshakes use it, open
 //! connections and streams keep going. A broken file keeps the last good set and is
@@ -17,7 +18,11 @@ use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 
 use crate::{
-    security::{jwt::TokenVerifier, tls},
+    security::{
+        authz::{Policy, PolicyHandle},
+        jwt::TokenVerifier,
+        tls,
+    },
     telemetry::metrics::Metrics,
     transport::SharedAcceptor,
 };
@@ -34,6 +39,8 @@ pub struct Reloadable {
     pub allow_tls12: bool,
     pub acceptor: SharedAcceptor,
     pub verifier: TokenVerifier,
+    /// The policy file and the handle its rules are swapped into (None: built-in policy).
+    pub policy: Option<(PathBuf, PolicyHandle)>,
     pub metrics: Metrics,
 }
 
@@ -54,13 +61,22 @@ impl std::fmt::Debug for Reloadable {
 pub struct Loaded {
     tls: Option<[u8; 32]>,
     jwt: Option<[u8; 32]>,
+    policy: Option<[u8; 32]>,
 }
 
 impl Loaded {
-    pub fn read(cert: &Path, key: &Path, client_ca: &Path, crl: &Path, jwt: &Path) -> Self {
+    pub fn read(
+        cert: &Path,
+        key: &Path,
+        client_ca: &Path,
+        crl: &Path,
+        jwt: &Path,
+        policy: Option<&Path>,
+    ) -> Self {
         Self {
             tls: tls_digest(cert, key, client_ca, crl),
             jwt: digest(&[jwt]),
+            policy: policy.and_then(|p| digest(&[p])),
         }
     }
 }
@@ -133,6 +149,23 @@ impl Reloadable {
             }
             loaded.jwt = now;
         }
+        if let Some((path, handle)) = &self.policy {
+            let now = digest(&[path.as_path()]);
+            if now.is_some() && now != loaded.policy {
+                match Policy::from_file(path, &self.metrics) {
+                    Ok(policy) => {
+                        handle.replace(policy);
+                        tracing::info!(path = %path.display(), "authorization policy reloaded");
+                        self.count("policy", "ok");
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "new authorization policy refused; keeping the last good one");
+                        self.count("policy", "error");
+                    }
+                }
+                loaded.policy = now;
+            }
+        }
     }
 }
 
@@ -161,14 +194,17 @@ pub fn spawn(
         }
     })
     .map_err(std::io::Error::other)?;
+    let policy = reloadable.policy.as_ref().map(|(path, _)| path);
     let dirs: BTreeSet<PathBuf> = [
-        &reloadable.cert,
-        &reloadable.key,
-        &reloadable.client_ca,
-        &reloadable.crl,
-        &reloadable.jwt_public_key,
+        Some(&reloadable.cert),
+        Some(&reloadable.key),
+        Some(&reloadable.client_ca),
+        Some(&reloadable.crl),
+        Some(&reloadable.jwt_public_key),
+        policy,
     ]
-    .iter()
+    .into_iter()
+    .flatten()
     .filter_map(|p| p.parent().map(Path::to_path_buf))
     .map(|d| {
         if d.as_os_str().is_empty() {

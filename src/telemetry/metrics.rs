@@ -289,6 +289,11 @@ impl Metrics {
             None,
             "RPCs being handled right now.".into(),
         );
+        recorder.describe_counter(
+            "jisu_authz_decisions_total".into(),
+            None,
+            "Authorization decisions, by decision (allow, deny) and deciding rule (default: no rule matched).".into(),
+        );
         recorder.describe_gauge(
             "jisu_store_up".into(),
             None,
@@ -385,6 +390,22 @@ impl Metrics {
                     .register_counter(&Key::from_parts(name, labels(pairs)), &METADATA)
             })
             .clone()
+    }
+
+    /// A counter whose label values are only known at run time (e.g. policy rule names,
+    /// bounded by the policy file).
+    pub fn counter_labelled(
+        &self,
+        name: &'static str,
+        pairs: &[(&'static str, String)],
+    ) -> Counter {
+        let labels: Vec<Label> = pairs
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect();
+        self.inner
+            .recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     /// A histogram (seconds, with the latency buckets) with static labels.

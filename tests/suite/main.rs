@@ -6,6 +6,7 @@ mod common;
 mod api_docs;
 mod attacks;
 mod auth;
+mod authz;
 mod bench;
 mod durability;
 mod faults;
