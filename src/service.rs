@@ -2,6 +2,7 @@
 pub mod files;
 pub mod order_events;
 pub mod orders;
+pub mod ownership;
 pub mod streams;
 pub mod user_directory;
 pub mod users;

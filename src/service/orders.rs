@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::{
     OrderEvents, UserDirectory, now,
     order_events::is_terminal,
+    ownership::Viewer,
     store_error,
     streams::{Shutdown, guard},
     validate::Violations,
@@ -72,14 +73,19 @@ impl OrderApi {
         self
     }
 
-    /// Stores a status change and pushes it to the order's watchers.
+    /// Stores a status change and pushes it to the order's watchers. An end user may
+    /// change only their own orders (others: NOT_FOUND).
     async fn transition(
         &self,
+        viewer: &Viewer,
         id: &str,
         from: &[&str],
         to: &str,
         reason: Option<&str>,
     ) -> Result<Order, Status> {
+        if *viewer != Viewer::Unrestricted {
+            self.owned_order(viewer, id).await?;
+        }
         let order = self
             .store
             .transition_order(id, from, to, reason, now())
@@ -87,6 +93,15 @@ impl OrderApi {
             .map_err(|e| store_error(e, id))?;
         self.events.publish(&order);
         tracing::info!(order_id = %id, status = %to, "order status changed");
+        Ok(order)
+    }
+
+    /// The order, if this viewer may see it; NOT_FOUND as for a missing order otherwise.
+    async fn owned_order(&self, viewer: &Viewer, id: &str) -> Result<Order, Status> {
+        let order = self.store.order(id).await.map_err(|e| store_error(e, id))?;
+        if !viewer.owns(&order) {
+            return Err(store_error(StoreError::OrderNotFound, id).into());
+        }
         Ok(order)
     }
 }
@@ -132,7 +147,7 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CreateOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let mut v = Violations::default();
         v.id("user_id", &req.user_id);
         validate_items(&mut v, &req.items);
@@ -152,6 +167,7 @@ impl OrderService for OrderApi {
             );
         }
         v.finish()?;
+        Viewer::of(&extensions).may_order_for(&req.user_id)?;
         self.users.check(&req.user_id, &metadata).await?;
         let total_amount = req
             .items
@@ -178,16 +194,12 @@ impl OrderService for OrderApi {
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let id = request.into_inner().order_id;
         let mut v = Violations::default();
         v.id("order_id", &id);
         v.finish()?;
-        let order = self
-            .store
-            .order(&id)
-            .await
-            .map_err(|e| store_error(e, &id))?;
-        Ok(Response::new(order))
+        Ok(Response::new(self.owned_order(&viewer, &id).await?))
     }
 
     type StreamOrderUpdatesStream = Pin<Box<dyn Stream<Item = Result<Order, Status>> + Send>>;
@@ -196,18 +208,14 @@ impl OrderService for OrderApi {
         &self,
         request: Request<StreamOrderUpdatesRequest>,
     ) -> Result<Response<Self::StreamOrderUpdatesStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
         let id = req.order_id;
         let mut v = Violations::default();
         v.id("order_id", &id);
         v.finish()?;
         // Watch first, then read: a change lands in one or the other.
         let watch = self.events.watch(&id);
-        let order = self
-            .store
-            .order(&id)
-            .await
-            .map_err(|e| store_error(e, &id))?;
+        let order = self.owned_order(&Viewer::of(&extensions), &id).await?;
         watch.seed(&order);
         let updates = futures::StreamExt::map(watch.into_stream(), Ok);
         Ok(Response::new(Box::pin(guard(
@@ -221,6 +229,7 @@ impl OrderService for OrderApi {
         &self,
         request: Request<UpdateOrderStatusRequest>,
     ) -> Result<Response<Order>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let req = request.into_inner();
         let mut v = Violations::default();
         v.id("order_id", &req.order_id);
@@ -236,7 +245,7 @@ impl OrderService for OrderApi {
         v.finish()?;
         let from = from.unwrap_or_default();
         let order = self
-            .transition(&req.order_id, &[from], &req.status, None)
+            .transition(&viewer, &req.order_id, &[from], &req.status, None)
             .await?;
         Ok(Response::new(order))
     }
@@ -245,6 +254,7 @@ impl OrderService for OrderApi {
         &self,
         request: Request<CancelOrderRequest>,
     ) -> Result<Response<Order>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let req = request.into_inner();
         let mut v = Violations::default();
         v.id("order_id", &req.order_id);
@@ -254,6 +264,7 @@ impl OrderService for OrderApi {
         v.finish()?;
         let order = self
             .transition(
+                &viewer,
                 &req.order_id,
                 &CANCELLABLE,
                 "CANCELLED",
@@ -269,8 +280,9 @@ impl OrderService for OrderApi {
         &self,
         request: Request<tonic::Streaming<TrackOrdersRequest>>,
     ) -> Result<Response<Self::TrackOrdersStream>, Status> {
-        let (metadata, _, incoming) = request.into_parts();
+        let (metadata, extensions, incoming) = request.into_parts();
         let tracker = Tracker {
+            viewer: Viewer::of(&extensions),
             store: self.store.clone(),
             events: self.events.clone(),
             incoming,
@@ -293,6 +305,8 @@ impl OrderService for OrderApi {
 /// The state of one `TrackOrders` stream. Driven by the response being read, so a client
 /// that stops reading stops the work (and its watches skip to the latest state).
 struct Tracker {
+    /// Whose orders this stream may follow (others look unknown).
+    viewer: Viewer,
     store: Arc<dyn Store>,
     events: OrderEvents,
     incoming: tonic::Streaming<TrackOrdersRequest>,
@@ -380,7 +394,11 @@ impl Tracker {
             return;
         }
         let watch = self.events.watch(&id);
-        match self.store.order(&id).await {
+        let found = match self.store.order(&id).await {
+            Ok(order) if !self.viewer.owns(&order) => Err(StoreError::OrderNotFound),
+            other => other,
+        };
+        match found {
             Ok(order) => {
                 watch.seed(&order);
                 self.subscriptions.insert(id, watch.into_stream());

@@ -5,14 +5,14 @@ use futures::Stream;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 
 use super::streams::Shutdown;
-use super::{now, store_error, validate::Violations};
+use super::{now, ownership::Viewer, store_error, validate::Violations};
 use crate::{
     pb::{
         BatchGetUsersRequest, BatchGetUsersResponse, CreateUserRequest, DeleteUserRequest,
         DeleteUserResponse, GetUserRequest, ListUsersRequest, UpdateUserRequest, User,
         user_service_server::UserService,
     },
-    store::{NewUser, Store, UserPatch, user_number},
+    store::{NewUser, Store, StoreError, UserPage, UserPatch, user_number},
 };
 
 pub const DEFAULT_PAGE_SIZE: usize = 10;
@@ -54,10 +54,14 @@ type UserStream = Pin<Box<dyn Stream<Item = Result<User, Status>> + Send>>;
 #[tonic::async_trait]
 impl UserService for UserApi {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let id = request.into_inner().user_id;
         let mut v = Violations::default();
         v.id("user_id", &id);
         v.finish()?;
+        if !viewer.sees_user(&id) {
+            return Err(store_error(StoreError::UserNotFound, &id).into());
+        }
         let user = self
             .store
             .user(&id)
@@ -72,7 +76,8 @@ impl UserService for UserApi {
         &self,
         request: Request<ListUsersRequest>,
     ) -> Result<Response<Self::ListUsersStream>, Status> {
-        let (metadata, _, req) = request.into_parts();
+        let (metadata, extensions, req) = request.into_parts();
+        let viewer = Viewer::of(&extensions);
         let mut v = Violations::default();
         let limit = match req.page_size {
             0 => DEFAULT_PAGE_SIZE,
@@ -94,11 +99,30 @@ impl UserService for UserApi {
         v.finish()?;
         let after = (!req.page_token.is_empty()).then_some(req.page_token.as_str());
         let status = (!req.status.is_empty()).then_some(req.status.as_str());
-        let page = self
+        let mut page = self
             .store
             .list_users(after, status, limit)
             .await
             .map_err(|e| store_error(e, ""))?;
+        if let Viewer::User(_) = viewer {
+            // An end user lists only themselves: one page, at most one user.
+            page = match self.store.user(&viewer_id(&viewer)).await {
+                Ok(me)
+                    if status.is_none_or(|s| s == me.status)
+                        && after.and_then(user_number) < user_number(&me.id) =>
+                {
+                    UserPage {
+                        users: vec![me],
+                        more: false,
+                    }
+                }
+                Ok(_) | Err(StoreError::UserNotFound) => UserPage {
+                    users: vec![],
+                    more: false,
+                },
+                Err(e) => return Err(store_error(e, "").into()),
+            };
+        }
         // The next token is the last id sent; it goes out in the trailers with OK.
         let trailer = page
             .more
@@ -124,6 +148,7 @@ impl UserService for UserApi {
         &self,
         request: Request<CreateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        Viewer::of(request.extensions()).may_create_users()?;
         let req = request.into_inner();
         let mut v = Violations::default();
         v.name("name", &req.name);
@@ -148,6 +173,7 @@ impl UserService for UserApi {
         &self,
         request: Request<UpdateUserRequest>,
     ) -> Result<Response<User>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let req = request.into_inner();
         let mut v = Violations::default();
         v.id("user_id", &req.user_id);
@@ -164,6 +190,9 @@ impl UserService for UserApi {
             v.user_status("status", status);
         }
         v.finish()?;
+        if !viewer.sees_user(&req.user_id) {
+            return Err(store_error(StoreError::UserNotFound, &req.user_id).into());
+        }
         let patch = UserPatch {
             name: req.name.map(|n| n.trim().to_owned()),
             email: req.email,
@@ -182,10 +211,14 @@ impl UserService for UserApi {
         &self,
         request: Request<DeleteUserRequest>,
     ) -> Result<Response<DeleteUserResponse>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let id = request.into_inner().user_id;
         let mut v = Violations::default();
         v.id("user_id", &id);
         v.finish()?;
+        if !viewer.sees_user(&id) {
+            return Err(store_error(StoreError::UserNotFound, &id).into());
+        }
         self.store
             .delete_user(&id)
             .await
@@ -198,6 +231,7 @@ impl UserService for UserApi {
         &self,
         request: Request<BatchGetUsersRequest>,
     ) -> Result<Response<BatchGetUsersResponse>, Status> {
+        let viewer = Viewer::of(request.extensions());
         let ids = request.into_inner().user_ids;
         let mut v = Violations::default();
         if ids.len() > MAX_BATCH_IDS {
@@ -207,11 +241,21 @@ impl UserService for UserApi {
             );
         }
         v.finish()?;
+        // Another user's id is treated like an unknown one: omitted.
+        let ids: Vec<String> = ids.into_iter().filter(|id| viewer.sees_user(id)).collect();
         let users = self
             .store
             .users(&ids)
             .await
             .map_err(|e| store_error(e, ""))?;
         Ok(Response::new(BatchGetUsersResponse { users }))
+    }
+}
+
+/// The id of an end user's own record.
+fn viewer_id(viewer: &Viewer) -> String {
+    match viewer {
+        Viewer::User(n) => crate::store::user_id(*n),
+        Viewer::Unrestricted => String::new(),
     }
 }

@@ -108,8 +108,12 @@ impl TestServer {
     }
 
     pub fn token(&self, scopes: &str) -> String {
-        self.issuer
-            .issue("tester", scopes, Duration::from_secs(300))
+        self.token_for("tester", scopes)
+    }
+
+    /// A token for subject `sub` (a user id makes it an end user's token).
+    pub fn token_for(&self, sub: &str, scopes: &str) -> String {
+        self.issuer.issue(sub, scopes, Duration::from_secs(300))
     }
 
     /// A client presenting the default `client` certificate and a token with `scopes`.

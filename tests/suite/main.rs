@@ -16,6 +16,7 @@ mod metrics;
 mod mtls;
 mod observability;
 mod orders;
+mod ownership;
 mod reload;
 mod replicas;
 mod resilience;
