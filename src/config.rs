@@ -203,6 +203,16 @@ pub struct AuthSettings {
     pub max_token_bytes: usize,
     /// Verified tokens kept to skip repeated signature checks.
     pub cache_capacity: u64,
+    /// A JWK set file (RFC 7517; keys picked by the token's `kid`) to verify tokens with
+    /// instead of `public_key`: several keys at once, so signing keys rotate without
+    /// downtime. Watched and reloaded like the certificates.
+    pub jwks: Option<PathBuf>,
+    /// A JWK set URL (https), fetched at start-up and every `jwks_refresh_secs`, and
+    /// sooner when a token names an unknown `kid` — but never more often than every
+    /// `jwks_min_refresh_secs`, so unknown kids cannot make the server refetch per call.
+    pub jwks_url: Option<String>,
+    pub jwks_refresh_secs: u64,
+    pub jwks_min_refresh_secs: u64,
     /// Authorization policy file (TOML; watched and reloaded like the certificates).
     /// Unset: the built-in policy, each method allowed to tokens with its scope.
     pub policy: Option<PathBuf>,
@@ -295,6 +305,10 @@ impl Default for AuthSettings {
             max_token_bytes: 8 * 1024,
             cache_capacity: 10_000,
             policy: None,
+            jwks: None,
+            jwks_url: None,
+            jwks_refresh_secs: 300,
+            jwks_min_refresh_secs: 30,
         }
     }
 }
@@ -405,6 +419,14 @@ impl Settings {
     }
     pub fn crl(&self) -> PathBuf {
         self.in_certs(&self.tls.crl, crate::security::revocation::CRL_FILE)
+    }
+    /// The file tokens are verified with: the JWK set when `auth.jwks` is set, else the
+    /// PEM public key.
+    pub fn jwt_keys_file(&self) -> PathBuf {
+        self.auth
+            .jwks
+            .clone()
+            .unwrap_or_else(|| self.jwt_public_key())
     }
     pub fn jwt_public_key(&self) -> PathBuf {
         self.in_certs(&self.auth.public_key, "jwt.pub")

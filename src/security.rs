@@ -2,6 +2,7 @@
 //! rcgen, JWT issuing and verification, the method → scope policy, and credential reload.
 pub mod authz;
 pub mod certs;
+pub mod jwks;
 pub mod jwt;
 pub mod policy;
 pub mod reload;

@@ -22,6 +22,7 @@ use crate::{
     },
     security::{
         authz::{Policy, PolicyHandle},
+        jwks,
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         reload,
         tls::{self, ServerTlsFiles, TlsError},
@@ -116,7 +117,7 @@ impl Application {
             &settings.server_key(),
             &settings.client_ca(),
             &settings.crl(),
-            &settings.jwt_public_key(),
+            &settings.jwt_keys_file(),
             settings.auth.policy.as_deref(),
         );
         let tls = tls::server_config(
@@ -128,8 +129,8 @@ impl Application {
             },
             settings.tls.allow_tls12,
         )?;
-        let verifier = TokenVerifier::from_file(
-            &settings.jwt_public_key(),
+        let verifier = TokenVerifier::new(
+            jwks::initial_keys(&settings).await?,
             &VerifierSettings {
                 issuer: settings.auth.issuer.clone(),
                 audience: settings.auth.audience.clone(),
@@ -137,7 +138,7 @@ impl Application {
                 max_token_bytes: settings.auth.max_token_bytes,
                 cache_capacity: settings.auth.cache_capacity,
             },
-        )?;
+        );
         let metrics = Metrics::new();
         let policy = match &settings.auth.policy {
             Some(path) => {
@@ -299,7 +300,8 @@ impl Application {
                 key: settings.server_key(),
                 client_ca: settings.client_ca(),
                 crl: settings.crl(),
-                jwt_public_key: settings.jwt_public_key(),
+                jwt_public_key: settings.jwt_keys_file(),
+                jwt_is_jwks: settings.auth.jwks.is_some(),
                 allow_tls12: settings.tls.allow_tls12,
                 acceptor: acceptor.clone(),
                 verifier: verifier.clone(),
@@ -329,6 +331,15 @@ impl Application {
             metrics.clone(),
         );
         let rate_upkeep = rate_limit.spawn_upkeep();
+        let jwks_refresh = settings.auth.jwks_url.clone().map(|url| {
+            jwks::spawn_refresh(
+                url,
+                verifier.clone(),
+                metrics.clone(),
+                Duration::from_secs(settings.auth.jwks_refresh_secs),
+                Duration::from_secs(settings.auth.jwks_min_refresh_secs),
+            )
+        });
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics_server = tokio::spawn(metrics_endpoint::serve(
             metrics_listener,
@@ -399,6 +410,9 @@ impl Application {
             task.abort();
         }
         reloader.abort();
+        if let Some(task) = jwks_refresh {
+            task.abort();
+        }
         if let Some(task) = rate_upkeep {
             task.abort();
         }

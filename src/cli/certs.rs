@@ -51,6 +51,19 @@ pub enum CertsCommand {
         #[arg(long, value_parser = super::parse_duration)]
         valid: Option<Duration>,
     },
+    /// Write another JWT signing key pair NAME.key / NAME.pub (ES256), for key rotation.
+    JwtKey {
+        name: String,
+        #[arg(long, default_value = "certs")]
+        dir: PathBuf,
+    },
+    /// Print a JWK set (for `auth.jwks` or a JWKS URL) of the given public keys:
+    /// `jisu certs jwks 2026-a=certs/jwt.pub 2026-b=certs/next.pub > certs/jwks.json`.
+    Jwks {
+        /// KID=PUBLIC_KEY.pem, one per key.
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
     /// Re-sign crl.pem with a new validity (run before it expires, e.g. daily).
     Crl {
         #[arg(long, default_value = "certs")]
@@ -97,6 +110,28 @@ pub fn run(cmd: CertsCommand) -> anyhow::Result<()> {
                 crl.revoked,
                 crl.crl_number,
                 crl.next_update
+            );
+        }
+        CertsCommand::JwtKey { name, dir } => {
+            let path = certs::write_jwt_key(&dir, &name)?;
+            println!("wrote {} and {name}.pub", path.display());
+        }
+        CertsCommand::Jwks { keys } => {
+            let mut jwks = Vec::new();
+            for spec in keys {
+                let (kid, file) = spec
+                    .split_once('=')
+                    .with_context(|| format!("{spec:?}: expected KID=PUBLIC_KEY.pem"))?;
+                let pem =
+                    std::fs::read_to_string(file).with_context(|| format!("reading {file}"))?;
+                jwks.push(
+                    jisu::security::jwt::jwk_from_pem(&pem, kid)
+                        .map_err(|e| anyhow::anyhow!("{file}: {e}"))?,
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "keys": jwks }))?
             );
         }
         CertsCommand::Crl { dir, valid } => {

@@ -27,6 +27,12 @@ pub enum TokenCommand {
         /// then accepted only over a connection presenting that certificate.
         #[arg(long)]
         bind_cert: Option<PathBuf>,
+        /// Signing key (default <certs>/jwt.key).
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Key id written into the token header, for servers verifying with a JWK set.
+        #[arg(long)]
+        kid: Option<String>,
     },
 }
 
@@ -39,8 +45,14 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<()> {
         issuer,
         audience,
         bind_cert,
+        key,
+        kid,
     } = cmd;
-    let issuer = TokenIssuer::from_file(&certs.join("jwt.key"), &issuer, &audience)?;
+    let key = key.unwrap_or_else(|| certs.join("jwt.key"));
+    let mut issuer = TokenIssuer::from_file(&key, &issuer, &audience)?;
+    if let Some(kid) = kid {
+        issuer = issuer.with_kid(kid);
+    }
     let token = match bind_cert {
         None => issuer.issue(&sub, &scope, ttl),
         Some(path) => {

@@ -269,9 +269,27 @@ pub fn rotate_server(
     Ok(hex::encode(serial))
 }
 
+/// Writes a new JWT signing key pair `NAME.key` (0600) / `NAME.pub` into `dir`.
+pub fn write_jwt_key(dir: &Path, name: &str) -> Result<PathBuf, CertError> {
+    check_name(name)?;
+    let pair = jwt_key_pair()?;
+    write_secret(&dir.join(format!("{name}.key")), &pair.key)?;
+    write_public(&dir.join(format!("{name}.pub")), &pair.cert)?;
+    Ok(dir.join(format!("{name}.key")))
+}
+
 /// Issues another client certificate `NAME.pem`/`NAME.key` (identity NAME) from the CA in
 /// `dir`. Returns the certificate path.
 pub fn issue_client(dir: &Path, name: &str, ttl: Option<Duration>) -> Result<PathBuf, CertError> {
+    check_name(name)?;
+    let ca = CertificateAuthority::load(dir)?;
+    let leaf = ca.issue(&LeafSpec::new(name, Usage::Client, ttl.unwrap_or(ONE_YEAR)))?;
+    write_pair(dir, name, &leaf)?;
+    Ok(dir.join(format!("{name}.pem")))
+}
+
+/// A file stem `certs` may write: no path separators, no clash with `init`'s files.
+fn check_name(name: &str) -> Result<(), CertError> {
     let valid = !name.is_empty()
         && name.len() <= 64
         && name
@@ -282,10 +300,7 @@ pub fn issue_client(dir: &Path, name: &str, ttl: Option<Duration>) -> Result<Pat
     if !valid {
         return Err(CertError::BadName(name.to_owned()));
     }
-    let ca = CertificateAuthority::load(dir)?;
-    let leaf = ca.issue(&LeafSpec::new(name, Usage::Client, ttl.unwrap_or(ONE_YEAR)))?;
-    write_pair(dir, name, &leaf)?;
-    Ok(dir.join(format!("{name}.pem")))
+    Ok(())
 }
 
 pub(crate) fn read(path: &Path) -> Result<String, CertError> {

@@ -4,6 +4,7 @@
 //! `nbf` with a leeway, caps the token size before decoding, and caches verified tokens
 //! (bounded, never past `exp`) because an ES256 check costs ~50 µs. Tokens are never logged.
 use std::{
+    collections::HashMap,
     path::Path,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -93,6 +94,8 @@ pub enum AuthFailure {
     MissingClaim,
     #[error("bearer token is bound to another client certificate")]
     CertificateMismatch,
+    #[error("bearer token signed with a key this server does not know (kid)")]
+    UnknownKey,
 }
 
 impl AuthFailure {
@@ -110,6 +113,7 @@ impl AuthFailure {
             AuthFailure::WrongAudience => "wrong_audience",
             AuthFailure::MissingClaim => "missing_claim",
             AuthFailure::CertificateMismatch => "cert_mismatch",
+            AuthFailure::UnknownKey => "unknown_key",
         }
     }
 
@@ -127,6 +131,7 @@ impl AuthFailure {
             AuthFailure::WrongAudience => "TOKEN_WRONG_AUDIENCE",
             AuthFailure::MissingClaim => "TOKEN_MISSING_CLAIM",
             AuthFailure::CertificateMismatch => "TOKEN_CERT_MISMATCH",
+            AuthFailure::UnknownKey => "TOKEN_UNKNOWN_KEY",
         }
     }
 }
@@ -170,6 +175,8 @@ pub struct TokenIssuer {
     key: EncodingKey,
     issuer: String,
     audience: String,
+    /// Written into the header, so verifiers holding several keys pick this one.
+    kid: Option<String>,
 }
 
 impl std::fmt::Debug for TokenIssuer {
@@ -191,11 +198,18 @@ impl TokenIssuer {
             key: EncodingKey::from_ec_pem(pem)?,
             issuer: issuer.into(),
             audience: audience.into(),
+            kid: None,
         })
     }
 
     pub fn from_file(path: &Path, issuer: &str, audience: &str) -> Result<Self, KeyError> {
         Self::from_pem(&read_key(path)?, issuer, audience).map_err(|e| format_err(path, e))
+    }
+
+    /// Names the signing key in every token's header (`kid`).
+    pub fn with_kid(mut self, kid: impl Into<String>) -> Self {
+        self.kid = Some(kid.into());
+        self
     }
 
     /// Claims for `sub` with `scopes`, valid from now for `ttl`.
@@ -235,9 +249,122 @@ impl TokenIssuer {
 
     /// Signs arbitrary claims (tests use this for wrong-issuer or expired tokens).
     pub fn sign(&self, claims: &Claims) -> String {
-        jsonwebtoken::encode(&Header::new(Algorithm::ES256), claims, &self.key)
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = self.kid.clone();
+        jsonwebtoken::encode(&header, claims, &self.key)
             .expect("ES256 signing with a parsed key cannot fail")
     }
+}
+
+/// The keys tokens are verified with: a PEM key (`jwt.pub`) for tokens without `kid`,
+/// and/or a JWK set whose keys are picked by the token's `kid` — several keys at once, so
+/// a new signing key can be introduced before the old one is retired.
+#[derive(Default)]
+pub struct KeySet {
+    default: Option<DecodingKey>,
+    by_kid: HashMap<String, DecodingKey>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySet")
+            .field("default", &self.default.is_some())
+            .field("kids", &self.by_kid.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl KeySet {
+    /// One EC P-256 public key in PEM.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, jsonwebtoken::errors::Error> {
+        Ok(Self {
+            default: Some(DecodingKey::from_ec_pem(pem)?),
+            by_kid: HashMap::new(),
+        })
+    }
+
+    /// A JWK set (RFC 7517): every key must be an EC P-256 key with a `kid`, for ES256.
+    pub fn from_jwks(json: &[u8]) -> Result<Self, String> {
+        let set: jsonwebtoken::jwk::JwkSet =
+            serde_json::from_slice(json).map_err(|e| format!("not a JWK set: {e}"))?;
+        if set.keys.is_empty() {
+            return Err("the JWK set holds no key".into());
+        }
+        let mut by_kid = HashMap::new();
+        for jwk in &set.keys {
+            let kid = jwk.common.key_id.clone().ok_or("every key needs a kid")?;
+            let ec = matches!(
+                &jwk.algorithm,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(p)
+                    if p.curve == jsonwebtoken::jwk::EllipticCurve::P256
+            );
+            if !ec {
+                return Err(format!("key {kid:?} is not an EC P-256 key (ES256 only)"));
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("key {kid:?}: {e}"))?;
+            if by_kid.insert(kid.clone(), key).is_some() {
+                return Err(format!("kid {kid:?} appears twice"));
+            }
+        }
+        Ok(Self {
+            default: None,
+            by_kid,
+        })
+    }
+
+    /// The key for a token: by `kid` when it has one, else the PEM key (or the only key).
+    fn key_for(&self, kid: Option<&str>) -> Result<&DecodingKey, AuthFailure> {
+        match kid {
+            Some(kid) => self
+                .by_kid
+                .get(kid)
+                .or(self.default.as_ref().filter(|_| self.by_kid.is_empty()))
+                .ok_or(AuthFailure::UnknownKey),
+            None => self
+                .default
+                .as_ref()
+                .or_else(|| {
+                    (self.by_kid.len() == 1)
+                        .then(|| self.by_kid.values().next())
+                        .flatten()
+                })
+                .ok_or(AuthFailure::UnknownKey),
+        }
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.by_kid.len() + usize::from(self.default.is_some())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The JWK (RFC 7517) of an EC P-256 public key in PEM, named `kid`, for a JWK set.
+pub fn jwk_from_pem(pem: &str, kid: &str) -> Result<serde_json::Value, String> {
+    use base64::Engine;
+    use rustls_pki_types::pem::PemObject;
+    use x509_parser::prelude::FromDer;
+    let der = rustls_pki_types::SubjectPublicKeyInfoDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PEM public key: {e}"))?;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der.as_ref())
+        .map_err(|e| format!("not a public key: {e}"))?;
+    let point = &spki.subject_public_key.data;
+    if point.len() != 65 || point[0] != 4 {
+        return Err("not an uncompressed EC P-256 public key".into());
+    }
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    Ok(serde_json::json!({
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64.encode(&point[1..33]),
+        "y": b64.encode(&point[33..65]),
+        "kid": kid,
+        "alg": "ES256",
+        "use": "sig",
+    }))
 }
 
 /// Settings of a [`TokenVerifier`].
@@ -254,7 +381,9 @@ pub struct VerifierSettings {
 #[derive(Clone)]
 pub struct TokenVerifier {
     /// Shared by every clone, so a reload reaches them all.
-    key: Arc<parking_lot::RwLock<Arc<DecodingKey>>>,
+    keys: Arc<parking_lot::RwLock<Arc<KeySet>>>,
+    /// Woken when a token names a `kid` no key has (a JWKS fetcher may look again).
+    unknown_kid: Arc<tokio::sync::Notify>,
     validation: Arc<Validation>,
     leeway: u64,
     max_token_bytes: usize,
@@ -274,6 +403,11 @@ impl TokenVerifier {
         public_pem: &[u8],
         settings: &VerifierSettings,
     ) -> Result<Self, jsonwebtoken::errors::Error> {
+        Ok(Self::new(KeySet::from_pem(public_pem)?, settings))
+    }
+
+    /// A verifier over a key set (PEM key, JWK set or both).
+    pub fn new(keys: KeySet, settings: &VerifierSettings) -> Self {
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[&settings.issuer]);
         validation.set_audience(&[&settings.audience]);
@@ -281,10 +415,9 @@ impl TokenVerifier {
         validation.leeway = settings.leeway.as_secs();
         validation.validate_exp = true;
         validation.validate_nbf = true;
-        Ok(Self {
-            key: Arc::new(parking_lot::RwLock::new(Arc::new(
-                DecodingKey::from_ec_pem(public_pem)?,
-            ))),
+        Self {
+            keys: Arc::new(parking_lot::RwLock::new(Arc::new(keys))),
+            unknown_kid: Arc::new(tokio::sync::Notify::new()),
             validation: Arc::new(validation),
             leeway: settings.leeway.as_secs(),
             max_token_bytes: settings.max_token_bytes,
@@ -292,7 +425,7 @@ impl TokenVerifier {
                 .max_capacity(settings.cache_capacity)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
-        })
+        }
     }
 
     pub fn from_file(path: &Path, settings: &VerifierSettings) -> Result<Self, KeyError> {
@@ -302,10 +435,19 @@ impl TokenVerifier {
     /// Replaces the verification key (every clone sees it) and forgets every token verified
     /// with the old one. A key that does not parse changes nothing.
     pub fn replace_key(&self, public_pem: &[u8]) -> Result<(), jsonwebtoken::errors::Error> {
-        let key = Arc::new(DecodingKey::from_ec_pem(public_pem)?);
-        *self.key.write() = key;
-        self.cache.invalidate_all();
+        self.replace_keys(KeySet::from_pem(public_pem)?);
         Ok(())
+    }
+
+    /// Replaces every key (every clone sees it) and forgets the tokens verified so far.
+    pub fn replace_keys(&self, keys: KeySet) {
+        *self.keys.write() = Arc::new(keys);
+        self.cache.invalidate_all();
+    }
+
+    /// Completes when a token names an unknown `kid` (for a JWKS fetcher).
+    pub async fn unknown_kid_seen(&self) {
+        self.unknown_kid.notified().await;
     }
 
     /// Verifies `token` (without the `Bearer ` prefix) at time `now` (Unix seconds).
@@ -323,8 +465,12 @@ impl TokenVerifier {
             }
             self.cache.invalidate(token);
         }
-        let key = self.key.read().clone();
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
+        let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
+        let keys = self.keys.read().clone();
+        let key = keys.key_for(header.kid.as_deref()).inspect_err(|_| {
+            self.unknown_kid.notify_one();
+        })?;
+        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation)
             .map_err(|e| classify(e.kind()))?;
         let claims = data.claims;
         if claims.sub.is_empty() {
@@ -427,6 +573,53 @@ mod tests {
             verifier.verify(&token, now + 60 + 31).unwrap_err(),
             AuthFailure::Expired
         );
+    }
+
+    #[test]
+    fn keys_are_picked_by_kid_and_unknown_kids_refused() {
+        let (a, b) = (jwt_key_pair().unwrap(), jwt_key_pair().unwrap());
+        let jwks = serde_json::json!({"keys": [
+            jwk_from_pem(&a.cert, "2026-a").unwrap(),
+            jwk_from_pem(&b.cert, "2026-b").unwrap(),
+        ]});
+        let keys = KeySet::from_jwks(jwks.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 2);
+        let verifier = TokenVerifier::new(keys, &settings());
+        let issue = |pem: &crate::security::certs::Pem, kid: Option<&str>| {
+            let issuer = TokenIssuer::from_pem(pem.key.as_bytes(), "jisu", "jisucloud").unwrap();
+            let issuer = match kid {
+                Some(kid) => issuer.with_kid(kid),
+                None => issuer,
+            };
+            issuer.issue("alice", "users:read", Duration::from_secs(60))
+        };
+        let now = unix_now();
+        assert!(verifier.verify(&issue(&a, Some("2026-a")), now).is_ok());
+        assert!(verifier.verify(&issue(&b, Some("2026-b")), now).is_ok());
+        assert_eq!(
+            verifier
+                .verify(&issue(&a, Some("2026-b")), now)
+                .unwrap_err(),
+            AuthFailure::BadSignature
+        );
+        assert_eq!(
+            verifier
+                .verify(&issue(&a, Some("2025-x")), now)
+                .unwrap_err(),
+            AuthFailure::UnknownKey
+        );
+        assert_eq!(
+            verifier.verify(&issue(&a, None), now).unwrap_err(),
+            AuthFailure::UnknownKey,
+            "no kid and several keys"
+        );
+        for bad in [
+            r#"{"keys": []}"#,
+            r#"{"keys": [{"kty":"EC","crv":"P-256","x":"AA","y":"AA"}]}"#,
+            "not json",
+        ] {
+            assert!(KeySet::from_jwks(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

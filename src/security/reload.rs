@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::{
     security::{
         authz::{Policy, PolicyHandle},
-        jwt::TokenVerifier,
+        jwt::{KeySet, TokenVerifier},
         tls,
     },
     telemetry::metrics::Metrics,
@@ -36,6 +36,8 @@ pub struct Reloadable {
     /// Used once it exists; its removal lifts every revocation.
     pub crl: PathBuf,
     pub jwt_public_key: PathBuf,
+    /// `jwt_public_key` is a JWK set (else a PEM key).
+    pub jwt_is_jwks: bool,
     pub allow_tls12: bool,
     pub acceptor: SharedAcceptor,
     pub verifier: TokenVerifier,
@@ -136,8 +138,13 @@ impl Reloadable {
         }
         let now = digest(&[self.jwt_public_key.as_path()]);
         if now.is_some() && now != loaded.jwt {
-            let pem = std::fs::read(&self.jwt_public_key).unwrap_or_default();
-            match self.verifier.replace_key(&pem) {
+            let bytes = std::fs::read(&self.jwt_public_key).unwrap_or_default();
+            let keys = if self.jwt_is_jwks {
+                KeySet::from_jwks(&bytes)
+            } else {
+                KeySet::from_pem(&bytes).map_err(|e| e.to_string())
+            };
+            match keys.map(|keys| self.verifier.replace_keys(keys)) {
                 Ok(()) => {
                     tracing::info!(key = %self.jwt_public_key.display(), "JWT verification key reloaded");
                     self.count("jwt", "ok");

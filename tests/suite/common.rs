@@ -73,8 +73,34 @@ impl TestServer {
         configure: impl FnOnce(&mut Settings),
         store: Arc<dyn jisu::store::Store>,
     ) -> Self {
+        Self::start_inner(None, configure, store).await
+    }
+
+    /// Starts a server with a copy of the certificates in `source` (the test keeps the
+    /// originals, e.g. extra signing keys), on the in-memory store.
+    pub async fn start_with_certs(source: &Path, configure: impl FnOnce(&mut Settings)) -> Self {
+        let store = Arc::new(jisu::store::MemoryStore::new());
+        Self::start_inner(Some(source), configure, store).await
+    }
+
+    async fn start_inner(
+        source: Option<&Path>,
+        configure: impl FnOnce(&mut Settings),
+        store: Arc<dyn jisu::store::Store>,
+    ) -> Self {
         let certs = tempfile::tempdir().expect("temp dir");
-        certs::init(certs.path(), &[], false).expect("mint certificates");
+        match source {
+            Some(source) => {
+                for entry in std::fs::read_dir(source).expect("certs dir") {
+                    let entry = entry.unwrap();
+                    if entry.file_type().unwrap().is_file() {
+                        std::fs::copy(entry.path(), certs.path().join(entry.file_name()))
+                            .expect("copy certs");
+                    }
+                }
+            }
+            None => certs::init(certs.path(), &[], false).expect("mint certificates"),
+        }
         let mut settings = Settings::for_certs(certs.path());
         configure(&mut settings);
         let app = Application::build_with_store(settings, store, "test")

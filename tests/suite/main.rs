@@ -12,6 +12,7 @@ mod durability;
 mod faults;
 mod files;
 mod interop;
+mod jwks;
 mod metrics;
 mod mtls;
 mod observability;
