@@ -173,7 +173,12 @@ impl Application {
         } else {
             None
         };
-        reload::watch_server_expiry(&metrics, &settings.server_cert());
+        reload::watch_expiries(
+            &metrics,
+            &settings.server_cert(),
+            &settings.client_ca(),
+            &settings.crl(),
+        );
         let (listener, grpc_addr) = bind(settings.listen).await?;
         let (metrics_listener, metrics_addr) = bind(settings.metrics_listen).await?;
         Ok(Self {

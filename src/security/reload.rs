@@ -124,7 +124,7 @@ impl Reloadable {
                 Ok(config) => {
                     *self.acceptor.write() = TlsAcceptor::from(config);
                     loaded.tls = now;
-                    watch_server_expiry(&self.metrics, &self.cert);
+                    watch_expiries(&self.metrics, &self.cert, &self.client_ca, &self.crl);
                     tracing::info!(cert = %self.cert.display(), "TLS credentials reloaded");
                     self.count("tls", "ok");
                 }
@@ -176,15 +176,39 @@ impl Reloadable {
     }
 }
 
-/// Exports the remaining lifetime of the server certificate at `cert` (at start-up and
-/// after each reload).
-pub fn watch_server_expiry(metrics: &Metrics, cert: &Path) {
-    if let Some(not_after) = tls::load_certs(cert)
-        .ok()
-        .and_then(|c| c.first().and_then(tls::not_after))
-    {
+/// Exports the remaining lifetime of what the server has loaded (at start-up and after
+/// each reload), in `jisu_tls_certificate_expiry_seconds{cert}`: `server` (its
+/// certificate), `client_ca` (the soonest-expiring CA of the bundle) and `crl` (the CRL's
+/// `nextUpdate`: past it every client of that CA is refused).
+pub fn watch_expiries(metrics: &Metrics, cert: &Path, client_ca: &Path, crl: &Path) {
+    let soonest = |path: &Path| {
+        tls::load_certs(path)
+            .ok()
+            .and_then(|certs| certs.iter().filter_map(tls::not_after).min())
+    };
+    if let Some(not_after) = soonest(cert) {
         metrics.watch_certificate("server", not_after);
     }
+    if let Some(not_after) = soonest(client_ca) {
+        metrics.watch_certificate("client_ca", not_after);
+    }
+    if let Some(next_update) = crl_next_update(crl) {
+        metrics.watch_certificate("crl", next_update);
+    }
+}
+
+/// The soonest `nextUpdate` of the CRLs at `path`, if there are any.
+fn crl_next_update(path: &Path) -> Option<i64> {
+    use x509_parser::prelude::FromDer;
+    let crls = tls::load_crls(path).ok()?;
+    crls.iter()
+        .filter_map(|der| {
+            let (_, crl) =
+                x509_parser::revocation_list::CertificateRevocationList::from_der(der.as_ref())
+                    .ok()?;
+            crl.next_update().map(|t| t.timestamp())
+        })
+        .min()
 }
 
 /// Watches the files' directories and SIGHUP; reloads after a short quiet period (an

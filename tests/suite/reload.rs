@@ -240,6 +240,27 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
     revocation::revoke(dir, "mallory", revocation::DEFAULT_CRL_VALIDITY).unwrap();
     wait_for_reload(&server, "tls", "ok", 1.0).await;
     assert_refused(&server, &cert, &key).await;
+    // What was loaded, and when it runs out: the CRL in 7 days, the CA in 10 years.
+    let expiry = samples(&server.scrape().await);
+    let left = |cert: &str| {
+        crate::common::value(
+            &expiry,
+            "jisu_tls_certificate_expiry_seconds",
+            &[("cert", cert)],
+        )
+    };
+    let day = 86400.0;
+    assert!(
+        (6.9 * day..=7.0 * day).contains(&left("crl")),
+        "crl: {}",
+        left("crl")
+    );
+    assert!(
+        left("client_ca") > 9.0 * 365.0 * day,
+        "client_ca: {}",
+        left("client_ca")
+    );
+    assert!(left("server") > 300.0 * day, "server: {}", left("server"));
     get(server.client(ALL_SCOPES).await)
         .await
         .expect("other clients are still served");
