@@ -82,6 +82,8 @@ pub struct Application {
     /// The credential files as they were when loaded (see [`reload::Loaded`]).
     credentials: reload::Loaded,
     verifier: TokenVerifier,
+    /// Digest of the JWK set fetched at start-up (with `auth.jwks_url`).
+    jwks_digest: Option<[u8; 32]>,
     policy: PolicyHandle,
     store: Arc<dyn Store>,
     users: UserDirectory,
@@ -129,8 +131,9 @@ impl Application {
             },
             settings.tls.allow_tls12,
         )?;
+        let (keys, jwks_digest) = jwks::initial_keys(&settings).await?;
         let verifier = TokenVerifier::new(
-            jwks::initial_keys(&settings).await?,
+            keys,
             &VerifierSettings {
                 issuer: settings.auth.issuer.clone(),
                 audience: settings.auth.audience.clone(),
@@ -191,6 +194,7 @@ impl Application {
             acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
             credentials,
             verifier,
+            jwks_digest,
             policy,
             store,
             users,
@@ -229,6 +233,7 @@ impl Application {
             acceptor,
             credentials,
             verifier,
+            jwks_digest,
             policy,
             store,
             users: user_directory,
@@ -341,8 +346,11 @@ impl Application {
                 url,
                 verifier.clone(),
                 metrics.clone(),
-                Duration::from_secs(settings.auth.jwks_refresh_secs),
-                Duration::from_secs(settings.auth.jwks_min_refresh_secs),
+                (
+                    Duration::from_secs(settings.auth.jwks_refresh_secs),
+                    Duration::from_secs(settings.auth.jwks_min_refresh_secs),
+                ),
+                jwks_digest,
             )
         });
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

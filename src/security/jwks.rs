@@ -22,12 +22,13 @@ fn key_error(source: &str, detail: impl std::fmt::Display) -> KeyError {
     }
 }
 
-/// The keys to start with, from the configured source.
-pub async fn initial_keys(settings: &Settings) -> Result<KeySet, KeyError> {
+/// The keys to start with, from the configured source, and (for a URL) the digest of
+/// what was fetched, for [`spawn_refresh`].
+pub async fn initial_keys(settings: &Settings) -> Result<(KeySet, Option<[u8; 32]>), KeyError> {
     if let Some(url) = &settings.auth.jwks_url {
-        let (keys, _) = fetch(&client(), url).await.map_err(|e| key_error(url, e))?;
+        let (keys, digest) = fetch(&client(), url).await.map_err(|e| key_error(url, e))?;
         tracing::info!(%url, keys = keys.len(), "JWT keys fetched");
-        return Ok(keys);
+        return Ok((keys, Some(digest)));
     }
     let path = settings.jwt_keys_file();
     let bytes = std::fs::read(&path).map_err(|source| KeyError::Io {
@@ -35,11 +36,12 @@ pub async fn initial_keys(settings: &Settings) -> Result<KeySet, KeyError> {
         source,
     })?;
     let source = path.display().to_string();
-    if settings.auth.jwks.is_some() {
-        KeySet::from_jwks(&bytes).map_err(|e| key_error(&source, e))
+    let keys = if settings.auth.jwks.is_some() {
+        KeySet::from_jwks(&bytes).map_err(|e| key_error(&source, e))?
     } else {
-        KeySet::from_pem(&bytes).map_err(|e| key_error(&source, e))
-    }
+        KeySet::from_pem(&bytes).map_err(|e| key_error(&source, e))?
+    };
+    Ok((keys, None))
 }
 
 fn client() -> reqwest::Client {
@@ -70,13 +72,15 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<(KeySet, [u8; 32])
     Ok((keys, Sha256::digest(&body).into()))
 }
 
-/// Keeps the verifier's keys in step with `url` until aborted.
+/// Keeps the verifier's keys in step with `url` until aborted; `fetched` is the digest of
+/// the set the verifier holds (an unchanged set is not swapped in again, which would
+/// empty the verified-token cache for nothing).
 pub fn spawn_refresh(
     url: String,
     verifier: TokenVerifier,
     metrics: Metrics,
-    every: Duration,
-    floor: Duration,
+    (every, floor): (Duration, Duration),
+    fetched: Option<[u8; 32]>,
 ) -> tokio::task::JoinHandle<()> {
     let count = move |result: &'static str| {
         metrics
@@ -89,7 +93,7 @@ pub fn spawn_refresh(
     tokio::spawn(async move {
         let client = client();
         let mut last_fetch = Instant::now();
-        let mut last_digest: Option<[u8; 32]> = None;
+        let mut last_digest = fetched;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
