@@ -16,8 +16,8 @@ use crate::{config::Settings, telemetry::metrics::Metrics};
 const MAX_JWKS_BYTES: usize = 1 << 20;
 
 fn key_error(source: &str, detail: impl std::fmt::Display) -> KeyError {
-    KeyError::Format {
-        path: source.to_owned(),
+    KeyError::Keys {
+        from: source.to_owned(),
         detail: detail.to_string(),
     }
 }

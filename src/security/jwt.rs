@@ -146,6 +146,8 @@ pub enum KeyError {
     },
     #[error("{path} is not an EC P-256 key in PEM: {detail}")]
     Format { path: String, detail: String },
+    #[error("JWT keys from {from}: {detail}")]
+    Keys { from: String, detail: String },
 }
 
 fn read_key(path: &Path) -> Result<Vec<u8>, KeyError> {

@@ -212,3 +212,21 @@ async fn a_jwks_url_is_refetched_for_unknown_kids_no_more_than_the_floor_allows(
     );
     assert!(reloads(&server.scrape().await, "jwks_url", "ok") >= 1.0);
 }
+
+#[tokio::test]
+async fn a_server_that_cannot_fetch_its_keys_says_so_and_does_not_start() {
+    let certs = tempfile::tempdir().unwrap();
+    jisu::security::certs::init(certs.path(), &[], false).unwrap();
+    let mut settings = jisu::config::Settings::for_certs(certs.path());
+    // Port 9 (discard) on loopback: nothing listens there.
+    settings.auth.jwks_url = Some("http://127.0.0.1:9/jwks.json".into());
+    let store = Arc::new(jisu::store::MemoryStore::new());
+    let err = jisu::startup::Application::build_with_store(settings, store, "test")
+        .await
+        .expect_err("no keys, no server");
+    let message = err.to_string();
+    assert!(
+        message.contains("JWT keys from http://127.0.0.1:9/jwks.json: cannot fetch"),
+        "{message}"
+    );
+}
