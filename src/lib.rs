@@ -10,12 +10,15 @@
 //!   database (NOT_SERVING while it does not answer) and `/ready`.
 //! - [`transport`]: the TLS accept loop (handshake timeout, peer identity per connection).
 //! - [`security`]: rustls configs and peer identity (`tls`), rcgen certificates (`certs`),
-//!   JWT issuing and verification (`jwt`), the method → scope table (`policy`).
+//!   CRLs (`revocation`), JWT issuing and verification with key sets (`jwt`) and their
+//!   sources (`jwks`), the method table (`policy`), the authorization policy (`authz`),
+//!   credentials and policy reloaded without a restart (`reload`).
 //! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope,
 //!   `metrics` records RED metrics and the SERVER span, `client_telemetry` the CLIENT span,
 //!   W3C injection and `grpc_client_*` metrics.
 //! - [`service`]: the business rules of each proto service; knows nothing of TLS or CLI.
-//!   `user_directory`: where OrderService checks users (same store, or a remote UserService).
+//!   `user_directory`: where OrderService checks users (same store, or a remote UserService);
+//!   `ownership`: an end user's token reaches only that user's data.
 //! - [`store`]: storage behind a trait: SQLite (the default), PostgreSQL (several replicas;
 //!   LISTEN/NOTIFY change feed), in memory (tests, benchmarks), and a wrapper that gives
 //!   each operation a span and a duration.
