@@ -183,7 +183,7 @@ async fn a_policy_file_allows_and_denies_by_rule_and_reloads() {
         POLICY.replace("UserService/Get*", "UserService/Nothing"),
     )
     .unwrap();
-    wait_for_policy_reload(&server, "ok").await;
+    server.wait_for_reload("policy", "ok", 1.0).await;
     let reader = client_as(&server, "client", token("alice", "users:read")).await;
     assert_status(
         get_user(&reader).await,
@@ -191,7 +191,7 @@ async fn a_policy_file_allows_and_denies_by_rule_and_reloads() {
         "POLICY_DENIED",
     );
     std::fs::write(&policy, "[[rule]]\nname = \"oops\"\neffect = \"perhaps\"\n").unwrap();
-    wait_for_policy_reload(&server, "error").await;
+    server.wait_for_reload("policy", "error", 1.0).await;
     assert_status(
         get_user(&reader).await,
         Code::PermissionDenied,
@@ -205,27 +205,4 @@ async fn a_policy_file_allows_and_denies_by_rule_and_reloads() {
         .expect("the last good policy still allows List*")
         .into_inner();
     assert!(list.message().await.unwrap().is_some());
-}
-
-async fn wait_for_policy_reload(server: &TestServer, result: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: f64 = samples(&server.scrape().await)
-            .iter()
-            .filter(|s| {
-                s.name == "jisu_credential_reload_total"
-                    && s.labels.get("kind").map(String::as_str) == Some("policy")
-                    && s.labels.get("result").map(String::as_str) == Some(result)
-            })
-            .map(|s| s.value)
-            .sum();
-        if n >= 1.0 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no policy reload {result}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

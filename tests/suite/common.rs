@@ -180,6 +180,42 @@ impl TestServer {
     }
 }
 
+/// `jisu_credential_reload_total{kind,result}` in a scrape (0 when not counted yet).
+pub fn reloads(text: &str, kind: &str, result: &str) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|s| {
+            s.name == "jisu_credential_reload_total"
+                && s.labels.get("kind").map(String::as_str) == Some(kind)
+                && s.labels.get("result").map(String::as_str) == Some(result)
+        })
+        .map(|s| s.value)
+        .sum()
+}
+
+/// Polls `check` every 20 ms until it holds; fails the test after `within`.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+impl TestServer {
+    /// Waits (bounded) until the server has counted `n` reloads of `kind` with `result`.
+    pub async fn wait_for_reload(&self, kind: &str, result: &str, n: f64) {
+        let what = format!("{n} {kind} reload(s) with result {result}");
+        eventually(&what, Duration::from_secs(10), async || {
+            reloads(&self.scrape().await, kind, result) >= n
+        })
+        .await;
+    }
+}
+
 /// A refused client either cannot connect or gets no answer to its first call.
 pub async fn assert_refused(server: &TestServer, cert: &str, key: &str) {
     match server.connect_with_pem(cert, key).await {

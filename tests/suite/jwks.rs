@@ -11,7 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{TestServer, assert_status, samples};
+use crate::common::{TestServer, assert_status, eventually, reloads};
 use jisu::{pb::GetUserRequest, security::jwt::TokenIssuer};
 use tonic::{Code, Status};
 
@@ -45,26 +45,6 @@ async fn get_user(server: &TestServer, token: String) -> Result<(), Status> {
         })
         .await
         .map(drop)
-}
-
-fn reloads(text: &str, kind: &str, result: &str) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|s| {
-            s.name == "jisu_credential_reload_total"
-                && s.labels.get("kind").map(String::as_str) == Some(kind)
-                && s.labels.get("result").map(String::as_str) == Some(result)
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[tokio::test]
@@ -107,10 +87,7 @@ async fn a_jwks_file_rotates_signing_keys_with_an_overlap() {
     );
 
     write_jwks(&[&current, &next]);
-    eventually("both keys", async || {
-        reloads(&server.scrape().await, "jwt", "ok") >= 1.0
-    })
-    .await;
+    server.wait_for_reload("jwt", "ok", 1.0).await;
     get_user(&server, old.clone())
         .await
         .expect("old key during the overlap");
@@ -119,10 +96,7 @@ async fn a_jwks_file_rotates_signing_keys_with_an_overlap() {
         .expect("new key during the overlap");
 
     write_jwks(&[&next]);
-    eventually("old key retired", async || {
-        reloads(&server.scrape().await, "jwt", "ok") >= 2.0
-    })
-    .await;
+    server.wait_for_reload("jwt", "ok", 2.0).await;
     assert_status(
         get_user(&server, old).await,
         Code::Unauthenticated,
@@ -200,7 +174,7 @@ async fn a_jwks_url_is_refetched_for_unknown_kids_no_more_than_the_floor_allows(
             "TOKEN_UNKNOWN_KEY",
         );
     }
-    eventually("key b fetched", async || {
+    eventually("key b fetched", Duration::from_secs(15), async || {
         get_user(&server, b.clone()).await.is_ok()
     })
     .await;

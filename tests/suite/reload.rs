@@ -43,40 +43,6 @@ async fn served_serial(server: &TestServer) -> String {
     parsed.raw_serial_as_string()
 }
 
-fn reloads(text: &str, kind: &str, result: &str) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|s| {
-            s.name == "jisu_credential_reload_total"
-                && s.labels.get("kind").map(String::as_str) == Some(kind)
-                && s.labels.get("result").map(String::as_str) == Some(result)
-        })
-        .map(|s| s.value)
-        .sum()
-}
-
-/// Waits (bounded) until the server has counted `n` reloads of `kind` with `result`.
-async fn wait_for_reload(server: &TestServer, kind: &str, result: &str, n: f64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if reloads(&server.scrape().await, kind, result) >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no {kind} reload with result {result}: {}",
-            server
-                .scrape()
-                .await
-                .lines()
-                .filter(|l| l.contains("reload"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotated_server_certificate_is_used_by_new_connections() {
     let server = TestServer::start_with(|s| s.demo_data = true).await;
@@ -133,7 +99,7 @@ async fn a_rotated_server_certificate_is_used_by_new_connections() {
         }));
     }
     let serial = certs::rotate_server(server.dir(), &[], Some(Duration::from_secs(3600))).unwrap();
-    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    server.wait_for_reload("tls", "ok", 1.0).await;
     let after = served_serial(&server).await;
     assert_ne!(before, after, "new handshakes get the new certificate");
     assert_eq!(
@@ -166,7 +132,7 @@ async fn a_rotated_server_certificate_is_used_by_new_connections() {
 
     // A broken certificate file: refused, counted, the last good set stays.
     std::fs::write(server.dir().join("server.pem"), "not a certificate").unwrap();
-    wait_for_reload(&server, "tls", "error", 1.0).await;
+    server.wait_for_reload("tls", "error", 1.0).await;
     assert_eq!(
         served_serial(&server).await,
         after,
@@ -198,7 +164,7 @@ async fn a_new_jwt_key_takes_over() {
     let key_path = server.dir().join("new-jwt.key");
     std::fs::write(&key_path, &pair.key).unwrap();
     std::fs::write(server.dir().join("jwt.pub"), &pair.cert).unwrap();
-    wait_for_reload(&server, "jwt", "ok", 1.0).await;
+    server.wait_for_reload("jwt", "ok", 1.0).await;
 
     let status = get(&client).await.unwrap_err();
     assert_eq!(
@@ -214,7 +180,7 @@ async fn a_new_jwt_key_takes_over() {
 
     // A broken key file: refused, the new key stays.
     std::fs::write(server.dir().join("jwt.pub"), "garbage").unwrap();
-    wait_for_reload(&server, "jwt", "error", 1.0).await;
+    server.wait_for_reload("jwt", "error", 1.0).await;
     get(&fresh).await.expect("the last good key is kept");
 }
 
@@ -238,7 +204,7 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
         .expect("mallory is served before revocation");
 
     revocation::revoke(dir, "mallory", revocation::DEFAULT_CRL_VALIDITY).unwrap();
-    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    server.wait_for_reload("tls", "ok", 1.0).await;
     assert_refused(&server, &cert, &key).await;
     // What was loaded, and when it runs out: the CRL in 7 days, the CA in 10 years.
     let expiry = samples(&server.scrape().await);
@@ -267,11 +233,11 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
 
     // A CRL past its nextUpdate: no client of this CA gets in until it is re-signed.
     revocation::update(dir, None, Duration::from_secs(1)).unwrap();
-    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    server.wait_for_reload("tls", "ok", 2.0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the CRL expire
     assert_refused(&server, &read("client.pem"), &read("client.key")).await;
     revocation::update(dir, None, revocation::DEFAULT_CRL_VALIDITY).unwrap();
-    wait_for_reload(&server, "tls", "ok", 3.0).await;
+    server.wait_for_reload("tls", "ok", 3.0).await;
     get(server.client(ALL_SCOPES).await)
         .await
         .expect("served again once the CRL is re-signed");
@@ -296,7 +262,7 @@ async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
         format!("{}\n{}", ours.trim_end(), partner.pem().cert),
     )
     .unwrap();
-    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    server.wait_for_reload("tls", "ok", 1.0).await;
     let client = server
         .connect_with_pem(&leaf.cert, &leaf.key)
         .await
@@ -310,7 +276,7 @@ async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
         .expect("the partner CA's client is served while its CA is trusted");
 
     std::fs::write(dir.join("ca.pem"), &ours).unwrap();
-    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    server.wait_for_reload("tls", "ok", 2.0).await;
     assert_refused(&server, &leaf.cert, &leaf.key).await;
     server
         .client(ALL_SCOPES)
@@ -352,12 +318,12 @@ async fn health_turns_not_serving_before_the_server_certificate_expires() {
     wait_for(ServingStatus::Serving, "SERVING with a year left").await;
 
     certs::rotate_server(server.dir(), &[], Some(Duration::from_secs(3600))).unwrap();
-    wait_for_reload(&server, "tls", "ok", 1.0).await;
+    server.wait_for_reload("tls", "ok", 1.0).await;
     wait_for(ServingStatus::NotServing, "NOT_SERVING with an hour left").await;
     let (head, _) = crate::common::http_get(server.metrics_addr, "/ready").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
 
     certs::rotate_server(server.dir(), &[], None).unwrap();
-    wait_for_reload(&server, "tls", "ok", 2.0).await;
+    server.wait_for_reload("tls", "ok", 2.0).await;
     wait_for(ServingStatus::Serving, "SERVING again once renewed").await;
 }

@@ -12,7 +12,7 @@ use std::{
 };
 
 use crate::common::{
-    Binary, Served, assert_status, http_get,
+    Binary, Served, assert_status, eventually, http_get,
     postgres::{PgCluster, create_database, fresh_database},
     samples, scrape, value,
 };
@@ -237,7 +237,10 @@ async fn a_database_outage_is_unavailable_and_not_serving_then_service_recovers(
         })
     };
     let count = |p: usize, code: Code| counts.lock()[p].get(&code).copied().unwrap_or(0);
-    wait_for("calls to succeed", || count(0, Code::Ok) >= 50).await;
+    eventually("calls to succeed", Duration::from_secs(30), async || {
+        count(0, Code::Ok) >= 50
+    })
+    .await;
 
     cluster.stop();
     *phase.lock() = 1;
@@ -245,7 +248,10 @@ async fn a_database_outage_is_unavailable_and_not_serving_then_service_recovers(
     assert_eq!(serving(&health).await, ServingStatus::NotServing);
     let (head, _) = http_get(metrics_addr, "/ready").await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
-    wait_for("calls to fail", || count(1, Code::Unavailable) >= 20).await;
+    eventually("calls to fail", Duration::from_secs(30), async || {
+        count(1, Code::Unavailable) >= 20
+    })
+    .await;
     let text = scrape(metrics_addr).await;
     assert_eq!(value(&samples(&text), "jisu_store_up", &[]), 0.0);
 
@@ -258,13 +264,20 @@ async fn a_database_outage_is_unavailable_and_not_serving_then_service_recovers(
     assert_eq!(body.trim(), "SERVING");
     // The load's client opened its circuit during the outage; its next half-open probe
     // finds the server well again.
-    wait_for("a call to succeed after the restart", || {
-        count(1, Code::Ok) >= 1
-    })
+    eventually(
+        "a call to succeed after the restart",
+        Duration::from_secs(30),
+        async || count(1, Code::Ok) >= 1,
+    )
     .await;
     let recovered = restarted.elapsed();
     *phase.lock() = 2;
-    wait_for("calls to succeed again", || count(2, Code::Ok) >= 50).await;
+    eventually(
+        "calls to succeed again",
+        Duration::from_secs(30),
+        async || count(2, Code::Ok) >= 50,
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
 
@@ -318,15 +331,6 @@ async fn serving(client: &jisu::client::JisuClient) -> ServingStatus {
         .await
         .unwrap();
     ServingStatus::try_from(reply.into_inner().status).unwrap()
-}
-
-/// Polls `cond` (bounded) until it holds.
-async fn wait_for(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn count_in(codes: &HashMap<Code, u64>, code: Code) -> u64 {
