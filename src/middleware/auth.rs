@@ -27,6 +27,9 @@ use crate::{
     transport::Peer,
 };
 
+/// `jisu_auth_failures_total{reason}` of paths outside the method table.
+const UNKNOWN_METHOD_LABEL: &str = "unknown_method";
+
 /// Adds [`Auth`] to a service.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
@@ -37,6 +40,11 @@ pub struct AuthLayer {
 
 impl AuthLayer {
     pub fn new(verifier: TokenVerifier, policy: PolicyHandle, metrics: Metrics) -> Self {
+        // Probes of unknown paths show from the first scrape (0), not from the first probe.
+        metrics.counter(
+            "jisu_auth_failures_total",
+            &[("reason", UNKNOWN_METHOD_LABEL)],
+        );
         Self {
             verifier,
             policy,
@@ -121,8 +129,17 @@ pub fn authorize(
 ) -> Result<Option<Arc<Principal>>, (Error, &'static str)> {
     let scope = match policy::access(path) {
         Access::Public => return Ok(None),
-        Access::Scope(scope) => Some(scope),
-        Access::Authenticated => None,
+        Access::Scope(scope) => scope,
+        // Fail closed: no token, policy or handler is consulted for a path outside the
+        // table (what reflection lists is exactly the table).
+        Access::Unknown => {
+            let err = Error::Refused {
+                code: tonic::Code::Unimplemented,
+                reason: "UNKNOWN_METHOD",
+                message: format!("{path} is not a method of this server"),
+            };
+            return Err((err, UNKNOWN_METHOD_LABEL));
+        }
     };
     let refuse = |failure: AuthFailure| {
         let err = Error::Unauthenticated {
@@ -141,10 +158,6 @@ pub fn authorize(
     {
         return Err(refuse(AuthFailure::CertificateMismatch));
     }
-    // Paths outside the method table go on to the router (UNIMPLEMENTED).
-    let Some(scope) = scope else {
-        return Ok(Some(principal));
-    };
     let policy = policy.current();
     let decision = policy.decide(&Call {
         method: path.trim_start_matches('/'),

@@ -452,68 +452,54 @@ impl<B: Body> Body for MeteredRequest<B> {
     }
 }
 
-/// Where a body is in the gRPC framing: bytes left of the current message's payload, then
-/// of the next 5-byte prefix.
-#[derive(Debug)]
+/// Where a body is in the gRPC framing: bytes left of the current message's payload, and
+/// the 5-byte prefix of the next message as far as it has arrived (a prefix may be split
+/// across DATA frames at any byte).
+#[derive(Debug, Default)]
 pub(crate) struct FrameCounter {
     frame_left: usize,
-    header_left: usize,
-}
-
-impl Default for FrameCounter {
-    fn default() -> Self {
-        Self {
-            frame_left: 0,
-            header_left: 5,
-        }
-    }
+    prefix: [u8; 5],
+    prefix_len: usize,
 }
 
 impl FrameCounter {
-    /// The messages that start in this data frame.
+    /// The messages whose prefix completes in this data frame.
     fn count(&mut self, data: &impl Buf) -> u64 {
-        count_messages(
-            data.chunk(),
-            data.remaining(),
-            &mut self.frame_left,
-            &mut self.header_left,
-        )
+        let chunk = data.chunk();
+        let started = self.count_chunk(chunk);
+        // Bytes past the first contiguous slice (tonic's frames are contiguous, so this is
+        // rare) are skipped as payload.
+        let rest = data.remaining() - chunk.len();
+        self.frame_left -= self.frame_left.min(rest);
+        started
     }
-}
 
-/// Counts the gRPC messages that start in a data chunk (5-byte prefix: flag + u32 length).
-/// Only the first contiguous slice is inspected for lengths; tonic's frames are contiguous.
-fn count_messages(
-    chunk: &[u8],
-    total: usize,
-    frame_left: &mut usize,
-    header_left: &mut usize,
-) -> u64 {
-    let mut pos = 0usize;
-    let mut started = 0;
-    let mut header = [0u8; 5];
-    while pos < total {
-        if *frame_left > 0 {
-            let take = (*frame_left).min(total - pos);
-            *frame_left -= take;
+    /// Counts the gRPC messages (flag byte + u32 big-endian length + payload) that start
+    /// in `chunk`, keeping a partial prefix for the next chunk.
+    fn count_chunk(&mut self, chunk: &[u8]) -> u64 {
+        let mut pos = 0usize;
+        let mut started = 0;
+        while pos < chunk.len() {
+            if self.frame_left > 0 {
+                let take = self.frame_left.min(chunk.len() - pos);
+                self.frame_left -= take;
+                pos += take;
+                continue;
+            }
+            let take = (5 - self.prefix_len).min(chunk.len() - pos);
+            self.prefix[self.prefix_len..self.prefix_len + take]
+                .copy_from_slice(&chunk[pos..pos + take]);
+            self.prefix_len += take;
             pos += take;
-            continue;
+            if self.prefix_len == 5 {
+                started += 1;
+                let p = self.prefix;
+                self.frame_left = u32::from_be_bytes([p[1], p[2], p[3], p[4]]) as usize;
+                self.prefix_len = 0;
+            }
         }
-        // Reading a prefix (possibly split across chunks).
-        let have = 5 - *header_left;
-        let take = (*header_left).min(total - pos);
-        for i in 0..take {
-            header[have + i] = chunk.get(pos + i).copied().unwrap_or(0);
-        }
-        *header_left -= take;
-        pos += take;
-        if *header_left == 0 {
-            started += 1;
-            *frame_left = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-            *header_left = 5;
-        }
+        started
     }
-    started
 }
 
 #[cfg(test)]
@@ -527,19 +513,59 @@ mod tests {
         v
     }
 
-    #[test]
-    fn counts_messages_across_chunk_boundaries() {
-        let mut all = frame(3);
-        all.extend(frame(0));
-        all.extend(frame(10));
-        let (mut left, mut hdr) = (0, 5);
-        assert_eq!(count_messages(&all, all.len(), &mut left, &mut hdr), 3);
-        // Split the same bytes at every possible point.
-        for cut in 0..all.len() {
-            let (mut left, mut hdr) = (0, 5);
-            let a = count_messages(&all[..cut], cut, &mut left, &mut hdr);
-            let b = count_messages(&all[cut..], all.len() - cut, &mut left, &mut hdr);
-            assert_eq!(a + b, 3, "cut at {cut}");
+    fn count_in_pieces(bytes: &[u8], cuts: &[usize]) -> u64 {
+        let mut counter = FrameCounter::default();
+        let mut from = 0;
+        let mut total = 0;
+        for &cut in cuts.iter().chain(std::iter::once(&bytes.len())) {
+            total += counter.count_chunk(&bytes[from..cut]);
+            from = cut;
         }
+        total
+    }
+
+    #[test]
+    fn counts_messages_split_at_every_offset() {
+        // Lengths above 255 put non-zero bytes in every position of the prefix, so a lost
+        // prefix byte changes the length read (the bug this guards: two 300-byte messages
+        // split after 4 prefix bytes counted as 3).
+        let mut all = frame(300);
+        all.extend(frame(0));
+        all.extend(frame(300));
+        all.extend(frame(70_000));
+        all.extend(frame(3));
+        assert_eq!(count_in_pieces(&all, &[]), 5);
+        for cut in 0..all.len() {
+            assert_eq!(count_in_pieces(&all, &[cut]), 5, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn counts_messages_in_any_chunking() {
+        // A small property test: random message lengths, random chunk boundaries.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |bound: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % bound
+        };
+        for _ in 0..300 {
+            let messages = 1 + next(6);
+            let mut all = Vec::new();
+            for _ in 0..messages {
+                all.extend(frame(next(600) as u32));
+            }
+            let mut cuts: Vec<usize> = (0..next(12))
+                .map(|_| next(all.len() as u64) as usize)
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(count_in_pieces(&all, &cuts), messages, "cuts {cuts:?}");
+        }
+        // Byte at a time.
+        let mut all = frame(300);
+        all.extend(frame(300));
+        let cuts: Vec<usize> = (1..all.len()).collect();
+        assert_eq!(count_in_pieces(&all, &cuts), 2);
     }
 }

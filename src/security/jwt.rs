@@ -382,14 +382,17 @@ pub struct VerifierSettings {
 /// Verifies bearer tokens and caches the verified ones.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    /// Shared by every clone, so a reload reaches them all.
-    keys: Arc<parking_lot::RwLock<Arc<KeySet>>>,
+    /// Shared by every clone, so a reload reaches them all; numbered, so a verification
+    /// that read a key set which has since been replaced cannot cache its result.
+    keys: Arc<parking_lot::RwLock<(u64, Arc<KeySet>)>>,
     /// Woken when a token names a `kid` no key has (a JWKS fetcher may look again).
     unknown_kid: Arc<tokio::sync::Notify>,
     validation: Arc<Validation>,
     leeway: u64,
     max_token_bytes: usize,
-    cache: moka::sync::Cache<Arc<str>, Arc<Principal>>,
+    /// Verified tokens with the generation of the key set that verified them: an entry
+    /// of an older generation is a miss.
+    cache: moka::sync::Cache<Arc<str>, (u64, Arc<Principal>)>,
 }
 
 impl std::fmt::Debug for TokenVerifier {
@@ -418,7 +421,7 @@ impl TokenVerifier {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         Self {
-            keys: Arc::new(parking_lot::RwLock::new(Arc::new(keys))),
+            keys: Arc::new(parking_lot::RwLock::new((0, Arc::new(keys)))),
             unknown_kid: Arc::new(tokio::sync::Notify::new()),
             validation: Arc::new(validation),
             leeway: settings.leeway.as_secs(),
@@ -443,7 +446,11 @@ impl TokenVerifier {
 
     /// Replaces every key (every clone sees it) and forgets the tokens verified so far.
     pub fn replace_keys(&self, keys: KeySet) {
-        *self.keys.write() = Arc::new(keys);
+        let mut current = self.keys.write();
+        *current = (current.0 + 1, Arc::new(keys));
+        drop(current);
+        // Only frees memory: entries of older generations are misses anyway, including
+        // ones a verification already under way inserts after this line.
         self.cache.invalidate_all();
     }
 
@@ -460,15 +467,29 @@ impl TokenVerifier {
         if token.is_empty() {
             return Err(AuthFailure::Missing);
         }
-        if let Some(hit) = self.cache.get(token) {
-            // A cached token is still checked against the clock on every use.
-            if self.in_time(&hit, now) {
+        let (generation, keys) = self.keys.read().clone();
+        if let Some((cached_generation, hit)) = self.cache.get(token) {
+            // A cached token is still checked against the clock on every use, and only
+            // under the key set that verified it.
+            if cached_generation == generation && self.in_time(&hit, now) {
                 return Ok(hit);
             }
             self.cache.invalidate(token);
         }
+        let principal = self.verify_with(&keys, token, now)?;
+        self.cache
+            .insert(Arc::from(token), (generation, principal.clone()));
+        Ok(principal)
+    }
+
+    /// Verifies `token` with `keys`, without the cache.
+    fn verify_with(
+        &self,
+        keys: &KeySet,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, AuthFailure> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| classify(e.kind()))?;
-        let keys = self.keys.read().clone();
         let key = keys.key_for(header.kid.as_deref()).inspect_err(|_| {
             self.unknown_kid.notify_one();
         })?;
@@ -515,7 +536,6 @@ impl TokenVerifier {
                 AuthFailure::NotYetValid
             });
         }
-        self.cache.insert(Arc::from(token), principal.clone());
         Ok(principal)
     }
 
@@ -561,6 +581,27 @@ mod tests {
             TokenIssuer::from_pem(pem.key.as_bytes(), "jisu", "jisucloud").unwrap(),
             TokenVerifier::from_pem(pem.cert.as_bytes(), &settings()).unwrap(),
         )
+    }
+
+    /// The rotation race: a verification that read the old key set finishes (and caches
+    /// its result) after `replace_keys`; the retired key must not keep working from the
+    /// cache. The interleaving is replayed step by step.
+    #[test]
+    fn a_token_cached_under_a_retired_key_set_is_not_honoured() {
+        let (issuer, verifier) = pair();
+        let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
+        let now = unix_now();
+        let (generation, old_keys) = verifier.keys.read().clone();
+        let principal = verifier.verify_with(&old_keys, &token, now).unwrap();
+        let other = jwt_key_pair().unwrap();
+        verifier.replace_keys(KeySet::from_pem(other.cert.as_bytes()).unwrap());
+        verifier
+            .cache
+            .insert(Arc::from(token.as_str()), (generation, principal));
+        assert_eq!(
+            verifier.verify(&token, now).unwrap_err(),
+            AuthFailure::BadSignature
+        );
     }
 
     #[test]

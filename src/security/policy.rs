@@ -1,8 +1,9 @@
 //! Which methods need which scope: the built-in authorization table.
 //!
 //! Health and reflection need only mutual TLS. Every Jisu method needs a valid token and
-//! its scope. Paths the table does not know still need a valid token (default deny), and
-//! then get UNIMPLEMENTED from the router.
+//! its scope. A path in neither table is refused before any service sees it (fail closed:
+//! a method added to a proto cannot be served until it has a row here, and a test checks
+//! the table against the compiled descriptor set).
 
 /// What a method requires beyond mutual TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -11,8 +12,8 @@ pub enum Access {
     Public,
     /// A valid token carrying this scope.
     Scope(&'static str),
-    /// A valid token; used for paths outside the table.
-    Authenticated,
+    /// Not a method this server knows: refused (UNIMPLEMENTED) before auth and handlers.
+    Unknown,
 }
 
 /// gRPC call shapes, as go-grpc-prometheus labels them.
@@ -138,11 +139,32 @@ pub const METHODS: &[Method] = &[
     ),
 ];
 
-const PUBLIC_SERVICES: &[&str] = &[
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
+pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
+pub const REFLECTION_V1_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
+pub const REFLECTION_V1ALPHA_SERVICE: &str = "grpc.reflection.v1alpha.ServerReflection";
+
+/// The standard services every server offers over mTLS alone (no token, no scope).
+pub const PUBLIC_METHODS: &[Method] = &[
+    read(HEALTH_SERVICE, "Check", CallType::Unary, ""),
+    read(HEALTH_SERVICE, "Watch", CallType::ServerStream, ""),
+    read(
+        REFLECTION_V1_SERVICE,
+        "ServerReflectionInfo",
+        CallType::BidiStream,
+        "",
+    ),
+    read(
+        REFLECTION_V1ALPHA_SERVICE,
+        "ServerReflectionInfo",
+        CallType::BidiStream,
+        "",
+    ),
 ];
+
+/// Every method this server can serve: the Jisu API, then the public ones.
+pub fn all_methods() -> impl Iterator<Item = &'static Method> {
+    METHODS.iter().chain(PUBLIC_METHODS)
+}
 
 /// Splits `/pkg.Service/Method` into its service and method.
 pub fn split_path(path: &str) -> Option<(&str, &str)> {
@@ -159,14 +181,27 @@ pub fn method(path: &str) -> Option<&'static Method> {
         .find(|m| m.service == service && m.name == name)
 }
 
+/// The table entry for any served path: a Jisu method or a public one.
+pub fn served_method(path: &str) -> Option<&'static Method> {
+    let (service, name) = split_path(path)?;
+    all_methods().find(|m| m.service == service && m.name == name)
+}
+
 /// What a request path requires.
 pub fn access(path: &str) -> Access {
     if let Some(m) = method(path) {
         return Access::Scope(m.scope);
     }
-    match split_path(path) {
-        Some((service, _)) if PUBLIC_SERVICES.contains(&service) => Access::Public,
-        _ => Access::Authenticated,
+    let Some((service, name)) = split_path(path) else {
+        return Access::Unknown;
+    };
+    if PUBLIC_METHODS
+        .iter()
+        .any(|m| m.service == service && m.name == name)
+    {
+        Access::Public
+    } else {
+        Access::Unknown
     }
 }
 
@@ -175,7 +210,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn table_covers_scopes_and_defaults_to_authenticated() {
+    fn table_covers_scopes_and_refuses_the_unknown() {
         assert_eq!(
             access("/jisucloud.v1.UserService/GetUser"),
             Access::Scope("users:read")
@@ -193,12 +228,11 @@ mod tests {
             access("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
             Access::Public
         );
-        assert_eq!(
-            access("/jisucloud.v1.UserService/Nope"),
-            Access::Authenticated
-        );
-        assert_eq!(access("/grpc.health.v1.Health"), Access::Authenticated);
-        assert_eq!(access("garbage"), Access::Authenticated);
+        assert_eq!(access("/grpc.health.v1.Health/Watch"), Access::Public);
+        assert_eq!(access("/jisucloud.v1.UserService/Nope"), Access::Unknown);
+        assert_eq!(access("/grpc.health.v1.Health/Nope"), Access::Unknown);
+        assert_eq!(access("/grpc.health.v1.Health"), Access::Unknown);
+        assert_eq!(access("garbage"), Access::Unknown);
         let idempotent: Vec<&str> = METHODS
             .iter()
             .filter(|m| m.idempotent)
@@ -208,5 +242,43 @@ mod tests {
             idempotent,
             ["GetUser", "ListUsers", "BatchGetUsers", "GetOrder"]
         );
+    }
+
+    /// Every RPC in the compiled descriptor set has a row (with its call shape) and every
+    /// row is a real RPC: a method added to a proto cannot ship without a scope.
+    #[test]
+    fn the_table_equals_the_compiled_api() {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(crate::pb::FILE_DESCRIPTOR_SET)
+            .expect("descriptor set");
+        let mut compiled = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for rpc in &service.method {
+                    let call_type = match (
+                        rpc.client_streaming.unwrap_or(false),
+                        rpc.server_streaming.unwrap_or(false),
+                    ) {
+                        (false, false) => CallType::Unary,
+                        (true, false) => CallType::ClientStream,
+                        (false, true) => CallType::ServerStream,
+                        (true, true) => CallType::BidiStream,
+                    };
+                    compiled.push((
+                        format!("{}.{}", file.package(), service.name()),
+                        rpc.name().to_owned(),
+                        call_type,
+                    ));
+                }
+            }
+        }
+        let mut table: Vec<(String, String, CallType)> = METHODS
+            .iter()
+            .map(|m| (m.service.to_owned(), m.name.to_owned(), m.call_type))
+            .collect();
+        compiled.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        table.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        assert_eq!(table, compiled);
+        assert!(METHODS.iter().all(|m| !m.scope.is_empty()));
     }
 }

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tonic::Code;
 
 use super::otel;
-use crate::security::policy::{CallType, METHODS};
+use crate::security::policy::{self, CallType};
 
 /// Latency buckets in seconds: 100 µs to 10 s, dense where a healthy unary call lands.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -220,8 +220,9 @@ impl Metrics {
         };
         let table = |side: Side| -> MethodTable {
             MethodTable {
-                methods: METHODS
-                    .iter()
+                // Health and reflection are real, bounded methods with their own labels (as
+                // go-grpc-prometheus has them); only paths nothing serves are `unknown`.
+                methods: policy::all_methods()
                     .map(|m| {
                         let path = format!("/{}/{}", m.service, m.name);
                         (path, Arc::new(method(side, m.service, m.name, m.call_type)))

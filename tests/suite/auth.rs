@@ -327,10 +327,10 @@ async fn each_method_needs_exactly_its_scope() {
 }
 
 #[tokio::test]
-async fn unknown_methods_need_a_token_then_are_unimplemented() {
+async fn unknown_methods_are_refused_before_auth_and_handlers() {
     let server = TestServer::start().await;
     let client = server.client_with_token(None).await;
-    let call = |token: Option<String>| {
+    let call = |path: &'static str, token: Option<String>| {
         let channel = client.channel();
         async move {
             let mut grpc = tonic::client::Grpc::new(channel);
@@ -342,14 +342,29 @@ async fn unknown_methods_need_a_token_then_are_unimplemented() {
             }
             grpc.unary::<GetUserRequest, GetUserRequest, _>(
                 req,
-                http::uri::PathAndQuery::from_static("/jisucloud.v1.UserService/DropAllTables"),
+                http::uri::PathAndQuery::from_static(path),
                 tonic_prost::ProstCodec::default(),
             )
             .await
         }
     };
-    assert_status(call(None).await, Code::Unauthenticated, "TOKEN_MISSING");
-    let status = call(Some(server.token(""))).await.unwrap_err();
-    assert_eq!(status.code(), Code::Unimplemented);
+    // Fail closed: whatever the token, a path outside the method table never reaches a
+    // service (the router would also say UNIMPLEMENTED, but without this reason).
+    for path in [
+        "/jisucloud.v1.UserService/DropAllTables",
+        "/grpc.health.v1.Health/Nope",
+        "/evil.Service/Method",
+    ] {
+        assert_status(
+            call(path, None).await,
+            Code::Unimplemented,
+            "UNKNOWN_METHOD",
+        );
+        assert_status(
+            call(path, Some(server.token(ALL_SCOPES))).await,
+            Code::Unimplemented,
+            "UNKNOWN_METHOD",
+        );
+    }
     server.stop().await;
 }

@@ -180,6 +180,36 @@ async fn random_method_paths_do_not_grow_the_series_count() {
 }
 
 #[tokio::test]
+async fn health_checks_have_their_own_labels() {
+    let server = TestServer::start().await;
+    let client = server.client(ALL_SCOPES).await;
+    for _ in 0..3 {
+        client
+            .health()
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap();
+    }
+    let s = samples(&server.scrape().await);
+    let check = [
+        ("grpc_service", "grpc.health.v1.Health"),
+        ("grpc_method", "Check"),
+        ("grpc_type", "unary"),
+        ("grpc_code", "OK"),
+    ];
+    assert_eq!(value(&s, "grpc_server_handled_total", &check), 3.0);
+    assert_eq!(
+        value(
+            &s,
+            "grpc_server_handled_total",
+            &[("grpc_service", "unknown"), ("grpc_code", "OK")]
+        ),
+        0.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn refused_handshakes_are_counted() {
     let server = TestServer::start().await;
     let other = CertificateAuthority::generate("Another CA").unwrap();
