@@ -16,9 +16,14 @@ pub struct ServeArgs {
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Certificates directory; created with development certificates when missing.
+    /// Certificates directory (default ./certs). Only the default directory is created
+    /// with development certificates when missing; a named one must exist (a typo must
+    /// not start a server nobody trusts) unless --init-certs is given.
     #[arg(long)]
     certs: Option<PathBuf>,
+    /// Create development certificates in the --certs directory when it is missing.
+    #[arg(long)]
+    init_certs: bool,
     /// gRPC listen address (default 0.0.0.0:50051).
     #[arg(long)]
     listen: Option<SocketAddr>,
@@ -101,6 +106,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The OTLP exporter needs the runtime; the guard flushes spans when serve returns.
     let _tracing =
         runtime.block_on(async { telemetry::init(&settings.log, &env.into_iter().collect()) });
+    let default_dir = settings.certs == Settings::default().certs;
+    if !settings.certs.exists() && !default_dir && !args.init_certs {
+        anyhow::bail!(
+            "the certificates directory {dir} does not exist. Point --certs (or JISU_CERTS, \
+             or `certs` in the config file) at the directory holding server.pem, \
+             server.key, ca.pem and jwt.pub, or create development certificates there with \
+             `jisu certs init --dir {dir}` (or `jisu serve --init-certs`)",
+            dir = settings.certs.display()
+        );
+    }
     if !settings.certs.exists() {
         certs::init(&settings.certs, &[], false).with_context(|| {
             format!(

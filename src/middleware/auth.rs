@@ -41,10 +41,12 @@ pub struct AuthLayer {
 impl AuthLayer {
     pub fn new(verifier: TokenVerifier, policy: PolicyHandle, metrics: Metrics) -> Self {
         // Probes of unknown paths show from the first scrape (0), not from the first probe.
-        metrics.counter(
-            "jisu_auth_failures_total",
-            &[("reason", UNKNOWN_METHOD_LABEL)],
-        );
+        metrics
+            .counter(
+                "jisu_auth_failures_total",
+                &[("reason", UNKNOWN_METHOD_LABEL)],
+            )
+            .increment(0);
         Self {
             verifier,
             policy,

@@ -33,7 +33,9 @@ pub struct Reloadable {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
-    /// Used once it exists; its removal lifts every revocation.
+    /// Used once it exists. Once loaded, removing it changes nothing: the last loaded
+    /// CRL stays in force (fail closed) until a valid new one appears or the server
+    /// restarts.
     pub crl: PathBuf,
     pub jwt_public_key: PathBuf,
     /// `jwt_public_key` is a JWK set (else a PEM key).
@@ -62,6 +64,8 @@ impl std::fmt::Debug for Reloadable {
 #[derive(Debug, Default, Clone)]
 pub struct Loaded {
     tls: Option<[u8; 32]>,
+    /// A CRL is in force (its file existed when the TLS set was loaded).
+    crl: bool,
     jwt: Option<[u8; 32]>,
     policy: Option<[u8; 32]>,
 }
@@ -77,6 +81,7 @@ impl Loaded {
     ) -> Self {
         Self {
             tls: tls_digest(cert, key, client_ca, crl),
+            crl: crl.exists(),
             jwt: digest(&[jwt]),
             policy: policy.and_then(|p| digest(&[p])),
         }
@@ -91,13 +96,14 @@ fn digest(paths: &[&Path]) -> Option<[u8; 32]> {
     Some(h.finalize().into())
 }
 
-/// The TLS files' digest; a CRL that does not exist (yet) counts as empty.
+/// The TLS files' digest; a CRL that does not exist (yet) differs from an empty one.
 fn tls_digest(cert: &Path, key: &Path, client_ca: &Path, crl: &Path) -> Option<[u8; 32]> {
-    let crl = std::fs::read(crl).unwrap_or_default();
+    let crl = std::fs::read(crl).ok();
     let files = digest(&[cert, key, client_ca])?;
     let mut h = Sha256::new();
     h.update(files);
-    h.update(crl);
+    h.update([u8::from(crl.is_some())]);
+    h.update(crl.unwrap_or_default());
     Some(h.finalize().into())
 }
 
@@ -113,7 +119,16 @@ impl Reloadable {
 
     fn reload(&self, loaded: &mut Loaded) {
         let now = tls_digest(&self.cert, &self.key, &self.client_ca, &self.crl);
-        if now.is_some() && now != loaded.tls {
+        if now.is_some() && now != loaded.tls && loaded.crl && !self.crl.exists() {
+            // Removing the CRL must not un-revoke anyone: keep the whole last good set.
+            tracing::warn!(
+                crl = %self.crl.display(),
+                "the CRL was removed: keeping the last loaded one (and the rest of the TLS \
+                 set) until a valid CRL appears there again"
+            );
+            self.count("tls", "error");
+            loaded.tls = now;
+        } else if now.is_some() && now != loaded.tls {
             let files = tls::ServerTlsFiles {
                 cert: &self.cert,
                 key: &self.key,
@@ -124,6 +139,7 @@ impl Reloadable {
                 Ok(config) => {
                     *self.acceptor.write() = TlsAcceptor::from(config);
                     loaded.tls = now;
+                    loaded.crl = self.crl.exists();
                     watch_expiries(&self.metrics, &self.cert, &self.client_ca, &self.crl);
                     tracing::info!(cert = %self.cert.display(), "TLS credentials reloaded");
                     self.count("tls", "ok");
@@ -269,7 +285,8 @@ pub fn spawn(
                 }
                 _ = hangup.recv() => {
                     tracing::info!("SIGHUP: reloading credentials");
-                    loaded = Loaded::default();
+                    // Re-read everything; whether a CRL is in force is a fact, not a digest.
+                    loaded = Loaded { crl: loaded.crl, ..Loaded::default() };
                 }
             }
             reloadable.reload(&mut loaded);

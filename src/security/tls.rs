@@ -92,8 +92,13 @@ pub fn server_config(
         provider.clone(),
     );
     if let Some(crl) = files.crl.filter(|p| p.exists()) {
+        let crls = load_crls(crl)?;
+        // An emptied file is not "no revocations": refuse it like a broken one.
+        if crls.is_empty() {
+            return Err(TlsError::Config(format!("{} holds no CRL", crl.display())));
+        }
         builder = builder
-            .with_crls(load_crls(crl)?)
+            .with_crls(crls)
             .enforce_revocation_expiration()
             .allow_unknown_revocation_status();
     }

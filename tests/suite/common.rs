@@ -15,6 +15,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt;
 
 pub mod postgres;
+pub mod tls_probe;
 
 pub const ALL_SCOPES: &str =
     "users:read users:write orders:read orders:write files:read files:write";
@@ -216,23 +217,18 @@ impl TestServer {
     }
 }
 
-/// A refused client either cannot connect or gets no answer to its first call.
-pub async fn assert_refused(server: &TestServer, cert: &str, key: &str) {
-    match server.connect_with_pem(cert, key).await {
-        Err(_) => {}
-        Ok(client) => {
-            let result = client
-                .users()
-                .get_user(jisu::pb::GetUserRequest {
-                    user_id: "USER0001".into(),
-                })
-                .await;
-            assert!(
-                result.is_err(),
-                "server answered a refused client: {result:?}"
-            );
-        }
-    }
+/// Asserts that the server refuses this client certificate in the TLS handshake with
+/// exactly `alert` (not "some error": a wrongly accepted certificate must fail the test).
+pub async fn assert_refused(
+    server: &TestServer,
+    cert: &str,
+    key: &str,
+    alert: rustls::AlertDescription,
+) {
+    let got =
+        tls_probe::handshake_alert(server.addr, &server.dir().join("ca.pem"), Some((cert, key)))
+            .await;
+    assert_eq!(got, Ok(alert), "the server's answer to this certificate");
 }
 
 /// Asserts the code and the `ErrorInfo.reason` of a refusal.
@@ -491,7 +487,7 @@ impl<'a> Binary<'a> {
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
             .args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
             .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"))
-            .args(["--demo-data", "--certs"])
+            .args(["--demo-data", "--init-certs", "--certs"])
             .arg(&certs)
             .arg("--data-dir")
             .arg(

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use crate::common::{TestServer, assert_refused};
+use crate::common::{TestServer, assert_refused, tls_probe};
 use jisu::{
     pb::GetUserRequest,
     security::certs::{CertificateAuthority, LeafSpec, Usage},
 };
+use rustls::AlertDescription;
 use tonic_health::pb::HealthCheckRequest;
 
 fn server_ca(server: &TestServer) -> CertificateAuthority {
@@ -44,22 +45,8 @@ async fn a_certificate_from_the_ca_with_client_auth_is_accepted() {
 #[tokio::test]
 async fn a_client_without_a_certificate_is_refused() {
     let server = TestServer::start().await;
-    let ca = std::fs::read(server.dir().join("ca.pem")).unwrap();
-    let tls = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .domain_name("localhost");
-    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await;
-    if let Ok(channel) = channel {
-        let result = tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await;
-        assert!(result.is_err(), "answered without a client certificate");
-    }
+    let answer = tls_probe::handshake_alert(server.addr, &server.dir().join("ca.pem"), None).await;
+    assert_eq!(answer, Ok(AlertDescription::CertificateRequired));
     server.stop().await;
 }
 
@@ -74,7 +61,7 @@ async fn a_certificate_from_another_ca_is_refused() {
             Duration::from_secs(3600),
         ))
         .unwrap();
-    assert_refused(&server, &leaf.cert, &leaf.key).await;
+    assert_refused(&server, &leaf.cert, &leaf.key, AlertDescription::UnknownCA).await;
     server.stop().await;
 }
 
@@ -85,7 +72,13 @@ async fn an_expired_certificate_is_refused() {
     spec.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(2);
     spec.not_after = time::OffsetDateTime::now_utc() - time::Duration::days(1);
     let leaf = server_ca(&server).issue(&spec).unwrap();
-    assert_refused(&server, &leaf.cert, &leaf.key).await;
+    assert_refused(
+        &server,
+        &leaf.cert,
+        &leaf.key,
+        AlertDescription::CertificateExpired,
+    )
+    .await;
     server.stop().await;
 }
 
@@ -99,28 +92,28 @@ async fn a_server_only_certificate_is_refused_as_a_client() {
             Duration::from_secs(3600),
         ))
         .unwrap();
-    assert_refused(&server, &leaf.cert, &leaf.key).await;
-    // The server's own certificate (serverAuth only) is refused too.
-    let read = |f: &str| std::fs::read_to_string(server.dir().join(f)).unwrap();
-    assert_refused(&server, &read("server.pem"), &read("server.key")).await;
+    let wrong_usage = AlertDescription::UnsupportedCertificate;
+    assert_refused(&server, &leaf.cert, &leaf.key, wrong_usage).await;
+    // (The server's own certificate carries clientAuth too, since orders calls users with
+    // it: it is a valid client, which the old version of this test wrongly asserted away.)
     server.stop().await;
 }
 
 #[tokio::test]
-async fn plaintext_http2_gets_no_answer() {
+async fn plaintext_http2_gets_a_tls_alert_not_http2() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let server = TestServer::start().await;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.addr))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(5))
-        .connect()
-        .await;
-    if let Ok(channel) = channel {
-        let result = tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(HealthCheckRequest::default())
-            .await;
-        assert!(result.is_err(), "answered plaintext: {result:?}");
-    }
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the server closes the connection")
+        .ok();
+    // A TLS alert record (content type 21), never an HTTP/2 SETTINGS frame.
+    assert_eq!(answer.first(), Some(&21u8), "answer: {answer:?}");
     server.stop().await;
 }
 
@@ -196,4 +189,23 @@ async fn health_and_reflection_need_mtls_but_no_token() {
         "{reply:?}"
     );
     server.stop().await;
+}
+
+#[test]
+fn a_named_certs_dir_that_does_not_exist_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("cerst");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen"])
+        .args(["127.0.0.1:0", "--database-url", "memory:", "--certs"])
+        .arg(&typo)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(
+        stderr.contains("does not exist") && stderr.contains("jisu certs init"),
+        "stderr: {stderr}"
+    );
+    assert!(!typo.exists(), "no development CA was created");
 }

@@ -20,6 +20,7 @@ use jisu::{
         revocation,
     },
 };
+use rustls::AlertDescription;
 use rustls_pki_types::ServerName;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -205,7 +206,7 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
 
     revocation::revoke(dir, "mallory", revocation::DEFAULT_CRL_VALIDITY).unwrap();
     server.wait_for_reload("tls", "ok", 1.0).await;
-    assert_refused(&server, &cert, &key).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
     // What was loaded, and when it runs out: the CRL in 7 days, the CA in 10 years.
     let expiry = samples(&server.scrape().await);
     let left = |cert: &str| {
@@ -235,13 +236,47 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
     revocation::update(dir, None, Duration::from_secs(1)).unwrap();
     server.wait_for_reload("tls", "ok", 2.0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // let the CRL expire
-    assert_refused(&server, &read("client.pem"), &read("client.key")).await;
+    // rustls reports an expired CRL as "unknown CA" (as OpenSSL and BoringSSL do).
+    assert_refused(
+        &server,
+        &read("client.pem"),
+        &read("client.key"),
+        AlertDescription::UnknownCA,
+    )
+    .await;
     revocation::update(dir, None, revocation::DEFAULT_CRL_VALIDITY).unwrap();
     server.wait_for_reload("tls", "ok", 3.0).await;
     get(server.client(ALL_SCOPES).await)
         .await
         .expect("served again once the CRL is re-signed");
-    assert_refused(&server, &cert, &key).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
+}
+
+#[tokio::test]
+async fn removing_or_emptying_the_crl_does_not_unrevoke_anyone() {
+    let server = TestServer::start().await;
+    let dir = server.dir();
+    certs::issue_client(dir, "mallory", None).unwrap();
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let (cert, key) = (read("mallory.pem"), read("mallory.key"));
+    revocation::revoke(dir, "mallory", revocation::DEFAULT_CRL_VALIDITY).unwrap();
+    server.wait_for_reload("tls", "ok", 1.0).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
+
+    let crl = read(revocation::CRL_FILE);
+    std::fs::remove_file(dir.join(revocation::CRL_FILE)).unwrap();
+    server.wait_for_reload("tls", "error", 1.0).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
+
+    std::fs::write(dir.join(revocation::CRL_FILE), "").unwrap();
+    server.wait_for_reload("tls", "error", 2.0).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
+
+    // A valid CRL again: loaded, and it still names mallory.
+    std::fs::write(dir.join(revocation::CRL_FILE), crl).unwrap();
+    server.wait_for_reload("tls", "ok", 2.0).await;
+    assert_refused(&server, &cert, &key, AlertDescription::CertificateRevoked).await;
+    server.stop().await;
 }
 
 #[tokio::test]
@@ -277,7 +312,7 @@ async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
 
     std::fs::write(dir.join("ca.pem"), &ours).unwrap();
     server.wait_for_reload("tls", "ok", 2.0).await;
-    assert_refused(&server, &leaf.cert, &leaf.key).await;
+    assert_refused(&server, &leaf.cert, &leaf.key, AlertDescription::UnknownCA).await;
     server
         .client(ALL_SCOPES)
         .await
