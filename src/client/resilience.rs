@@ -9,7 +9,8 @@
 //! - **retries** only where safe — idempotent methods (GetUser, ListUsers before its first
 //!   message, BatchGetUsers, GetOrder, health checks, and any call carrying an
 //!   `idempotency-key`) on UNAVAILABLE or a broken transport, and any single-message call
-//!   whose connection could not even be made — with exponential backoff and full jitter,
+//!   that provably never reached a server (typed facts only, see [`never_sent`]) — with
+//!   exponential backoff and full jitter,
 //!   at most 5 attempts, `grpc-retry-pushback-ms` honoured, and a retry budget (gRPC A6
 //!   token bucket) so retries cannot multiply an outage.
 //!
@@ -119,22 +120,57 @@ impl Replica {
         }
     }
 
-    /// Takes the replica for one call; false if its circuit says no.
-    fn admit(&self, now: Instant) -> bool {
+    /// Takes the replica for one call: `None` if its circuit says no, `Some(true)` when
+    /// this call is the half-open circuit's one probe.
+    fn admit(&self, now: Instant) -> Option<bool> {
         let mut c = self.circuit.lock();
         match *c {
-            Circuit::Closed { .. } => true,
+            Circuit::Closed { .. } => Some(false),
             Circuit::Open { until, .. } if now >= until => {
                 tracing::info!(endpoint = %self.endpoint, "circuit half-open: probing");
                 *c = Circuit::HalfOpen { probing: true };
-                true
+                Some(true)
             }
-            Circuit::Open { .. } => false,
+            Circuit::Open { .. } => None,
             Circuit::HalfOpen { probing: false } => {
                 *c = Circuit::HalfOpen { probing: true };
-                true
+                Some(true)
             }
-            Circuit::HalfOpen { probing: true } => false,
+            Circuit::HalfOpen { probing: true } => None,
+        }
+    }
+}
+
+/// One call's hold on a replica: counts it in flight and, for a half-open circuit's
+/// probe, owns the probe. Dropped without an outcome (the caller gave up on the call),
+/// it undoes both, so the balancer does not avoid the replica forever and the breaker
+/// does not wait forever for a probe that will never report.
+struct Admission {
+    replica: Arc<Replica>,
+    probe: bool,
+}
+
+impl Admission {
+    fn new(replica: Arc<Replica>, probe: bool) -> Self {
+        replica.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self { replica, probe }
+    }
+
+    /// The outcome was recorded: the probe is settled.
+    fn settled(&mut self) {
+        self.probe = false;
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            let mut c = self.replica.circuit.lock();
+            if *c == (Circuit::HalfOpen { probing: true }) {
+                // Another call may probe.
+                *c = Circuit::HalfOpen { probing: false };
+            }
         }
     }
 }
@@ -287,10 +323,31 @@ fn is_idempotent(req: &Request<Body>) -> bool {
     policy::method(path).is_some_and(|m| m.idempotent)
 }
 
-/// A connection that could not be made: the request never left.
-fn never_sent(err: &BoxError) -> bool {
-    let chain = crate::client::error_chain(err.as_ref()).to_ascii_lowercase();
-    chain.contains("connect") || chain.contains("refused") || chain.contains("dns")
+/// The request provably never reached a server's application, decided from typed facts
+/// in the error's source chain, never from its text:
+/// - the connection could not be established (tonic's [`tonic::ConnectError`]: DNS, TCP
+///   connect, TLS handshake);
+/// - the server refused the stream (RST_STREAM with REFUSED_STREAM, RFC 9113 §8.7);
+/// - the server's GOAWAY named a last stream id below ours, or arrived before our stream
+///   was opened (h2 reports exactly these streams with the remote GOAWAY error; streams
+///   the server had taken end with another error when the connection closes).
+///
+/// Anything else (a reset or closed connection after the request left) may have been
+/// applied, so a non-idempotent call is not sent again.
+pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
 }
 
 fn unavailable(message: &str) -> Response<Body> {
@@ -298,7 +355,7 @@ fn unavailable(message: &str) -> Response<Body> {
 }
 
 impl Shared {
-    fn pick(&self) -> Option<Arc<Replica>> {
+    fn pick(&self) -> Option<Admission> {
         let now = Instant::now();
         let usable: Vec<&Arc<Replica>> = self.replicas.iter().filter(|r| r.usable(now)).collect();
         let choice = match usable.len() {
@@ -315,10 +372,13 @@ impl Shared {
                 }
             }
         };
-        choice.admit(now).then(|| choice.clone())
+        let probe = choice.admit(now)?;
+        Some(Admission::new(choice.clone(), probe))
     }
 
-    fn record(&self, replica: &Replica, ok: bool) {
+    fn record(&self, admission: &mut Admission, ok: bool) {
+        admission.settled();
+        let replica = &*admission.replica;
         let mut c = replica.circuit.lock();
         if ok {
             self.budget.lock().success();
@@ -389,21 +449,15 @@ impl Shared {
         ceiling.mul_f64(rand::random::<f64>())
     }
 
+    /// Sends one attempt; the admission counts it in flight until it is dropped.
     async fn send(
         &self,
-        replica: &Replica,
+        admission: &Admission,
         req: Request<Body>,
     ) -> Result<Response<Body>, BoxError> {
-        replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = async {
-            let mut channel = replica.channel.clone();
-            channel.ready().await?;
-            channel.call(req).await
-        }
-        .await
-        .map_err(BoxError::from);
-        replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-        result
+        let mut channel = admission.replica.channel.clone();
+        channel.ready().await?;
+        Ok(channel.call(req).await?)
     }
 
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BoxError> {
@@ -412,12 +466,12 @@ impl Shared {
         let idempotent = is_idempotent(&req);
         if !single_message {
             // Streams are balanced and guarded, never replayed.
-            let Some(replica) = self.pick() else {
+            let Some(mut admission) = self.pick() else {
                 return Ok(unavailable("no replica available: every circuit is open"));
             };
-            let result = self.send(&replica, req).await;
+            let result = self.send(&admission, req).await;
             let ok = matches!(&result, Ok(r) if grpc_status(r) != Some(Code::Unavailable));
-            self.record(&replica, ok);
+            self.record(&mut admission, ok);
             return result;
         }
         let (mut parts, body) = req.into_parts();
@@ -432,7 +486,7 @@ impl Shared {
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
         loop {
-            let Some(replica) = self.pick() else {
+            let Some(mut admission) = self.pick() else {
                 return Ok(unavailable(
                     "no replica available: every circuit is open; failing fast",
                 ));
@@ -455,19 +509,21 @@ impl Shared {
             );
             attempt += 1;
             let last = attempt >= attempts;
-            match self.send(&replica, req).await {
+            let endpoint = admission.replica.endpoint.clone();
+            let result = self.send(&admission, req).await;
+            match result {
                 Err(err) => {
-                    self.record(&replica, false);
-                    let safe = idempotent || never_sent(&err);
+                    self.record(&mut admission, false);
+                    let safe = idempotent || never_sent(err.as_ref());
                     if last || !safe || !self.budget.lock().allows_retry() {
                         return Err(err);
                     }
                     self.count_retry("transport");
-                    tracing::debug!(endpoint = %replica.endpoint, error = %err, attempt, "retrying");
+                    tracing::debug!(%endpoint, error = %err, attempt, "retrying");
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
                 Ok(response) if grpc_status(&response) == Some(Code::Unavailable) => {
-                    self.record(&replica, false);
+                    self.record(&mut admission, false);
                     let wait = match pushback(&response) {
                         Some(None) => return Ok(response),
                         Some(Some(d)) => d,
@@ -480,7 +536,7 @@ impl Shared {
                     tokio::time::sleep(wait).await;
                 }
                 Ok(response) => {
-                    self.record(&replica, true);
+                    self.record(&mut admission, true);
                     return Ok(response);
                 }
             }
@@ -522,5 +578,83 @@ mod tests {
             b.success();
         }
         assert!(b.allows_retry(), "successes earn retries back");
+    }
+
+    /// A server that accepts connections and never answers: calls to it wait.
+    async fn blackhole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_dropped_call_leaves_nothing_in_flight_and_releases_its_probe() {
+        let (addr, _server) = blackhole().await;
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let client = Resilient::new(
+            vec![("blackhole".into(), channel)],
+            Resilience::default(),
+            None,
+        );
+        let replica = client.replicas()[0].clone();
+        // A circuit whose cooldown is over: the next call is its one probe.
+        *replica.circuit.lock() = Circuit::Open {
+            until: Instant::now(),
+            cooldown: Duration::from_secs(1),
+        };
+        for path in [
+            "/jisucloud.v1.UserService/CreateUser",
+            "/jisucloud.v1.OrderService/TrackOrders",
+        ] {
+            let request = Request::builder()
+                .uri(format!("http://{addr}{path}"))
+                .body(Body::empty())
+                .unwrap();
+            let mut call = tower::Service::call(&mut client.clone(), request);
+            assert!(futures::poll!(&mut call).is_pending(), "{path}");
+            assert_eq!(replica.in_flight.load(Ordering::Relaxed), 1, "{path}");
+            assert_eq!(
+                *replica.circuit.lock(),
+                Circuit::HalfOpen { probing: true },
+                "{path}"
+            );
+            // The caller gives up (a deadline, a cancelled request).
+            drop(call);
+            assert_eq!(replica.in_flight.load(Ordering::Relaxed), 0, "{path}");
+            assert_eq!(
+                *replica.circuit.lock(),
+                Circuit::HalfOpen { probing: false },
+                "{path}: another call may probe"
+            );
+            assert!(replica.usable(Instant::now()));
+        }
+    }
+
+    #[test]
+    fn only_typed_facts_say_a_request_was_never_sent() {
+        let io = |text: &str| std::io::Error::new(std::io::ErrorKind::ConnectionReset, text);
+        let connect: BoxError = Box::new(tonic::ConnectError(Box::new(io("connect refused"))));
+        assert!(never_sent(connect.as_ref()));
+        // Text that merely sounds like a connection problem proves nothing.
+        for text in [
+            "connection closed before message completed",
+            "connection reset",
+            "connection refused",
+            "dns error",
+        ] {
+            let err: BoxError = Box::new(io(text));
+            assert!(!never_sent(err.as_ref()), "{text}");
+        }
+        // A stream error h2 made itself (not the server's refusal) proves nothing either.
+        let local: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert!(!never_sent(local.as_ref()));
     }
 }

@@ -213,3 +213,141 @@ async fn a_noisy_caller_is_rate_limited_and_the_others_are_not() {
     let m = samples(&server.scrape().await);
     assert!(value(&m, "jisu_rate_limited_total", &[]) >= 1.0);
 }
+
+/// A TCP proxy that forwards both ways until told to hold the server's answers back,
+/// then (when told) cuts the held connection; new connections are forwarded as before.
+struct CuttingProxy {
+    addr: std::net::SocketAddr,
+    hold: Arc<tokio::sync::watch::Sender<bool>>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl CuttingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = Arc::new(tokio::sync::watch::channel(false).0);
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (h, c) = (hold.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                tokio::spawn(Self::pipe(client, server, h.subscribe(), c.clone()));
+            }
+        });
+        Self { addr, hold, cut }
+    }
+
+    async fn pipe(
+        client: tokio::net::TcpStream,
+        server: tokio::net::TcpStream,
+        hold: tokio::sync::watch::Receiver<bool>,
+        cut: Arc<tokio::sync::Notify>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut cr, mut cw) = client.into_split();
+        let (mut sr, mut sw) = server.into_split();
+        let mut armed = hold.clone();
+        let up = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = cr.read(&mut buf).await {
+                if sw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let down = async {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n @ 1..) = sr.read(&mut buf).await {
+                if *hold.borrow() {
+                    // Held back: the answer never reaches the client.
+                    continue;
+                }
+                if cw.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            () = up => {}
+            () = down => {}
+            () = async {
+                let _ = armed.wait_for(|h| *h).await;
+                cut.notified().await;
+            } => {}
+        }
+        // Dropping both halves closes both connections.
+    }
+}
+
+/// The replay defect: a CreateUser (no idempotency key) that the server applied, whose
+/// connection was then cut before the answer arrived, must not be sent again: "the
+/// connection closed" does not prove the request never left.
+#[tokio::test]
+async fn a_create_whose_answer_was_cut_off_is_not_sent_again() {
+    let server = TestServer::start().await;
+    let proxy = CuttingProxy::start(server.addr).await;
+    let mut config = jisu::client::ClientConfig::from_certs_dir(
+        &format!("https://127.0.0.1:{}", proxy.addr.port()),
+        server.dir(),
+        "client",
+    )
+    .unwrap();
+    config.token = Some(server.token(ALL_SCOPES));
+    let client = jisu::client::JisuClient::connect(config).await.unwrap();
+    client
+        .health()
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("served through the proxy");
+
+    proxy.hold.send_replace(true);
+    let mut users = client.users();
+    let call = tokio::spawn(async move {
+        users
+            .create_user(CreateUserRequest {
+                name: "Once".into(),
+                email: "once@jisu.dev".into(),
+                phone: String::new(),
+            })
+            .await
+    });
+    let create = [
+        ("grpc_method", "CreateUser"),
+        ("grpc_code", "OK"),
+        ("grpc_type", "unary"),
+    ];
+    crate::common::eventually(
+        "the server applied the CreateUser",
+        Duration::from_secs(10),
+        async || {
+            value(
+                &samples(&server.scrape().await),
+                "grpc_server_handled_total",
+                &create,
+            ) >= 1.0
+        },
+    )
+    .await;
+    proxy.hold.send_replace(false);
+    proxy.cut.notify_one();
+    let status = call.await.unwrap().expect_err("the answer was cut off");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Internal
+        ),
+        "{status:?}"
+    );
+    let s = samples(&server.scrape().await);
+    assert_eq!(
+        value(
+            &s,
+            "grpc_server_started_total",
+            &[("grpc_method", "CreateUser"), ("grpc_type", "unary")]
+        ),
+        1.0,
+        "CreateUser arrived at the server more than once"
+    );
+    server.stop().await;
+}
