@@ -2,12 +2,12 @@
 //!
 //! Layout under the data directory:
 //! - `files/<id>` (content) and `files/<id>.json` (its `FileInfo`): complete files only,
-//!   moved there by `rename` after the size and sha256 matched;
+//!   linked there (never over an existing file) after the size and sha256 matched;
 //! - `uploads/<sha256>-<size>.part`: an upload in progress (resumable), never visible as a
 //!   file.
 //!
-//! Ids derive from the content (`F` + the first 16 hex digits of the sha256), so names are
-//! metadata only and can never be used as paths. Nothing is held in memory beyond one chunk.
+//! Ids derive from the content (`F` + the 64 hex digits of the sha256; earlier versions'
+//! 16-digit ids still resolve), so names are metadata only and can never be used as paths. Nothing is held in memory beyond one chunk.
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
@@ -83,17 +83,40 @@ fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// `F` + the whole SHA-256 of the content (256 bits): two different files cannot share
+/// an id, so one can never be published over another.
 fn file_id(sha256: &str) -> String {
-    format!("F{}", &sha256[..16])
+    format!("F{sha256}")
 }
 
+/// A file id: `F` + 64 hex digits, or the 16 of ids issued before (still served).
 fn is_file_id(id: &str) -> bool {
-    id.len() == 17
+    (id.len() == 65 || id.len() == LEGACY_ID_LEN)
         && id.starts_with('F')
         && id[1..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
+
+/// The SHA-256 of a stored file, read in chunks.
+async fn hash_file(path: &Path) -> Result<String, Error> {
+    use tokio::io::AsyncReadExt as _;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| io_error("reading a stored file", e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match file.read(&mut buf).await {
+            Ok(0) => return Ok(hex::encode(hasher.finalize())),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) => return Err(io_error("reading a stored file", e)),
+        }
+    }
+}
+
+/// Length of the 64-bit ids of earlier versions (`F` + 16 hex digits).
+const LEGACY_ID_LEN: usize = 17;
 
 /// Releases an upload's writer slot on every exit path.
 struct Active {
@@ -327,18 +350,42 @@ impl FileApi {
             sha256: sha256.to_owned(),
             created_at: now(),
         };
-        self.publish(&part, &info).await?;
+        let info = self.publish(&part, &info).await?;
         tracing::info!(file_id = %info.id, size, "file stored");
         Ok(info)
     }
 
     /// Moves a verified upload into `files/`: content first, then its metadata (written to
-    /// a temporary name and renamed), so a file is listed only when complete.
-    async fn publish(&self, part: &Path, info: &FileInfo) -> Result<(), Error> {
+    /// a temporary name and renamed), so a file is listed only when complete. The content
+    /// is linked, never renamed, into place: an existing file is never replaced. Its id is
+    /// its digest and only verified bytes are published, so an existing file with this id
+    /// holds these very bytes; the upload is then a duplicate and the stored file stands.
+    async fn publish(&self, part: &Path, info: &FileInfo) -> Result<FileInfo, Error> {
         let content = self.files.join(&info.id);
-        tokio::fs::rename(part, &content)
-            .await
-            .map_err(|e| io_error("storing the file", e))?;
+        let meta = self.files.join(format!("{}.json", info.id));
+        match tokio::fs::hard_link(part, &content).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = tokio::fs::remove_file(part).await;
+                if let Ok(existing) = self.info(&info.id).await {
+                    tracing::info!(file_id = %info.id, "duplicate upload: the stored file stands");
+                    return Ok(existing);
+                }
+                // Content without metadata (a crash between the two): finish the publish,
+                // but only over the very bytes this id names.
+                if hash_file(&content).await? != info.sha256 {
+                    tracing::error!(file_id = %info.id, "a different file is stored under this id");
+                    return Err(Error::refused(
+                        Code::DataLoss,
+                        "FILE_ID_CONFLICT",
+                        "a different file is already stored under this id; the upload was \
+                         not published",
+                    ));
+                }
+            }
+            Err(e) => return Err(io_error("storing the file", e)),
+        }
+        let _ = tokio::fs::remove_file(part).await;
         let json = serde_json::to_vec(info).map_err(|e| Error::Internal(e.to_string()))?;
         let tmp = self.files.join(format!("{}.json.tmp", info.id));
         let mut f = tokio::fs::File::create(&tmp)
@@ -350,13 +397,13 @@ impl FileApi {
         f.sync_all()
             .await
             .map_err(|e| io_error("syncing file metadata", e))?;
-        tokio::fs::rename(&tmp, self.files.join(format!("{}.json", info.id)))
+        tokio::fs::rename(&tmp, &meta)
             .await
             .map_err(|e| io_error("storing file metadata", e))?;
         if let Ok(dir) = tokio::fs::File::open(&self.files).await {
             let _ = dir.sync_all().await;
         }
-        Ok(())
+        Ok(info.clone())
     }
 
     async fn info(&self, id: &str) -> Result<FileInfo, Error> {

@@ -85,7 +85,11 @@ async fn upload_then_download_a_file_larger_than_the_message_limit() {
     assert_eq!(info.size, content.len() as u64);
     assert_eq!(info.sha256, sha(&content));
     assert_eq!(info.name, "big.bin");
-    assert_eq!(info.id, format!("F{}", &info.sha256[..16]));
+    assert_eq!(
+        info.id,
+        format!("F{}", info.sha256),
+        "the id carries the whole digest"
+    );
     let last = *seen.lock().unwrap().last().unwrap();
     assert_eq!(last, (content.len() as u64, content.len() as u64));
 
@@ -397,4 +401,48 @@ fn jisu_call_files_upload_and_download_round_trip() {
     assert_eq!(report["reason"], "FILE_NOT_FOUND");
     assert!(!missing.exists());
     assert!(!Path::new(&format!("{}.part", missing.display())).exists());
+}
+
+/// Ids carry the whole digest, a stored file is never replaced by another upload, and
+/// the 64-bit ids of earlier versions still resolve.
+#[tokio::test]
+async fn stored_files_are_never_replaced_and_legacy_ids_resolve() {
+    let server = server().await;
+    let client = server.client(ALL_SCOPES).await;
+    let dir = tempfile::tempdir().unwrap();
+    let files = server.dir().join("data/files");
+
+    // An id taken by different bytes (as a 64-bit id collision once allowed): the upload
+    // that would have gone there is refused and the stored bytes stay.
+    let content = random_bytes(100_000);
+    let id = format!("F{}", sha(&content));
+    std::fs::write(files.join(&id), b"someone else's file").unwrap();
+    let source = dir.path().join("c.bin");
+    std::fs::write(&source, &content).unwrap();
+    let err = client
+        .upload_file(&source, "c.bin", &no_progress())
+        .await
+        .expect_err("published over another file");
+    assert!(format!("{err:?}").contains("FILE_ID_CONFLICT"), "{err:?}");
+    assert_eq!(
+        std::fs::read(files.join(&id)).unwrap(),
+        b"someone else's file"
+    );
+
+    // A legacy id (F + 16 hex digits) written by an earlier version is served.
+    let old = random_bytes(50_000);
+    let legacy = format!("F{}", &sha(&old)[..16]);
+    std::fs::write(files.join(&legacy), &old).unwrap();
+    let meta = serde_json::json!({
+        "id": legacy, "name": "old.bin", "size": old.len(), "sha256": sha(&old),
+        "created_at": 1_700_000_000,
+    });
+    std::fs::write(files.join(format!("{legacy}.json")), meta.to_string()).unwrap();
+    let dest = dir.path().join("old.bin");
+    let got = client
+        .download_file(&legacy, &dest, &no_progress())
+        .await
+        .unwrap();
+    assert_eq!(got.id, legacy);
+    assert_eq!(std::fs::read(&dest).unwrap(), old);
 }
