@@ -9,8 +9,10 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{codec::CompressionEncoding, server::NamedService, transport::Server};
 
 mod readiness;
+mod supervisor;
 
 use readiness::Readiness;
+use supervisor::Supervisor;
 
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
@@ -218,10 +220,27 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes, then marks health NOT_SERVING, stops accepting,
-    /// and waits up to the grace period for in-flight calls.
+    /// and waits up to the grace period for in-flight calls. Every background task has
+    /// ended when this returns, whether it returns `Ok` or an error.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
+        let mut supervisor = Supervisor::new();
+        let result = self.serve(shutdown, &mut supervisor).await;
+        // /metrics stays up until here, so the last scrape sees the drained server.
+        supervisor.shutdown().await;
+        match &result {
+            Ok(()) => tracing::info!("server stopped"),
+            Err(e) => tracing::error!(error = %e, "server stopped with an error"),
+        }
+        result
+    }
+
+    async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+        supervisor: &mut Supervisor,
     ) -> Result<(), StartupError> {
         let Self {
             settings,
@@ -257,11 +276,11 @@ impl Application {
         }
         // SERVING now; NOT_SERVING while the store does not answer, and from shutdown on.
         let readiness = Readiness::new(health, store_services, other_services).await;
-        let probe = readiness.spawn_probe(
+        supervisor.adopt(readiness.spawn_probe(
             store.clone(),
             &metrics,
             Duration::from_secs(settings.tls.expiry_margin_secs),
-        );
+        ));
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
@@ -292,9 +311,9 @@ impl Application {
         });
         let events = OrderEvents::new(metrics.order_watchers());
         // Changes written by other replicas sharing the database reach watchers here.
-        let relay = store
-            .changes()
-            .map(|changes| tokio::spawn(events.clone().relay(store.clone(), changes)));
+        if let Some(changes) = store.changes() {
+            supervisor.spawn(events.clone().relay(store.clone(), changes));
+        }
         let orders = serve_orders.then(|| {
             api_server!(OrderServiceServer::new(
                 OrderApi::new(store, user_directory, events).with_shutdown(streams.clone())
@@ -328,21 +347,24 @@ impl Application {
             path: settings.certs.clone(),
             source,
         })?;
+        supervisor.adopt(reloader);
         let incoming = tls_incoming(
             listener,
             acceptor,
             settings.handshake_timeout(),
             metrics.clone(),
         );
-        let upkeep = metrics.spawn_upkeep();
+        supervisor.adopt(metrics.spawn_upkeep());
         let rate_limit = RateLimitLayer::new(
             limits.rate_limit_per_second,
             limits.rate_limit_burst,
             metrics.clone(),
         );
-        let rate_upkeep = rate_limit.spawn_upkeep();
-        let jwks_refresh = settings.auth.jwks_url.clone().map(|url| {
-            jwks::spawn_refresh(
+        if let Some(task) = rate_limit.spawn_upkeep() {
+            supervisor.adopt(task);
+        }
+        if let Some(url) = settings.auth.jwks_url.clone() {
+            supervisor.adopt(jwks::spawn_refresh(
                 url,
                 verifier.clone(),
                 metrics.clone(),
@@ -351,17 +373,20 @@ impl Application {
                     Duration::from_secs(settings.auth.jwks_min_refresh_secs),
                 ),
                 jwks_digest,
-            )
+            ));
+        }
+        // Stops (gracefully) only when the supervisor does: after gRPC has drained.
+        let serving = readiness.serving();
+        let metrics_for_endpoint = metrics.clone();
+        supervisor.spawn_graceful(move |stop| async move {
+            let stopped = async move { stop.cancelled().await };
+            if let Err(e) =
+                metrics_endpoint::serve(metrics_listener, metrics_for_endpoint, serving, stopped)
+                    .await
+            {
+                tracing::error!(error = %e, "the /metrics listener failed");
+            }
         });
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-        let metrics_server = tokio::spawn(metrics_endpoint::serve(
-            metrics_listener,
-            metrics.clone(),
-            readiness.serving(),
-            async move {
-                let _ = metrics_stopped.await;
-            },
-        ));
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = {
             let readiness = readiness.clone();
@@ -414,22 +439,6 @@ impl Application {
                 tokio::time::sleep(grace).await;
             } => tracing::warn!(?grace, "grace period over; closing remaining connections"),
         }
-        // Keep /metrics up until gRPC has drained, so the last scrape sees the end.
-        let _ = metrics_stop.send(());
-        let _ = metrics_server.await;
-        upkeep.abort();
-        probe.abort();
-        if let Some(task) = relay {
-            task.abort();
-        }
-        reloader.abort();
-        if let Some(task) = jwks_refresh {
-            task.abort();
-        }
-        if let Some(task) = rate_upkeep {
-            task.abort();
-        }
-        tracing::info!("server stopped");
         Ok(())
     }
 }

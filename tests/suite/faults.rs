@@ -386,3 +386,44 @@ async fn sigterm_under_load_loses_no_unary_call_and_every_stream_gets_a_status()
     );
     assert_eq!(failed, 0, "no unary call failed");
 }
+
+/// An embedding process: when `run_until_stopped` fails after it has started background
+/// tasks (here the credential watcher cannot watch a directory that has gone), every task
+/// has ended by the time it returns — nothing keeps the store or a port.
+#[tokio::test]
+async fn a_server_that_fails_to_start_serving_leaves_no_task_behind() {
+    let certs = tempfile::tempdir().unwrap();
+    certs::init(certs.path(), &[], false).unwrap();
+    let policy_dir = tempfile::tempdir().unwrap();
+    let policy = policy_dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\nname = \"all\"\neffect = \"allow\"\nmethods = [\"jisucloud.v1.*\"]\n",
+    )
+    .unwrap();
+    let mut settings = Settings::for_certs(certs.path());
+    settings.auth.policy = Some(policy);
+    let store: Arc<dyn jisu::store::Store> = Arc::new(jisu::store::MemoryStore::new());
+    let app = Application::build_with_store(settings, store.clone(), "test")
+        .await
+        .unwrap();
+    let metrics_addr = app.metrics_addr();
+    drop(policy_dir);
+    let err = app
+        .run_until_stopped(std::future::pending())
+        .await
+        .expect_err("the watcher cannot start");
+    assert!(
+        matches!(err, jisu::startup::StartupError::DataDir { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        Arc::strong_count(&store),
+        1,
+        "a background task (the store probe) outlived the server"
+    );
+    assert!(
+        tokio::net::TcpStream::connect(metrics_addr).await.is_err(),
+        "/metrics still listening"
+    );
+}
