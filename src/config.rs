@@ -226,6 +226,9 @@ pub struct ServerSettings {
     /// Calls handled at once, all connections together; more are refused at once with
     /// RESOURCE_EXHAUSTED (health checks excepted).
     pub max_concurrent_calls: usize,
+    /// TLS handshakes in progress at once; connections past it are closed at once
+    /// (`jisu_tls_handshakes_refused_total{reason="too_many_handshakes"}`).
+    pub max_concurrent_handshakes: usize,
     /// Calls per second one caller (certificate identity + token subject) may make; 0 = no
     /// limit.
     pub rate_limit_per_second: u32,
@@ -318,6 +321,7 @@ impl Default for ServerSettings {
         Self {
             max_concurrent_streams: 256,
             max_concurrent_calls: 1000,
+            max_concurrent_handshakes: 256,
             rate_limit_per_second: 0,
             rate_limit_burst: 0,
             max_call_duration_ms: 30_000,

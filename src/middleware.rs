@@ -5,6 +5,7 @@ pub mod client_telemetry;
 pub mod limits;
 pub mod metrics;
 pub mod rate_limit;
+pub mod reset_guard;
 
 pub use auth::AuthLayer;
 pub use catch_panic::CatchPanicLayer;
@@ -12,3 +13,4 @@ pub use client_telemetry::ClientTelemetryLayer;
 pub use limits::LoadShedLayer;
 pub use metrics::MetricsLayer;
 pub use rate_limit::RateLimitLayer;
+pub use reset_guard::ResetGuardLayer;

@@ -17,7 +17,9 @@ use supervisor::Supervisor;
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
     config::{ServiceKind, Settings},
-    middleware::{AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer},
+    middleware::{
+        AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer, ResetGuardLayer,
+    },
     pb::{
         self, file_service_server::FileServiceServer, order_service_server::OrderServiceServer,
         user_service_server::UserServiceServer,
@@ -352,6 +354,7 @@ impl Application {
             listener,
             acceptor,
             settings.handshake_timeout(),
+            limits.max_concurrent_handshakes,
             metrics.clone(),
         );
         supervisor.adopt(metrics.spawn_upkeep());
@@ -413,7 +416,10 @@ impl Application {
             // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
             // this maximum whatever the caller asked (streams: see service::streams).
             .timeout(Duration::from_millis(limits.max_call_duration_ms))
-            // Observe everything, including calls auth refuses and calls shed: outermost.
+            // Paced rapid reset: a connection whose calls are mostly cancelled by the client
+            // is closed. Outermost, so it sees every call end, however early.
+            .layer(ResetGuardLayer::new(metrics.clone()))
+            // Observe everything, including calls auth refuses and calls shed.
             .layer(MetricsLayer::new(metrics.clone()))
             // Shed load before spending anything on a call (health checks pass).
             .layer(LoadShedLayer::new(limits.max_concurrent_calls))

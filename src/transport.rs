@@ -1,5 +1,7 @@
-//! The TLS accept loop: every TCP connection gets a bounded time to finish the mutual-TLS
-//! handshake; the caller's identity is read once per connection and travels with it.
+//! The TLS accept loop: at most a bounded number of handshakes at once (more connections
+//! are closed at once and counted), each with a bounded time to finish the mutual-TLS
+//! handshake; the caller's identity is read once per connection and travels with it, and
+//! a connection the rapid-reset guard trips is ended here.
 use std::{
     io,
     net::SocketAddr,
@@ -9,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use tokio::sync::Semaphore;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -16,9 +19,11 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 
 use crate::{
+    middleware::reset_guard::StreamResets,
     security::tls::{cert_thumbprint, peer_identity},
     telemetry::metrics::Metrics,
 };
@@ -33,6 +38,8 @@ pub struct Peer {
     pub identity: String,
     /// SHA-256 of the client certificate (RFC 8705 thumbprint).
     pub cert_sha256: [u8; 32],
+    /// How this connection's calls end (the rapid-reset guard).
+    pub resets: Arc<StreamResets>,
 }
 
 /// A mutual-TLS connection that has completed its handshake.
@@ -43,6 +50,21 @@ pub struct MtlsStream {
     /// Until the 24-byte HTTP/2 preface has arrived: when it must have (a client that
     /// finishes TLS and then stalls or sends half a preface holds nothing for long).
     preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
+    /// Completes when the rapid-reset guard closes this connection.
+    closed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl MtlsStream {
+    /// An error once the connection has been closed by the rapid-reset guard.
+    fn check_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.closed.as_mut().poll(cx).is_ready() {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "connection closed: too many cancelled calls (rapid reset)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Length of the HTTP/2 client connection preface.
@@ -62,6 +84,7 @@ impl AsyncRead for MtlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.check_closed(cx)?;
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Some((left, deadline)) = &mut self.preface {
@@ -89,6 +112,7 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -97,6 +121,7 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.check_closed(cx)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -119,6 +144,8 @@ pub enum HandshakeRefusal {
     Timeout,
     Failed,
     NoIdentity,
+    /// More handshakes were in progress than allowed: closed before TLS.
+    TooMany,
 }
 
 impl HandshakeRefusal {
@@ -127,6 +154,7 @@ impl HandshakeRefusal {
             HandshakeRefusal::Timeout => "timeout",
             HandshakeRefusal::Failed => "failed",
             HandshakeRefusal::NoIdentity => "no_identity",
+            HandshakeRefusal::TooMany => "too_many_handshakes",
         }
     }
 }
@@ -134,16 +162,33 @@ impl HandshakeRefusal {
 /// The TLS configuration new connections get; replaced on a credential reload.
 pub type SharedAcceptor = Arc<parking_lot::RwLock<TlsAcceptor>>;
 
-/// Accepts TCP connections and completes TLS handshakes concurrently, each within
-/// `handshake_timeout`; finished connections come out of the returned stream. The accept
-/// task stops when the stream is dropped.
+/// Accepts TCP connections and completes TLS handshakes concurrently, at most
+/// `max_handshakes` at once (a connection past that is closed at once: handshakes cost CPU,
+/// and stalled ones would otherwise pile up without bound), each within
+/// `handshake_timeout`; finished connections come out of the returned stream, and no
+/// longer count against the bound. The accept task stops when the stream is dropped.
 pub fn tls_incoming(
     listener: TcpListener,
     acceptor: SharedAcceptor,
     handshake_timeout: Duration,
+    max_handshakes: usize,
     metrics: Metrics,
 ) -> ReceiverStream<io::Result<MtlsStream>> {
     let (tx, rx) = mpsc::channel(256);
+    let handshakes = Arc::new(Semaphore::new(max_handshakes.max(1)));
+    for refusal in [
+        HandshakeRefusal::Timeout,
+        HandshakeRefusal::Failed,
+        HandshakeRefusal::NoIdentity,
+        HandshakeRefusal::TooMany,
+    ] {
+        metrics
+            .counter(
+                "jisu_tls_handshakes_refused_total",
+                &[("reason", refusal.label())],
+            )
+            .increment(0);
+    }
     tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
@@ -159,13 +204,26 @@ pub fn tls_incoming(
                     continue;
                 }
             };
+            let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+                tracing::debug!(%remote_addr, "too many TLS handshakes in progress: closed");
+                metrics
+                    .counter(
+                        "jisu_tls_handshakes_refused_total",
+                        &[("reason", HandshakeRefusal::TooMany.label())],
+                    )
+                    .increment(1);
+                drop(tcp);
+                continue;
+            };
             // The TLS configuration of the moment: a reload applies to new connections.
             let acceptor = acceptor.read().clone();
             let tx = tx.clone();
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
-                match handshake(tcp, remote_addr, acceptor, handshake_timeout).await {
+                let done = handshake(tcp, remote_addr, acceptor, handshake_timeout).await;
+                drop(permit);
+                match done {
                     Ok(stream) => {
                         let _ = tx.send(Ok(stream)).await;
                     }
@@ -208,11 +266,14 @@ async fn handshake(
         .and_then(|certs| certs.first())
         .ok_or(HandshakeRefusal::NoIdentity)?;
     let identity = peer_identity(cert).ok_or(HandshakeRefusal::NoIdentity)?;
+    let resets = Arc::new(StreamResets::default());
+    let closed = Box::pin(resets.close_token().cancelled_owned());
     let peer = Arc::new(Peer {
         remote_addr,
         local_addr,
         identity,
         cert_sha256: cert_thumbprint(cert),
+        resets,
     });
     tracing::debug!(%remote_addr, identity = %peer.identity, "mTLS connection established");
     let deadline = Box::pin(tokio::time::sleep(handshake_timeout));
@@ -220,5 +281,6 @@ async fn handshake(
         inner: tls,
         peer,
         preface: Some((PREFACE_LEN, deadline)),
+        closed,
     })
 }

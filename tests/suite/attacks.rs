@@ -320,3 +320,110 @@ async fn stalled_handshakes_and_partial_prefaces_are_cut_off() {
         50.0
     );
 }
+
+/// Paced Rapid Reset: HEADERS (a real, authorized GetUser waiting for its body) then
+/// RST_STREAM at a steady ~500 pairs/s, a rate the server keeps up with, so HTTP/2's own
+/// pending-accept limit never fires. The connection is closed within 2,000 resets, and a
+/// client on another connection is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_rapid_reset_is_cut_off() {
+    let server = server().await;
+    let mut raw = Raw::connect(&server).await;
+    let auth = format!("Bearer {}", server.token(ALL_SCOPES));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (closed, ok, failed) = with_bystander(&server, async {
+        let mut pace = tokio::time::interval(Duration::from_millis(2));
+        pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let headers = request_headers(&[("authorization", &auth)]);
+        for i in 0..2_000u32 {
+            pace.tick().await;
+            if raw.closed.load(Ordering::Relaxed) {
+                break;
+            }
+            let id = 2 * i + 1;
+            let mut pair = frame(0x1, 0x4, id, &headers);
+            pair.extend(frame(0x3, 0, id, &8u32.to_be_bytes()));
+            if raw.writer.write_all(&pair).await.is_err() {
+                break;
+            }
+            sent.fetch_add(1, Ordering::Relaxed);
+        }
+        raw.wait_closed(Duration::from_secs(10)).await
+    })
+    .await;
+    let sent = sent.load(Ordering::Relaxed);
+    println!(
+        "paced rapid reset: closed={closed} after {sent} pairs; bystander ok={ok} failed={failed}"
+    );
+    assert!(
+        closed,
+        "the attacker's connection was closed within 2,000 resets"
+    );
+    assert!(ok > 0 && failed == 0, "bystander ok={ok} failed={failed}");
+    let m = samples(&server.scrape().await);
+    assert_eq!(
+        value(
+            &m,
+            "jisu_connections_closed_total",
+            &[("reason", "rapid_reset")]
+        ),
+        1.0
+    );
+}
+
+/// Concurrent TLS handshakes are bounded: connections past the bound are closed at once
+/// and counted, established connections keep being served, and once the stalled
+/// handshakes go, new connections get in again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_handshakes_are_bounded() {
+    let server = TestServer::start_with(|s| {
+        s.demo_data = true;
+        s.tls.handshake_timeout_ms = 60_000;
+        s.server.max_concurrent_handshakes = 4;
+    })
+    .await;
+    let established = server.client(ALL_SCOPES).await;
+    let get = |client: jisu::client::JisuClient| async move {
+        client
+            .users()
+            .get_user(GetUserRequest {
+                user_id: "USER0001".into(),
+            })
+            .await
+    };
+    get(established.clone()).await.expect("served before");
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        stalled.push(TcpStream::connect(server.addr).await.unwrap());
+    }
+    let too_many = || async {
+        value(
+            &samples(&server.scrape().await),
+            "jisu_tls_handshakes_refused_total",
+            &[("reason", "too_many_handshakes")],
+        )
+    };
+    crate::common::eventually(
+        "16 connections past the bound refused",
+        Duration::from_secs(10),
+        async || too_many().await >= 16.0,
+    )
+    .await;
+    assert_eq!(too_many().await, 16.0, "exactly those past the bound of 4");
+    get(established.clone())
+        .await
+        .expect("an established connection is served meanwhile");
+    drop(stalled);
+    // The four stalled handshakes fail on EOF and free their places.
+    let read = |f: &str| std::fs::read_to_string(server.dir().join(f)).unwrap();
+    let (cert, key) = (read("client.pem"), read("client.key"));
+    crate::common::eventually(
+        "a new connection is accepted again",
+        Duration::from_secs(10),
+        async || match server.connect_with_pem(&cert, &key).await {
+            Ok(client) => get(client).await.is_ok(),
+            Err(_) => false,
+        },
+    )
+    .await;
+}

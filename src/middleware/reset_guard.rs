@@ -1,0 +1,344 @@
+//! Paced Rapid Reset (CVE-2023-44487 at a rate the server keeps up with): a client that
+//! opens streams and cancels them at once, steadily, is never caught by the HTTP/2
+//! library's pending-accept limit, yet each stream costs the server a call's setup. This
+//! layer watches how each connection's calls end and closes a connection whose recent
+//! calls are mostly cancelled by the client.
+//!
+//! A call counts as cancelled when the client reset its stream (its request body ends in
+//! a RST_STREAM from the client: the handler then fails, or hyper drops the call's future
+//! or response body before the end), completed otherwise. A connection trips when at
+//! least [`TRIP_CANCELLED`] of its last [`WINDOW`] calls were cancelled: a legitimate
+//! client cancels a call now and then, never three in four. Tripping cancels the
+//! connection's token; the transport ([`crate::transport::MtlsStream`]) then ends the
+//! connection (tonic owns the HTTP/2 connection, so it is closed rather than sent a GOAWAY
+//! ENHANCE_YOUR_CALM), counted in `jisu_connections_closed_total{reason="rapid_reset"}`.
+use std::{
+    collections::VecDeque,
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use parking_lot::Mutex;
+use pin_project_lite::pin_project;
+use tokio_util::sync::CancellationToken;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::{telemetry::metrics::Metrics, transport::Peer};
+
+/// Calls remembered per connection.
+pub const WINDOW: usize = 200;
+/// Cancelled calls among the last [`WINDOW`] that close the connection.
+pub const TRIP_CANCELLED: usize = 150;
+
+/// How one connection's recent calls ended.
+#[derive(Debug, Default)]
+pub struct StreamResets {
+    recent: Mutex<Recent>,
+    /// Cancelled when the connection must close.
+    close: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct Recent {
+    /// `true` for a cancelled call, newest last.
+    outcomes: VecDeque<bool>,
+    cancelled: usize,
+}
+
+impl StreamResets {
+    /// Cancelled when this connection has tripped.
+    pub fn close_token(&self) -> CancellationToken {
+        self.close.clone()
+    }
+
+    /// Records one call's end; true when this call tripped the connection.
+    fn record(&self, cancelled: bool) -> bool {
+        let mut recent = self.recent.lock();
+        if recent.outcomes.len() == WINDOW && recent.outcomes.pop_front() == Some(true) {
+            recent.cancelled -= 1;
+        }
+        recent.outcomes.push_back(cancelled);
+        recent.cancelled += usize::from(cancelled);
+        if recent.cancelled >= TRIP_CANCELLED && !self.close.is_cancelled() {
+            self.close.cancel();
+            return true;
+        }
+        false
+    }
+}
+
+/// Adds [`ResetGuard`] to a service.
+#[derive(Debug, Clone)]
+pub struct ResetGuardLayer {
+    metrics: Metrics,
+}
+
+impl ResetGuardLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        metrics
+            .counter(
+                "jisu_connections_closed_total",
+                &[("reason", "rapid_reset")],
+            )
+            .increment(0);
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for ResetGuardLayer {
+    type Service = ResetGuard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ResetGuard {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// Records how each call of a connection ends (see the module docs).
+#[derive(Debug, Clone)]
+pub struct ResetGuard<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+/// One call's pending outcome: cancelled unless settled otherwise before it is dropped.
+#[derive(Debug)]
+struct Outcome {
+    resets: Arc<StreamResets>,
+    peer: Arc<Peer>,
+    metrics: Metrics,
+    /// Set by the request body when the client reset the stream.
+    client_reset: Arc<AtomicBool>,
+}
+
+impl Outcome {
+    fn settle(self, dropped: bool) {
+        let cancelled = dropped || self.client_reset.load(Ordering::Relaxed);
+        if self.resets.record(cancelled) {
+            tracing::warn!(
+                remote_addr = %self.peer.remote_addr,
+                identity = %self.peer.identity,
+                "closing a connection whose calls are mostly cancelled (rapid reset)"
+            );
+            self.metrics
+                .counter(
+                    "jisu_connections_closed_total",
+                    &[("reason", "rapid_reset")],
+                )
+                .increment(1);
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ResetGuard<S>
+where
+    S: Service<Request<GuardedRequest<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: Body,
+    ReqBody::Error: std::error::Error + 'static,
+    ResBody: Body,
+{
+    type Response = Response<GuardedBody<ResBody>>;
+    type Error = S::Error;
+    type Future = GuardedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        let client_reset = Arc::new(AtomicBool::new(false));
+        let outcome = req.extensions().get::<Arc<Peer>>().map(|peer| Outcome {
+            resets: peer.resets.clone(),
+            peer: peer.clone(),
+            metrics: self.metrics.clone(),
+            client_reset: client_reset.clone(),
+        });
+        let req = req.map(|inner| GuardedRequest {
+            inner,
+            client_reset,
+        });
+        GuardedFuture {
+            inner: self.inner.call(req),
+            outcome: Pending(outcome),
+        }
+    }
+}
+
+/// Settles as cancelled when dropped unsettled.
+#[derive(Debug)]
+struct Pending(Option<Outcome>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(outcome) = self.0.take() {
+            outcome.settle(true);
+        }
+    }
+}
+
+pin_project! {
+    /// The call's future: dropped before it resolves, the call was cancelled.
+    pub struct GuardedFuture<F> {
+        #[pin]
+        inner: F,
+        outcome: Pending,
+    }
+}
+
+impl<F, B, E> Future for GuardedFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    B: Body,
+{
+    type Output = Result<Response<GuardedBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        let outcome = this.outcome.0.take();
+        Poll::Ready(match result {
+            Ok(response) => Ok(response.map(|body| {
+                // A trailers-only answer (an error) is complete before it is polled.
+                let outcome = match outcome {
+                    Some(outcome) if body.is_end_stream() => {
+                        outcome.settle(false);
+                        None
+                    }
+                    outcome => outcome,
+                };
+                GuardedBody {
+                    inner: body,
+                    outcome: Pending(outcome),
+                }
+            })),
+            Err(e) => {
+                if let Some(outcome) = outcome {
+                    outcome.settle(false);
+                }
+                Err(e)
+            }
+        })
+    }
+}
+
+pin_project! {
+    /// The response body: dropped before its end, the call was cancelled.
+    pub struct GuardedBody<B> {
+        #[pin]
+        inner: B,
+        outcome: Pending,
+    }
+}
+
+impl<B: Body> Body for GuardedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        // The end: no more frames, the trailers (hyper stops polling after them), or a
+        // body that says so.
+        let ended = match &frame {
+            None => true,
+            Some(Ok(f)) => f.is_trailers() || this.inner.is_end_stream(),
+            Some(Err(_)) => false,
+        };
+        if ended && let Some(outcome) = this.outcome.0.take() {
+            outcome.settle(false);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project! {
+    /// The request body: notes a RST_STREAM from the client.
+    pub struct GuardedRequest<B> {
+        #[pin]
+        inner: B,
+        client_reset: Arc<AtomicBool>,
+    }
+}
+
+/// A stream reset by the client, found in an error's source chain.
+fn is_client_reset(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_reset() && h2.is_remote();
+        }
+        cause = e.source();
+    }
+    false
+}
+
+impl<B> Body for GuardedRequest<B>
+where
+    B: Body,
+    B::Error: std::error::Error + 'static,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        if let Some(Err(e)) = &frame
+            && is_client_reset(e)
+        {
+            this.client_reset.store(true, Ordering::Relaxed);
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trips_when_most_recent_calls_are_cancelled_and_only_then() {
+        // A client that cancels one call in three never trips, however long it runs.
+        let polite = StreamResets::default();
+        for i in 0..10_000 {
+            assert!(!polite.record(i % 3 == 0), "call {i}");
+        }
+        // An attacker trips at the TRIP_CANCELLED-th cancelled call, once.
+        let attacker = StreamResets::default();
+        let tripped: Vec<usize> = (1..=1000).filter(|_| attacker.record(true)).collect();
+        assert_eq!(tripped, [TRIP_CANCELLED]);
+        assert!(attacker.close_token().is_cancelled());
+    }
+}
