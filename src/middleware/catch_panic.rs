@@ -11,6 +11,7 @@ use std::{
 
 use futures::FutureExt as _;
 use http::{Request, Response};
+use http_body::{Body, Frame};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -47,14 +48,25 @@ fn internal<B: Default>(panic: &(dyn Any + Send)) -> Response<B> {
     tonic::Status::from(crate::Error::Internal("handler panicked".into())).into_http()
 }
 
+/// The trailers of a call that panicked: INTERNAL with the usual `ErrorInfo`.
+fn internal_trailers() -> http::HeaderMap {
+    let mut trailers = tonic::Status::from(crate::Error::Internal("handler panicked".into()))
+        .into_http::<()>()
+        .into_parts()
+        .0
+        .headers;
+    trailers.remove(http::header::CONTENT_TYPE);
+    trailers
+}
+
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for CatchPanic<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    ResBody: Body + Default,
 {
-    type Response = Response<ResBody>;
+    type Response = Response<CaughtBody<ResBody>>;
     type Error = S::Error;
-    type Future = Caught<S::Future>;
+    type Future = Caught<S::Future, ResBody>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -64,37 +76,181 @@ where
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => Caught {
                 inner: Some(AssertUnwindSafe(future).catch_unwind()),
+                early: None,
             },
-            Err(panic) => {
-                tracing::error!(panic = describe(&*panic), "handler panicked");
-                Caught { inner: None }
-            }
+            // Before the handler's future existed: the same answer as a panic inside it.
+            Err(panic) => Caught {
+                inner: None,
+                early: Some(internal(&*panic)),
+            },
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    pub struct Caught<F> {
+    pub struct Caught<F, B> {
         #[pin]
         inner: Option<futures::future::CatchUnwind<AssertUnwindSafe<F>>>,
+        early: Option<Response<B>>,
     }
 }
 
-impl<F, B, E> Future for Caught<F>
+impl<F, B, E> Future for Caught<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
-    B: Default,
+    B: Body + Default,
 {
-    type Output = Result<Response<B>, E>;
+    type Output = Result<Response<CaughtBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Some(inner) = this.inner.as_pin_mut() else {
-            return Poll::Ready(Ok(tonic::Status::internal("internal error").into_http()));
+        let response = match this.inner.as_pin_mut() {
+            None => Ok(this
+                .early
+                .take()
+                .unwrap_or_else(|| internal(&"the call's future was polled after it completed"))),
+            Some(inner) => match ready!(inner.poll(cx)) {
+                Ok(result) => result,
+                Err(panic) => Ok(internal(&*panic)),
+            },
         };
-        Poll::Ready(match ready!(inner.poll(cx)) {
-            Ok(result) => result,
-            Err(panic) => Ok(internal(&*panic)),
-        })
+        Poll::Ready(response.map(|r| {
+            r.map(|body| CaughtBody {
+                inner: body,
+                panicked: false,
+            })
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body (a stream's messages are produced while it is polled): a panic
+    /// there ends the stream with INTERNAL trailers, like a panic in the handler.
+    pub struct CaughtBody<B> {
+        #[pin]
+        inner: B,
+        panicked: bool,
+    }
+}
+
+impl<B: Default> Default for CaughtBody<B> {
+    fn default() -> Self {
+        Self {
+            inner: B::default(),
+            panicked: false,
+        }
+    }
+}
+
+impl<B: Body> Body for CaughtBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        if *this.panicked {
+            return Poll::Ready(None);
+        }
+        let inner = this.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
+            Ok(poll) => poll,
+            Err(panic) => {
+                *this.panicked = true;
+                tracing::error!(
+                    panic = describe(&*panic),
+                    "response stream panicked; ended with INTERNAL"
+                );
+                Poll::Ready(Some(Ok(Frame::trailers(internal_trailers()))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.panicked || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        if self.panicked {
+            return http_body::SizeHint::with_exact(0);
+        }
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use http_body_util::BodyExt as _;
+    use tonic_types::StatusExt as _;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn assert_internal(headers: &http::HeaderMap) {
+        let status = tonic::Status::from_header_map(headers).expect("a gRPC status");
+        assert_eq!(status.code(), tonic::Code::Internal);
+        assert_eq!(status.message(), "internal error", "no details leak");
+        let details = status.get_error_details();
+        assert_eq!(
+            details.error_info().map(|i| i.reason.as_str()),
+            Some("INTERNAL")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panic_before_the_handler_future_exists_is_internal_with_error_info() {
+        let service = tower::service_fn(
+            |_req: Request<()>| -> futures::future::Ready<Result<Response<String>, Infallible>> {
+                panic!("bug while building the call")
+            },
+        );
+        let response = CatchPanicLayer
+            .layer(service)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        assert_internal(response.headers());
+    }
+
+    /// A stream that panics on its second message.
+    #[derive(Default)]
+    struct PanickyBody {
+        polled: u8,
+    }
+
+    impl Body for PanickyBody {
+        type Data = bytes::Bytes;
+        type Error = Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            self.polled += 1;
+            if self.polled > 1 {
+                panic!("bug while streaming");
+            }
+            Poll::Ready(Some(Ok(Frame::data(bytes::Bytes::from_static(b"first")))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_a_response_stream_ends_it_with_internal_trailers() {
+        let service = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(PanickyBody::default()))
+        });
+        let response = CatchPanicLayer
+            .layer(service)
+            .oneshot(Request::new(()))
+            .await
+            .unwrap();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(collected.to_bytes(), "first");
+        assert_internal(&trailers);
     }
 }

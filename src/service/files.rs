@@ -547,8 +547,13 @@ mod tests {
     #[test]
     fn ids_come_from_the_content() {
         let sha = "ab".repeat(32);
-        assert_eq!(file_id(&sha), "Fabababababababab");
+        assert_eq!(file_id(&sha), format!("F{sha}"), "the whole digest");
         assert!(is_file_id(&file_id(&sha)));
+        assert!(
+            is_file_id("Fabababababababab"),
+            "legacy 64-bit ids still resolve"
+        );
+        assert!(!is_file_id("Fababababababababab"));
         assert!(!is_file_id("F../../etc/passwd"));
         assert!(!is_file_id("FABABABABABABABAB"));
     }

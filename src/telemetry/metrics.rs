@@ -326,9 +326,14 @@ impl Metrics {
             "Calls refused by bearer-token auth, by bounded reason.",
         );
         describe(
+            "jisu_connections_closed_total",
+            None,
+            "Connections the server closed for abuse, by reason (rapid_reset: most recent calls cancelled by the client).",
+        );
+        describe(
             "jisu_tls_handshakes_refused_total",
             None,
-            "TLS connections that never became a connection (timeout, failed, no_identity).",
+            "TLS connections that never became a connection (timeout, failed, no_identity, too_many_handshakes).",
         );
         let build = Key::from_parts(
             "jisu_build_info",

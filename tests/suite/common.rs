@@ -633,6 +633,9 @@ mod faulty {
             self.inner.create_order(order, now).await
         }
         async fn order(&self, id: &str) -> Result<Order, StoreError> {
+            if self.panic_on == Some(id) {
+                panic!("simulated bug reading {id}");
+            }
             self.inner.order(id).await
         }
         async fn transition_order(

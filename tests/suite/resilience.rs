@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::common::{ALL_SCOPES, FaultyStore, TestServer, assert_status, samples, value};
+use futures::StreamExt as _;
 use jisu::pb::{CreateUserRequest, GetUserRequest, UploadHeader, UploadRequest, upload_request};
 use tonic::Code;
 
@@ -51,6 +52,34 @@ async fn a_panicking_handler_fails_only_its_own_call() {
         ),
         1.0
     );
+}
+
+/// A panic while a response stream is produced (after the handler returned) ends that
+/// stream with INTERNAL and the usual ErrorInfo; the connection goes on.
+#[tokio::test]
+async fn a_panic_inside_a_response_stream_fails_only_that_stream() {
+    let server =
+        TestServer::start_with_store(|_| {}, Arc::new(FaultyStore::panic_on("ORDPANIC01"))).await;
+    let client = server.client(ALL_SCOPES).await;
+    let mut orders = client.orders();
+    let subscribe = jisu::pb::TrackOrdersRequest {
+        action: Some(jisu::pb::track_orders_request::Action::Subscribe(
+            "ORDPANIC01".into(),
+        )),
+    };
+    let mut events = orders
+        .track_orders(futures::stream::iter([subscribe]).chain(futures::stream::pending()))
+        .await
+        .expect("the handler returned its stream")
+        .into_inner();
+    let status = assert_status(events.message().await, Code::Internal, "INTERNAL");
+    assert_eq!(status.message(), "internal error", "no details leak");
+    // Same connection, next call: fine.
+    client
+        .health()
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("the connection goes on");
 }
 
 /// An upload that sends its header and then nothing, holding its handler.
