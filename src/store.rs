@@ -120,6 +120,20 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Order, StoreError>;
     /// Number of users, for start-up decisions such as demo data.
     async fn user_count(&self) -> Result<usize, StoreError>;
+    /// Creates `users`, in order, only when the store holds no user — atomically, so any
+    /// number of replicas seeding one database together create each user exactly once
+    /// (ids 1, 2, … on a fresh database). Returns how many were created (0: not empty).
+    /// The default suits a store only this process writes.
+    async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
+        if self.user_count().await? > 0 {
+            return Ok(0);
+        }
+        let n = users.len();
+        for user in users {
+            self.create_user(user, now).await?;
+        }
+        Ok(n)
+    }
     /// Checks that the backend answers (health). In-process backends always do.
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
@@ -154,25 +168,14 @@ pub fn user_id(n: u64) -> String {
 /// user whose email exists already is skipped: replicas seeding one database at once
 /// cannot fail each other's start-up.
 pub async fn load_demo_users(store: &dyn Store, now: i64) -> Result<usize, StoreError> {
-    let mut created = 0;
-    for i in 1..=100u64 {
-        let seeded = store
-            .create_user(
-                NewUser {
-                    name: format!("用户{i}"),
-                    email: format!("user{i}@jisu.com"),
-                    phone: format!("138{i:08}"),
-                },
-                now,
-            )
-            .await;
-        match seeded {
-            Ok(_) => created += 1,
-            Err(StoreError::EmailTaken) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(created)
+    let users = (1..=100u64)
+        .map(|i| NewUser {
+            name: format!("用户{i}"),
+            email: format!("user{i}@jisu.com"),
+            phone: format!("138{i:08}"),
+        })
+        .collect();
+    store.seed_users(users, now).await
 }
 
 #[cfg(test)]

@@ -174,6 +174,9 @@ impl PostgresStore {
     }
 }
 
+/// The advisory lock demo seeding takes (an arbitrary constant: "JISUSEED").
+const SEED_LOCK: i64 = 0x4A49_5355_5345_4544;
+
 #[async_trait::async_trait]
 impl Store for PostgresStore {
     async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
@@ -338,6 +341,41 @@ impl Store for PostgresStore {
         Err(StoreError::IllegalTransition {
             from: current.status,
         })
+    }
+
+    /// One transaction under a transaction-scoped advisory lock: replicas starting together
+    /// seed one after the other, and all but the first find the table filled.
+    async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(SEED_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        let row = sqlx::query("SELECT EXISTS (SELECT 1 FROM users) AS seeded")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        if row.get::<bool, _>("seeded") {
+            return Ok(0);
+        }
+        let n = users.len();
+        for user in users {
+            sqlx::query(
+                "INSERT INTO users (name, email, email_key, phone, status, created_at, \
+                 updated_at) VALUES ($1, $2, $3, $4, 'ACTIVE', $5, $5)",
+            )
+            .bind(&user.name)
+            .bind(&user.email)
+            .bind(user.email.to_lowercase())
+            .bind(&user.phone)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(email_conflict)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(n)
     }
 
     async fn user_count(&self) -> Result<usize, StoreError> {

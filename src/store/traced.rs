@@ -8,7 +8,7 @@ use tracing::Instrument as _;
 use super::{Change, NewOrder, NewUser, PoolStats, Store, StoreError, UserPage, UserPatch};
 use crate::pb::{Order, User};
 
-const OPERATIONS: [&str; 10] = [
+const OPERATIONS: [&str; 11] = [
     "create_user",
     "get_user",
     "update_user",
@@ -19,6 +19,7 @@ const OPERATIONS: [&str; 10] = [
     "get_order",
     "transition_order",
     "count_users",
+    "seed_users",
 ];
 
 /// Wraps a backend; `system` names it in `db.system.name`.
@@ -203,6 +204,16 @@ impl Store for TracedStore {
             "count_users",
             op_span!(self, "count_users"),
             self.inner.user_count(),
+        )
+        .await
+    }
+
+    async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
+        traced(
+            self,
+            "seed_users",
+            op_span!(self, "seed_users"),
+            self.inner.seed_users(users, now),
         )
         .await
     }

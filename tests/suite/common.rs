@@ -653,5 +653,8 @@ mod faulty {
         async fn user_count(&self) -> Result<usize, StoreError> {
             self.inner.user_count().await
         }
+        async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
+            self.inner.seed_users(users, now).await
+        }
     }
 }

@@ -336,3 +336,42 @@ async fn serving(client: &jisu::client::JisuClient) -> ServingStatus {
 fn count_in(codes: &HashMap<Code, u64>, code: Code) -> u64 {
     codes.get(&code).copied().unwrap_or(0)
 }
+
+/// Replicas started together with demo data on one empty database: exactly USER0001 to
+/// USER0100, each with its documented name (the seed runs once, under an advisory lock;
+/// before, racing seeds left gaps and shifted names).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_seeding_demo_data_together_yield_exactly_the_documented_users() {
+    use jisu::store::{Store, postgres::PoolLimits};
+    let (url, _cluster) = fresh_database().await;
+    let limits = PoolLimits {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(10),
+    };
+    let mut stores = Vec::new();
+    for _ in 0..4 {
+        stores.push(
+            jisu::store::PostgresStore::connect(&url, limits.clone())
+                .await
+                .unwrap(),
+        );
+    }
+    let seeded = futures::future::join_all(
+        stores
+            .iter()
+            .map(|s| jisu::store::load_demo_users(s, 1_700_000_000)),
+    )
+    .await;
+    let created: Vec<usize> = seeded.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        created.iter().sum::<usize>(),
+        100,
+        "seeded once: {created:?}"
+    );
+    let page = stores[0].list_users(None, None, 1000).await.unwrap();
+    let got: Vec<(String, String)> = page.users.into_iter().map(|u| (u.id, u.name)).collect();
+    let want: Vec<(String, String)> = (1..=100)
+        .map(|i| (format!("USER{i:04}"), format!("用户{i}")))
+        .collect();
+    assert_eq!(got, want);
+}
