@@ -351,7 +351,7 @@ async fn replicas_seeding_demo_data_together_yield_exactly_the_documented_users(
     let mut stores = Vec::new();
     for _ in 0..4 {
         stores.push(
-            jisu::store::PostgresStore::connect(&url, limits.clone())
+            jisu::store::PostgresStore::connect(&url, limits)
                 .await
                 .unwrap(),
         );
