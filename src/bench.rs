@@ -482,7 +482,10 @@ pub async fn run(
                         due
                     }
                 };
-                if end.is_some_and(|e| Instant::now() >= e) {
+                // Closed loop runs until the end; an open loop sends every slot scheduled
+                // before the end, however late (lateness is counted, never dropped: a slow
+                // machine must not shrink the schedule).
+                if plan.rps.is_none() && end.is_some_and(|e| Instant::now() >= e) {
                     break;
                 }
                 // With --total, a measured call takes a ticket first: exactly `total` run.

@@ -104,13 +104,13 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
         "--duration",
         "1s",
     ]);
+    // The schedule, whatever the machine's speed: 200 slots in 1 s, each sent (late ones
+    // counted as late, never dropped).
     let count = r["count"].as_u64().unwrap();
-    assert!(
-        (190..=201).contains(&count),
-        "{count} calls at 200/s for 1 s"
-    );
+    assert_eq!(count, 200, "calls at 200/s for 1 s");
     assert!(r["mode"].as_str().unwrap().contains("open loop"));
-    assert!(r["late_sends"].is_u64());
+    let late = r["late_sends"].as_u64().expect("late sends reported");
+    assert!(late <= count, "{late} late of {count}");
 
     let r = bench(&[
         "--endpoint",
