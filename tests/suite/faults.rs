@@ -281,22 +281,29 @@ async fn an_unavailable_replica_is_avoided_and_with_all_down_calls_fail_fast() {
     // Now everything is down: once the circuits open, calls fail fast, not at the deadline.
     sick.stop().await;
     healthy.stop().await;
-    let mut last = Duration::ZERO;
+    let mut last = None;
     let mut codes = Vec::new();
     for _ in 0..20 {
-        let started = tokio::time::Instant::now();
         let r = client
             .users()
             .get_user(GetUserRequest {
                 user_id: "USER0001".into(),
             })
             .await;
-        last = started.elapsed();
-        codes.push(r.unwrap_err().code());
+        let status = r.unwrap_err();
+        codes.push(status.code());
+        last = Some(status);
     }
-    println!("all replicas down: last call failed in {last:?} (deadline 5 s); codes {codes:?}");
+    println!("all replicas down: codes {codes:?}");
     assert!(codes.iter().all(|c| *c == Code::Unavailable), "{codes:?}");
-    assert!(last < Duration::from_millis(100), "failing fast: {last:?}");
+    // Failing fast is a fact of the client's state, not a time: no replica is usable
+    // (circuits open, health checks failing), so the call is refused without being sent.
+    let last = last.unwrap();
+    assert!(
+        last.message()
+            .contains("every circuit is open; failing fast"),
+        "{last:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

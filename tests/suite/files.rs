@@ -200,8 +200,11 @@ async fn an_interrupted_upload_resumes_where_it_stopped() {
         header("x.bin", other.len() as u64, &sha(&other), 0),
         chunk(&other[..CHUNK]),
     ]);
-    let status = client.files().upload(requests).await.unwrap_err();
-    assert_eq!(status.code(), Code::FailedPrecondition);
+    assert_status(
+        client.files().upload(requests).await,
+        Code::FailedPrecondition,
+        "INCOMPLETE_UPLOAD",
+    );
     let requests =
         futures::stream::iter(vec![header("x.bin", other.len() as u64, &sha(&other), 100)]);
     let status = assert_status(

@@ -126,19 +126,15 @@ async fn past_the_concurrency_limit_calls_are_refused_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let started = tokio::time::Instant::now();
     let status = client
         .users()
         .get_user(GetUserRequest {
             user_id: "USER0001".into(),
         })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "refused at once"
-    );
+        .await;
+    // Refused, not queued: the hanging calls never free a slot, so an answer at all
+    // proves it was not waiting for one.
+    let status = assert_status(status, Code::ResourceExhausted, "OVERLOADED");
     assert_eq!(
         status.metadata().get("grpc-retry-pushback-ms").unwrap(),
         "50"
