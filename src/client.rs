@@ -133,9 +133,9 @@ impl Interceptor for CallCredentials {
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
-                .insert("authorization", value.clone());
+                .insert(crate::api::AUTHORIZATION, value.clone());
         }
-        if !request.metadata().contains_key("grpc-timeout") {
+        if !request.metadata().contains_key(crate::api::GRPC_TIMEOUT) {
             request.set_timeout(self.timeout);
         }
         Ok(request)

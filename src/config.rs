@@ -15,6 +15,9 @@ use figment::{
 };
 use serde::{Deserialize, Serialize};
 
+/// The CRL's file name in the certificates directory (`jisu certs revoke` writes it).
+pub const CRL_FILE: &str = "crl.pem";
+
 /// Everything the server needs to start. Holds paths, never key material.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -422,7 +425,7 @@ impl Settings {
         self.in_certs(&self.tls.client_ca, "ca.pem")
     }
     pub fn crl(&self) -> PathBuf {
-        self.in_certs(&self.tls.crl, crate::security::revocation::CRL_FILE)
+        self.in_certs(&self.tls.crl, CRL_FILE)
     }
     /// The file tokens are verified with: the JWK set when `auth.jwks` is set, else the
     /// PEM public key.

@@ -3,6 +3,8 @@
 //!
 //! # Layout
 //!
+//! - [`api`]: what every layer knows about the API, importing nothing of ours: the method
+//!   table (call shape, scope, idempotency), wire metadata names, `grpc-timeout` parsing.
 //! - [`pb`]: the generated protobuf types, gRPC stubs and the descriptor set.
 //! - [`config`]: typed settings, layered defaults ← TOML file ← `JISU_*` env ← flags.
 //! - [`startup`]: [`startup::Application`] binds its listeners and composes the one
@@ -11,7 +13,7 @@
 //! - [`transport`]: the TLS accept loop (handshake timeout, peer identity per connection).
 //! - [`security`]: rustls configs and peer identity (`tls`), rcgen certificates (`certs`),
 //!   CRLs (`revocation`), JWT issuing and verification with key sets (`jwt`) and their
-//!   sources (`jwks`), the method table (`policy`), the authorization policy (`authz`),
+//!   sources (`jwks`), the authorization policy (`authz`),
 //!   credentials and policy reloaded without a restart (`reload`).
 //! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope,
 //!   `metrics` records RED metrics and the SERVER span, `client_telemetry` the CLIENT span,
@@ -29,8 +31,26 @@
 //!   compares with (bare, REST/JSON, an OTLP sink).
 //! - [`docs`]: renders `docs/api.md` from the proto comments.
 //! - [`error`]: the library's errors and their one mapping to `tonic::Status`.
+//!
+//! # Layers
+//!
+//! A module uses only modules of lower layers (checked by `tests/suite/layering.rs`), so
+//! no two modules import each other. Lowest first:
+//!
+//! 1. `pb`, `error`, `config`
+//! 2. `api`, `docs`
+//! 3. `telemetry`
+//! 4. `security`, `store`
+//! 5. `transport`
+//! 6. `middleware`
+//! 7. `client`
+//! 8. `service`
+//! 9. `startup`, `bench`
+//!
+//! The binary's `cli` sits on top and uses the library only.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;

@@ -29,7 +29,7 @@ use crate::{
         jwks,
         jwt::{KeyError, TokenVerifier, VerifierSettings},
         reload,
-        tls::{self, ServerTlsFiles, TlsError},
+        tls::{self, ServerTlsFiles, SharedAcceptor, TlsError},
     },
     service::{
         FileApi, OrderApi, OrderEvents, UserApi, UserDirectory, files::FileLimits,
@@ -40,7 +40,7 @@ use crate::{
         postgres::PoolLimits,
     },
     telemetry::{metrics::Metrics, metrics_endpoint},
-    transport::{SharedAcceptor, tls_incoming},
+    transport::tls_incoming,
 };
 
 /// Why the server could not start or stopped with an error.

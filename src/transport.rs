@@ -22,9 +22,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 
+pub mod resets;
+
+use resets::StreamResets;
+
 use crate::{
-    middleware::reset_guard::StreamResets,
-    security::tls::{cert_thumbprint, peer_identity},
+    security::tls::{SharedAcceptor, cert_thumbprint, peer_identity},
     telemetry::metrics::Metrics,
 };
 
@@ -158,9 +161,6 @@ impl HandshakeRefusal {
         }
     }
 }
-
-/// The TLS configuration new connections get; replaced on a credential reload.
-pub type SharedAcceptor = Arc<parking_lot::RwLock<TlsAcceptor>>;
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, at most
 /// `max_handshakes` at once (a connection past that is closed at once: handshakes cost CPU,

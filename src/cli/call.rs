@@ -286,7 +286,7 @@ async fn users(client: &JisuClient, call: UsersCall) -> Result<(), Failure> {
                 list.push(user?);
             }
             let next = stream.trailers().await?.and_then(|t| {
-                t.get(jisu::service::users::NEXT_PAGE_TOKEN)
+                t.get(jisu::api::NEXT_PAGE_TOKEN)
                     .and_then(|v| v.to_str().ok().map(str::to_owned))
             });
             print(&serde_json::json!({ "users": list, "next_page_token": next }))
@@ -344,7 +344,7 @@ async fn orders(client: &JisuClient, call: OrdersCall) -> Result<(), Failure> {
             if let Ok(value) = key.parse() {
                 request
                     .metadata_mut()
-                    .insert(jisu::service::orders::IDEMPOTENCY_KEY, value);
+                    .insert(jisu::api::IDEMPOTENCY_KEY, value);
             }
             print(&orders.create_order(request).await?.into_inner())
         }
@@ -486,7 +486,7 @@ impl From<&tonic::Status> for StatusReport {
                 .unwrap_or_default(),
             trace_id: status
                 .metadata()
-                .get("x-trace-id")
+                .get(jisu::api::TRACE_ID)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned),
         }

@@ -37,7 +37,7 @@ use tower::ServiceExt as _;
 use tower_service::Service;
 
 use crate::{
-    security::policy::{self, CallType},
+    api::{self, CallType},
     telemetry::metrics::Metrics,
 };
 
@@ -305,7 +305,7 @@ fn grpc_status(response: &Response<Body>) -> Option<Code> {
 
 /// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
 fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
-    let raw = response.headers().get("grpc-retry-pushback-ms")?;
+    let raw = response.headers().get(api::RETRY_PUSHBACK_MS)?;
     Some(
         raw.to_str()
             .ok()
@@ -316,11 +316,13 @@ fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
 
 fn is_idempotent(req: &Request<Body>) -> bool {
     let path = req.uri().path();
-    if path.starts_with("/grpc.health.v1.Health/") || req.headers().contains_key("idempotency-key")
-    {
+    if req.headers().contains_key(api::IDEMPOTENCY_KEY) {
         return true;
     }
-    policy::method(path).is_some_and(|m| m.idempotent)
+    if let Some(m) = api::served_method(path) {
+        return m.idempotent;
+    }
+    api::method(path).is_some_and(|m| m.idempotent)
 }
 
 /// The request provably never reached a server's application, decided from typed facts
@@ -461,7 +463,7 @@ impl Shared {
     }
 
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let single_message = policy::method(req.uri().path())
+        let single_message = api::method(req.uri().path())
             .is_none_or(|m| matches!(m.call_type, CallType::Unary | CallType::ServerStream));
         let idempotent = is_idempotent(&req);
         if !single_message {
@@ -479,9 +481,9 @@ impl Shared {
         // Retries spend the call's own deadline, never extend it.
         let deadline = parts
             .headers
-            .get("grpc-timeout")
+            .get(api::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
-            .and_then(crate::service::streams::parse_timeout)
+            .and_then(api::parse_timeout)
             .map(|t| Instant::now() + t);
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
@@ -500,7 +502,7 @@ impl Shared {
                     .into_http());
                 }
                 if let Ok(v) = format!("{}m", left.as_millis().max(1)).parse() {
-                    parts.headers.insert("grpc-timeout", v);
+                    parts.headers.insert(api::GRPC_TIMEOUT, v);
                 }
             }
             let req = Request::from_parts(

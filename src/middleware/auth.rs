@@ -17,11 +17,11 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{
+    api::{self, Access},
     error::Error,
     security::{
         authz::{Call, PolicyHandle},
         jwt::{AuthFailure, Principal, TokenVerifier, unix_now},
-        policy::{self, Access},
     },
     telemetry::metrics::Metrics,
     transport::Peer,
@@ -129,7 +129,7 @@ pub fn authorize(
     headers: &HeaderMap,
     peer: Option<&Peer>,
 ) -> Result<Option<Arc<Principal>>, (Error, &'static str)> {
-    let scope = match policy::access(path) {
+    let scope = match api::access(path) {
         Access::Public => return Ok(None),
         Access::Scope(scope) => scope,
         // Fail closed: no token, policy or handler is consulted for a path outside the

@@ -16,7 +16,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::metrics::{CallRecord, MeteredBody, MeteredFuture, MeteredRequest};
 use crate::{
-    security::policy::{self, CallType},
+    api::{self, CallType},
     telemetry::{
         metrics::{MethodMetrics, Metrics, Side},
         otel,
@@ -69,7 +69,7 @@ impl<S> ClientTelemetry<S> {
 
 fn client_span<B>(req: &Request<B>, peer: &Peer) -> tracing::Span {
     let path = req.uri().path();
-    let (service, method) = policy::split_path(path).unwrap_or(("unknown", "unknown"));
+    let (service, method) = api::split_path(path).unwrap_or(("unknown", "unknown"));
     tracing::info_span!(
         "rpc.client",
         otel.name = path.trim_start_matches('/'),

@@ -111,7 +111,7 @@ where
                 )
                 .into();
                 status.metadata_mut().insert(
-                    "grpc-retry-pushback-ms",
+                    crate::api::RETRY_PUSHBACK_MS,
                     PUSHBACK_MS.parse().expect("ascii"),
                 );
                 Either::Right(ready(Ok(status.into_http())))

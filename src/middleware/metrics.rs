@@ -26,16 +26,13 @@ use opentelemetry::trace::TraceContextExt as _;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
-    security::policy::CallType,
+    api::{self, CallType},
     telemetry::{
         metrics::{MethodMetrics, Metrics, Side, UNKNOWN},
         otel,
     },
     transport::Peer,
 };
-
-/// Response metadata carrying the call's trace id, to paste into Jaeger.
-pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 /// The SERVER span of one call. Only its name and kind are set here: the OTel RPC
 /// semantic-convention attributes are recorded when the call ends, and only when the span
@@ -286,7 +283,7 @@ where
                 if call.side == Side::Server {
                     let (id, sampled) = trace_id(&call.span);
                     if let Some(id) = id {
-                        parts.headers.insert(TRACE_ID_HEADER, id);
+                        parts.headers.insert(api::TRACE_ID, id);
                     }
                     if sampled {
                         call.describe();

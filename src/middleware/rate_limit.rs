@@ -145,7 +145,9 @@ where
                 )
                 .into();
                 if let Ok(v) = wait_ms.to_string().parse() {
-                    status.metadata_mut().insert("grpc-retry-pushback-ms", v);
+                    status
+                        .metadata_mut()
+                        .insert(crate::api::RETRY_PUSHBACK_MS, v);
                 }
                 Either::Right(ready(Ok(status.into_http())))
             }

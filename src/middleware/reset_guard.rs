@@ -7,13 +7,13 @@
 //! A call counts as cancelled when the client reset its stream (its request body ends in
 //! a RST_STREAM from the client: the handler then fails, or hyper drops the call's future
 //! or response body before the end), completed otherwise. A connection trips when at
-//! least [`TRIP_CANCELLED`] of its last [`WINDOW`] calls were cancelled: a legitimate
+//! least [`TRIP_CANCELLED`](crate::transport::resets::TRIP_CANCELLED) of its last
+//! [`WINDOW`](crate::transport::resets::WINDOW) calls were cancelled: a legitimate
 //! client cancels a call now and then, never three in four. Tripping cancels the
 //! connection's token; the transport ([`crate::transport::MtlsStream`]) then ends the
 //! connection (tonic owns the HTTP/2 connection, so it is closed rather than sent a GOAWAY
 //! ENHANCE_YOUR_CALM), counted in `jisu_connections_closed_total{reason="rapid_reset"}`.
 use std::{
-    collections::VecDeque,
     future::Future,
     pin::Pin,
     sync::{
@@ -25,55 +25,14 @@ use std::{
 
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use parking_lot::Mutex;
 use pin_project_lite::pin_project;
-use tokio_util::sync::CancellationToken;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{telemetry::metrics::Metrics, transport::Peer};
-
-/// Calls remembered per connection.
-pub const WINDOW: usize = 200;
-/// Cancelled calls among the last [`WINDOW`] that close the connection.
-pub const TRIP_CANCELLED: usize = 150;
-
-/// How one connection's recent calls ended.
-#[derive(Debug, Default)]
-pub struct StreamResets {
-    recent: Mutex<Recent>,
-    /// Cancelled when the connection must close.
-    close: CancellationToken,
-}
-
-#[derive(Debug, Default)]
-struct Recent {
-    /// `true` for a cancelled call, newest last.
-    outcomes: VecDeque<bool>,
-    cancelled: usize,
-}
-
-impl StreamResets {
-    /// Cancelled when this connection has tripped.
-    pub fn close_token(&self) -> CancellationToken {
-        self.close.clone()
-    }
-
-    /// Records one call's end; true when this call tripped the connection.
-    fn record(&self, cancelled: bool) -> bool {
-        let mut recent = self.recent.lock();
-        if recent.outcomes.len() == WINDOW && recent.outcomes.pop_front() == Some(true) {
-            recent.cancelled -= 1;
-        }
-        recent.outcomes.push_back(cancelled);
-        recent.cancelled += usize::from(cancelled);
-        if recent.cancelled >= TRIP_CANCELLED && !self.close.is_cancelled() {
-            self.close.cancel();
-            return true;
-        }
-        false
-    }
-}
+use crate::{
+    telemetry::metrics::Metrics,
+    transport::{Peer, resets::StreamResets},
+};
 
 /// Adds [`ResetGuard`] to a service.
 #[derive(Debug, Clone)]
@@ -321,24 +280,5 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trips_when_most_recent_calls_are_cancelled_and_only_then() {
-        // A client that cancels one call in three never trips, however long it runs.
-        let polite = StreamResets::default();
-        for i in 0..10_000 {
-            assert!(!polite.record(i % 3 == 0), "call {i}");
-        }
-        // An attacker trips at the TRIP_CANCELLED-th cancelled call, once.
-        let attacker = StreamResets::default();
-        let tripped: Vec<usize> = (1..=1000).filter(|_| attacker.record(true)).collect();
-        assert_eq!(tripped, [TRIP_CANCELLED]);
-        assert!(attacker.close_token().is_cancelled());
     }
 }

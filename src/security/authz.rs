@@ -1,7 +1,7 @@
 //! One authorization policy: ordered allow/deny rules over the method, the caller's
 //! certificate identity and the token's subject, issuer, audience and scopes. The first
 //! rule that matches a call decides; a call no rule matches is denied. Without a policy
-//! file the built-in scope table ([`super::policy::METHODS`]) is the policy.
+//! file the built-in scope table ([`crate::api::METHODS`]) is the policy.
 //!
 //! ```toml
 //! [[rule]]
@@ -28,7 +28,7 @@ use metrics::Counter;
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use super::policy::METHODS;
+use crate::api::METHODS;
 use crate::telemetry::metrics::Metrics;
 
 /// Allow or deny.

@@ -3,15 +3,13 @@
 //! Verification allows one algorithm, requires `exp`, `iss`, `aud` and `sub`, honours
 //! `nbf` with a leeway, caps the token size before decoding, and caches verified tokens
 //! (bounded, never past `exp`) because an ES256 check costs ~50 µs. Tokens are never logged.
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::Arc,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
+
+/// The verifier's clock (Unix seconds), for callers of [`TokenVerifier::verify`].
+pub use crate::api::unix_now;
 
 /// The claims Jisu reads. `scope` is space-separated (RFC 8693 style).
 /// Missing claims deserialize to defaults so the validator can name them.
@@ -162,13 +160,6 @@ fn format_err(path: &Path, e: jsonwebtoken::errors::Error) -> KeyError {
         path: path.display().to_string(),
         detail: e.to_string(),
     }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Mints tokens with the ES256 private key.

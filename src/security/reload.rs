@@ -21,10 +21,9 @@ use crate::{
     security::{
         authz::{Policy, PolicyHandle},
         jwt::{KeySet, TokenVerifier},
-        tls,
+        tls::{self, SharedAcceptor},
     },
     telemetry::metrics::Metrics,
-    transport::SharedAcceptor,
 };
 
 /// What is watched and what gets replaced.

@@ -13,7 +13,8 @@ use x509_parser::prelude::FromDer;
 use super::certs::{CertError, CertificateAuthority, io, read, write_public};
 
 /// The CRL's file name in the certs directory (`tls.crl` by default).
-pub const CRL_FILE: &str = "crl.pem";
+/// The CRL's file name in a certificates directory (defined with the other defaults).
+pub use crate::config::CRL_FILE;
 
 /// How long a CRL is valid unless asked otherwise.
 pub const DEFAULT_CRL_VALIDITY: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -23,6 +23,9 @@ pub enum TlsError {
     Config(String),
 }
 
+/// The TLS configuration new connections get; replaced on a credential reload.
+pub type SharedAcceptor = Arc<parking_lot::RwLock<tokio_rustls::TlsAcceptor>>;
+
 /// The paths of the server's TLS material.
 #[derive(Debug, Clone)]
 pub struct ServerTlsFiles<'a> {

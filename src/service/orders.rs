@@ -26,8 +26,6 @@ pub const MAX_ITEMS: usize = 1000;
 pub const MAX_QUANTITY: i32 = 1_000_000;
 pub const MAX_PRICE: f64 = 1e12;
 pub const MAX_CANCEL_REASON: usize = 500;
-/// Metadata carrying a CreateOrder idempotency key (the request field wins).
-pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Subscriptions one `TrackOrders` stream may hold.
 pub const MAX_TRACKED: usize = 1000;
 /// Events a `TrackOrders` stream holds for a client that does not read.
@@ -153,7 +151,7 @@ impl OrderService for OrderApi {
         validate_items(&mut v, &req.items);
         let key = if req.idempotency_key.is_empty() {
             metadata
-                .get(IDEMPOTENCY_KEY)
+                .get(crate::api::IDEMPOTENCY_KEY)
                 .map(|k| k.to_str().unwrap_or_default().to_owned())
         } else {
             Some(req.idempotency_key.clone())

@@ -16,7 +16,7 @@ pub enum UserDirectory {
 }
 
 /// Metadata forwarded from the incoming call to the UserService call.
-const FORWARDED: [&str; 2] = ["authorization", "grpc-timeout"];
+const FORWARDED: [&str; 2] = [crate::api::AUTHORIZATION, crate::api::GRPC_TIMEOUT];
 
 impl UserDirectory {
     /// Whether the store itself must check the user (it holds them).

@@ -18,9 +18,6 @@ use crate::{
 pub const DEFAULT_PAGE_SIZE: usize = 10;
 pub const MAX_PAGE_SIZE: usize = 1000;
 pub const MAX_BATCH_IDS: usize = 1000;
-/// Trailing metadata carrying the `page_token` of the next page.
-pub const NEXT_PAGE_TOKEN: &str = "x-next-page-token";
-
 /// The UserService handlers over a [`Store`].
 #[derive(Clone)]
 pub struct UserApi {
@@ -131,7 +128,7 @@ impl UserService for UserApi {
             .map(|last| {
                 let mut md = MetadataMap::new();
                 if let Ok(value) = last.parse() {
-                    md.insert(NEXT_PAGE_TOKEN, value);
+                    md.insert(crate::api::NEXT_PAGE_TOKEN, value);
                 }
                 Err(Status::with_metadata(Code::Ok, "", md))
             });

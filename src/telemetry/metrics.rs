@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 use tonic::Code;
 
 use super::otel;
-use crate::security::policy::{self, CallType};
+use crate::api::{self, CallType};
 
 /// Latency buckets in seconds: 100 µs to 10 s, dense where a healthy unary call lands.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -222,7 +222,7 @@ impl Metrics {
             MethodTable {
                 // Health and reflection are real, bounded methods with their own labels (as
                 // go-grpc-prometheus has them); only paths nothing serves are `unknown`.
-                methods: policy::all_methods()
+                methods: api::all_methods()
                     .map(|m| {
                         let path = format!("/{}/{}", m.service, m.name);
                         (path, Arc::new(method(side, m.service, m.name, m.call_type)))
@@ -465,7 +465,7 @@ impl Metrics {
         spans
             .export_failed
             .absolute(stats.dropped_export_failed.load(Ordering::Relaxed));
-        let now = crate::security::jwt::unix_now() as i64;
+        let now = crate::api::unix_now() as i64;
         for (gauge, not_after) in self.inner.expiries.lock().values() {
             gauge.set((not_after - now) as f64);
         }

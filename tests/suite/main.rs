@@ -13,6 +13,7 @@ mod faults;
 mod files;
 mod interop;
 mod jwks;
+mod layering;
 mod metrics;
 mod mtls;
 mod observability;

@@ -1,9 +1,56 @@
-//! Which methods need which scope: the built-in authorization table.
+//! What every layer knows about the API, at the very bottom: it imports nothing of ours
+//! (server, client, telemetry and CLI all read it; it reads none of them).
+//!
+//! - the method table: every method's service, name, call shape, scope and idempotency;
+//!   path parsing and lookups;
+//! - the metadata and header names of the wire contract, each written once;
+//! - `grpc-timeout` parsing, and the clock in Unix seconds.
 //!
 //! Health and reflection need only mutual TLS. Every Jisu method needs a valid token and
 //! its scope. A path in neither table is refused before any service sees it (fail closed:
 //! a method added to a proto cannot be served until it has a row here, and a test checks
 //! the table against the compiled descriptor set).
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `authorization: Bearer <token>` on every call.
+pub const AUTHORIZATION: &str = "authorization";
+/// The caller's deadline (gRPC over HTTP/2).
+pub const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// How long a refused caller should wait before trying again (gRPC A6), in ms.
+pub const RETRY_PUSHBACK_MS: &str = "grpc-retry-pushback-ms";
+/// CreateOrder's idempotency key, as metadata (the request field wins).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// ListUsers' trailer: the `page_token` of the next page.
+pub const NEXT_PAGE_TOKEN: &str = "x-next-page-token";
+/// Every response's trace id (W3C, 32 hex digits), errors included.
+pub const TRACE_ID: &str = "x-trace-id";
+
+/// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
+pub fn parse_timeout(raw: &str) -> Option<Duration> {
+    let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    Some(timeout)
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 /// What a method requires beyond mutual TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,6 +255,24 @@ pub fn access(path: &str) -> Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        for (raw, expect) in [
+            ("250m", Duration::from_millis(250)),
+            ("10S", Duration::from_secs(10)),
+            ("2M", Duration::from_secs(120)),
+            ("1H", Duration::from_secs(3600)),
+            ("500u", Duration::from_micros(500)),
+            ("7n", Duration::from_nanos(7)),
+            ("99999999S", Duration::from_secs(99_999_999)),
+        ] {
+            assert_eq!(parse_timeout(raw), Some(expect), "{raw}");
+        }
+        for bad in ["", "m", "12x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(parse_timeout(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn table_covers_scopes_and_refuses_the_unknown() {
