@@ -8,7 +8,7 @@ use crate::pb::{Order, OrderItem, User};
 
 pub mod memory;
 pub mod postgres;
-mod sql;
+pub mod sql;
 pub mod sqlite;
 pub mod traced;
 
