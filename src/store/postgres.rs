@@ -45,6 +45,7 @@ const SEED_LOCK: &str = "SELECT pg_advisory_xact_lock(5353079968040536389)";
 impl Dialect for Pg {
     type Db = Postgres;
     const LOCK_FOR_KEY_SHARE: &'static str = " FOR KEY SHARE";
+    const BEGIN_WRITE: &'static str = "BEGIN";
     const SEED_LOCK: Option<&'static str> = Some(SEED_LOCK);
 
     async fn ping(&self, _pool: &PgPool) -> Result<(), StoreError> {

@@ -28,6 +28,9 @@ pub trait Dialect: Send + Sync + 'static {
     /// Appended to the `SELECT` that checks an order's user inside the order's
     /// transaction, so the user cannot be deleted before the order commits.
     const LOCK_FOR_KEY_SHARE: &'static str;
+    /// Starts a transaction that will write: one that takes the write lock at once where
+    /// the database would otherwise fail a lock upgrade between two writers (SQLite).
+    const BEGIN_WRITE: &'static str;
     /// Run first in the demo seed's transaction so concurrent seeders wait for each other
     /// (`None`: the database serialises writers itself).
     const SEED_LOCK: Option<&'static str>;
@@ -199,7 +202,11 @@ where
     /// Inserts the order (and its key) in one transaction. `Ok(None)`: another writer
     /// stored the same key first.
     async fn insert_order(&self, new: &NewOrder, now: i64) -> Result<Option<Order>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with(D::BEGIN_WRITE)
+            .await
+            .map_err(unavailable)?;
         if new.check_user {
             let n = user_number(&new.user_id).ok_or(StoreError::UserNotFound)?;
             let sql = format!(
@@ -462,7 +469,11 @@ where
     /// One transaction, serialised against other seeders by the dialect's lock: replicas
     /// starting together seed one after the other, and all but the first find users.
     async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut tx = self
+            .pool
+            .begin_with(D::BEGIN_WRITE)
+            .await
+            .map_err(unavailable)?;
         if let Some(lock) = D::SEED_LOCK {
             sqlx::query::<D::Db>(lock)
                 .execute(&mut *tx)

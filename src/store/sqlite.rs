@@ -28,7 +28,10 @@ impl Dialect for Lite {
     type Db = Sqlite;
     /// A transaction that writes holds the database's one write lock: nothing to add.
     const LOCK_FOR_KEY_SHARE: &'static str = "";
-    /// Writers are serialised by SQLite itself (and one process owns the file).
+    /// The write lock at once: two deferred transactions that read, then write, would
+    /// deadlock on the upgrade and one would fail with SQLITE_BUSY.
+    const BEGIN_WRITE: &'static str = "BEGIN IMMEDIATE";
+    /// `BEGIN IMMEDIATE` serialises writers, seeders included, across processes too.
     const SEED_LOCK: Option<&'static str> = None;
 
     /// An in-process database answers while the process runs.

@@ -36,11 +36,13 @@ impl TestServer {
         Self::start_with(|_| {}).await
     }
 
-    /// Starts a server; `configure` may change the settings first. The backend is the
-    /// in-memory store, SQLite in a temporary file when `JISU_TEST_STORE=sqlite`, or a
-    /// fresh database on PostgreSQL when `JISU_TEST_STORE=postgres` (the test command runs
-    /// the suite all three ways).
+    /// Starts a server; `configure` may change the settings first. The backend is SQLite
+    /// in a temporary file (the default backend of `jisu serve`), or the in-memory store
+    /// when `JISU_TEST_STORE=memory`, or a fresh database on PostgreSQL when
+    /// `JISU_TEST_STORE=postgres`. Every backend keeps the same contract
+    /// (`store_contract.rs`), so the test command runs this suite once, on SQLite.
     pub async fn start_with(configure: impl FnOnce(&mut Settings)) -> Self {
+        let mut data = None;
         let store: Arc<dyn jisu::store::Store> = match std::env::var("JISU_TEST_STORE").as_deref() {
             Ok("postgres") => {
                 let admin = std::env::var("JISU_TEST_DATABASE_URL")
@@ -56,17 +58,20 @@ impl TestServer {
                         .expect("open postgres"),
                 )
             }
-            Ok("sqlite") => {
-                let dir = tempfile::tempdir().expect("temp dir").keep();
-                Arc::new(
-                    jisu::store::SqliteStore::open(&dir.join("test.db"), 4)
-                        .await
-                        .expect("open sqlite"),
-                )
+            Ok("memory") => Arc::new(jisu::store::MemoryStore::new()),
+            Ok("sqlite") | Err(_) => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let store = jisu::store::SqliteStore::open(&dir.path().join("test.db"), 4)
+                    .await
+                    .expect("open sqlite");
+                data = Some(dir);
+                Arc::new(store)
             }
-            _ => Arc::new(jisu::store::MemoryStore::new()),
+            Ok(other) => panic!("JISU_TEST_STORE={other}: expected sqlite, memory or postgres"),
         };
-        Self::start_with_store(configure, store).await
+        let mut server = Self::start_with_store(configure, store).await;
+        server._data = data;
+        server
     }
 
     /// Starts a server over the given storage backend.
