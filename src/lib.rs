@@ -3,9 +3,10 @@
 //!
 //! # Layout
 //!
-//! - [`api`]: what every layer knows about the API, importing nothing of ours: the method
-//!   table (call shape, scope, idempotency), wire metadata names, `grpc-timeout` parsing.
-//! - [`pb`]: the generated protobuf types, gRPC stubs and the descriptor set.
+//! - [`api`] and [`pb`] come from the `jisu-api` crate (`crates/jisu-api`): the generated
+//!   protobuf types, gRPC stubs and descriptor set, and what every layer knows about the
+//!   API (the method table with call shape, scope and idempotency, wire metadata names,
+//!   `grpc-timeout` parsing). It depends on nothing of ours.
 //! - [`config`]: typed settings, layered defaults ← TOML file ← `JISU_*` env ← flags.
 //! - [`startup`]: [`startup::Application`] binds its listeners and composes the one
 //!   middleware stack; tests start it on port 0. `readiness`: health that follows the
@@ -37,8 +38,8 @@
 //! A module uses only modules of lower layers (checked by `tests/suite/layering.rs`), so
 //! no two modules import each other. Lowest first:
 //!
-//! 1. `pb`, `error`, `config`
-//! 2. `api`, `docs`
+//! 1. `api` and `pb` (the `jisu-api` crate), `error`, `config`
+//! 2. `docs`
 //! 3. `telemetry`
 //! 4. `security`, `store`
 //! 5. `transport`
@@ -50,14 +51,12 @@
 //! The binary's `cli` sits on top and uses the library only.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod bench;
 pub mod client;
 pub mod config;
 pub mod docs;
 pub mod error;
 pub mod middleware;
-pub mod pb;
 pub mod security;
 pub mod service;
 pub mod startup;
@@ -66,3 +65,7 @@ pub mod telemetry;
 pub mod transport;
 
 pub use error::Error;
+/// The API catalog (method table, wire names) from the `jisu-api` crate.
+pub use jisu_api as api;
+/// The generated protobuf types and gRPC stubs, from the `jisu-api` crate.
+pub use jisu_api::pb;

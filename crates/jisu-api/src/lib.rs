@@ -1,5 +1,7 @@
-//! What every layer knows about the API, at the very bottom: it imports nothing of ours
-//! (server, client, telemetry and CLI all read it; it reads none of them).
+//! `jisu-api`: the `jisucloud.v1` contract for Rust — the generated protobuf types and
+//! gRPC stubs ([`pb`], compiled from the workspace's `proto/` with a pure-Rust compiler),
+//! and what every layer knows about the API. The server, the client and the CLI read it;
+//! it reads none of them.
 //!
 //! - the method table: every method's service, name, call shape, scope and idempotency;
 //!   path parsing and lookups;
@@ -10,6 +12,10 @@
 //! its scope. A path in neither table is refused before any service sees it (fail closed:
 //! a method added to a proto cannot be served until it has a row here, and a test checks
 //! the table against the compiled descriptor set).
+
+#![forbid(unsafe_code)]
+
+pub mod pb;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
