@@ -17,7 +17,7 @@ use tonic::{
 };
 
 use crate::{
-    middleware::client_telemetry::{ClientTelemetry, ClientTelemetryLayer, Peer},
+    middleware::client_telemetry::{ClientTelemetry, ClientTelemetryLayer, ServerAddress},
     pb::{order_service_client::OrderServiceClient, user_service_client::UserServiceClient},
     telemetry::metrics::Metrics,
 };
@@ -196,7 +196,10 @@ impl JisuClient {
         Self::over(channels, peer.unwrap_or_default(), &config)
     }
 
-    fn endpoint(config: &ClientConfig, address: &str) -> Result<(Endpoint, Peer), ClientError> {
+    fn endpoint(
+        config: &ClientConfig,
+        address: &str,
+    ) -> Result<(Endpoint, ServerAddress), ClientError> {
         let endpoint = Endpoint::from_shared(address.to_owned())
             .map_err(|_| ClientError::Endpoint(address.to_owned()))?;
         let host = endpoint
@@ -208,7 +211,7 @@ impl JisuClient {
             .ca_certificate(Certificate::from_pem(&config.ca_pem))
             .identity(Identity::from_pem(&config.cert_pem, &config.key_pem))
             .domain_name(config.server_name.clone().unwrap_or_else(|| host.clone()));
-        let peer = Peer {
+        let peer = ServerAddress {
             host: host.into(),
             port: endpoint.uri().port_u16(),
         };
@@ -231,7 +234,7 @@ impl JisuClient {
 
     fn over(
         channels: Vec<(String, Channel)>,
-        peer: Peer,
+        peer: ServerAddress,
         config: &ClientConfig,
     ) -> Result<Self, ClientError> {
         let authorization = config

@@ -2,7 +2,7 @@
 pub mod auth;
 pub mod catch_panic;
 pub mod client_telemetry;
-pub mod limits;
+pub mod load_shed;
 pub mod metrics;
 pub mod rate_limit;
 pub mod reset_guard;
@@ -10,7 +10,7 @@ pub mod reset_guard;
 pub use auth::AuthLayer;
 pub use catch_panic::CatchPanicLayer;
 pub use client_telemetry::ClientTelemetryLayer;
-pub use limits::LoadShedLayer;
+pub use load_shed::LoadShedLayer;
 pub use metrics::MetricsLayer;
 pub use rate_limit::RateLimitLayer;
 pub use reset_guard::ResetGuardLayer;

@@ -25,7 +25,7 @@ use crate::{
 
 /// The server a client talks to, for the span's `server.address` / `server.port`.
 #[derive(Debug, Clone, Default)]
-pub struct Peer {
+pub struct ServerAddress {
     pub host: Arc<str>,
     pub port: Option<u16>,
 }
@@ -33,11 +33,11 @@ pub struct Peer {
 #[derive(Debug, Clone, Default)]
 pub struct ClientTelemetryLayer {
     metrics: Option<Metrics>,
-    peer: Peer,
+    peer: ServerAddress,
 }
 
 impl ClientTelemetryLayer {
-    pub fn new(metrics: Option<Metrics>, peer: Peer) -> Self {
+    pub fn new(metrics: Option<Metrics>, peer: ServerAddress) -> Self {
         Self { metrics, peer }
     }
 }
@@ -58,7 +58,7 @@ impl<S> Layer<S> for ClientTelemetryLayer {
 pub struct ClientTelemetry<S> {
     inner: S,
     metrics: Option<Metrics>,
-    peer: Peer,
+    peer: ServerAddress,
 }
 
 impl<S> ClientTelemetry<S> {
@@ -67,7 +67,7 @@ impl<S> ClientTelemetry<S> {
     }
 }
 
-fn client_span<B>(req: &Request<B>, peer: &Peer) -> tracing::Span {
+fn client_span<B>(req: &Request<B>, peer: &ServerAddress) -> tracing::Span {
     let path = req.uri().path();
     let (service, method) = api::split_path(path).unwrap_or(("unknown", "unknown"));
     tracing::info_span!(
