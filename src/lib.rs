@@ -52,7 +52,6 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
-pub mod client;
 pub mod config;
 pub mod docs;
 pub mod error;
@@ -69,3 +68,5 @@ pub use error::Error;
 pub use jisu_api as api;
 /// The generated protobuf types and gRPC stubs, from the `jisu-api` crate.
 pub use jisu_api::pb;
+/// The resilient typed client, from the `jisu-client` crate.
+pub use jisu_client as client;

@@ -1,7 +1,6 @@
 //! Cross-cutting request handling, one concern per file, each a tower Layer/Service pair.
 pub mod auth;
 pub mod catch_panic;
-pub mod client_telemetry;
 pub mod load_shed;
 pub mod metrics;
 pub mod rate_limit;
@@ -9,7 +8,6 @@ pub mod reset_guard;
 
 pub use auth::AuthLayer;
 pub use catch_panic::CatchPanicLayer;
-pub use client_telemetry::ClientTelemetryLayer;
 pub use load_shed::LoadShedLayer;
 pub use metrics::MetricsLayer;
 pub use rate_limit::RateLimitLayer;

@@ -528,7 +528,7 @@ fn user_directory(settings: &Settings, metrics: &Metrics) -> Result<UserDirector
     )?;
     config.more_endpoints = endpoints.map(str::to_owned).collect();
     config.timeout = Duration::from_secs(5);
-    config.metrics = Some(metrics.clone());
+    config.metrics = Some(metrics.client());
     tracing::info!(%endpoint, "orders check users with a remote UserService");
     Ok(UserDirectory::Remote(JisuClient::lazy(config)?))
 }

@@ -9,17 +9,13 @@ use std::{
     time::Duration,
 };
 
-use metrics::{
-    Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder, SharedString, Unit,
-};
+use metrics::{Counter, Gauge, Histogram, Key, Label, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
 };
 use parking_lot::Mutex;
-use tonic::Code;
 
 use super::otel;
-use crate::api::{self, CallType};
 
 /// Latency buckets in seconds: 100 µs to 10 s, dense where a healthy unary call lands.
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -27,80 +23,9 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     5.0, 10.0,
 ];
 
-/// Every gRPC code, in numeric order, with the go-grpc-prometheus label.
-pub const CODES: [(Code, &str); 17] = [
-    (Code::Ok, "OK"),
-    (Code::Cancelled, "Canceled"),
-    (Code::Unknown, "Unknown"),
-    (Code::InvalidArgument, "InvalidArgument"),
-    (Code::DeadlineExceeded, "DeadlineExceeded"),
-    (Code::NotFound, "NotFound"),
-    (Code::AlreadyExists, "AlreadyExists"),
-    (Code::PermissionDenied, "PermissionDenied"),
-    (Code::ResourceExhausted, "ResourceExhausted"),
-    (Code::FailedPrecondition, "FailedPrecondition"),
-    (Code::Aborted, "Aborted"),
-    (Code::OutOfRange, "OutOfRange"),
-    (Code::Unimplemented, "Unimplemented"),
-    (Code::Internal, "Internal"),
-    (Code::Unavailable, "Unavailable"),
-    (Code::DataLoss, "DataLoss"),
-    (Code::Unauthenticated, "Unauthenticated"),
-];
-
-/// The label value of a gRPC code.
-pub fn code_label(code: Code) -> &'static str {
-    CODES[code as usize].1
-}
-
-/// The series of one method, registered once.
-#[derive(Debug, Clone)]
-pub struct MethodMetrics {
-    pub call_type: CallType,
-    /// `jisucloud.v1.UserService` and `GetUser` (`unknown` outside the table).
-    pub service: &'static str,
-    pub name: &'static str,
-    pub started: Counter,
-    pub msg_received: Counter,
-    pub msg_sent: Counter,
-    pub handling: Histogram,
-    handled: [Counter; 17],
-}
-
-impl MethodMetrics {
-    pub fn handled(&self, code: Code) -> &Counter {
-        &self.handled[code as usize]
-    }
-}
-
-/// Which end of a call a series describes (`grpc_server_*` or `grpc_client_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    Server,
-    Client,
-}
-
-impl Side {
-    pub fn label(self) -> &'static str {
-        match self {
-            Side::Server => "server",
-            Side::Client => "client",
-        }
-    }
-}
-
-/// Per-method series, keyed by request path (`/pkg.Service/Method`); shared so a call
-/// takes one `Arc`.
-struct MethodTable {
-    methods: HashMap<String, Arc<MethodMetrics>>,
-    unknown: Arc<MethodMetrics>,
-}
-
-impl MethodTable {
-    fn get(&self, path: &str) -> &Arc<MethodMetrics> {
-        self.methods.get(path).unwrap_or(&self.unknown)
-    }
-}
+pub use jisu_client::metrics::{
+    CODES, ClientMetrics, METADATA, MethodMetrics, MethodTable, Side, UNKNOWN, code_label,
+};
 
 /// The trace pipeline's losses, copied from [`otel::SPAN_STATS`] at each scrape.
 struct SpanCounters {
@@ -108,9 +33,6 @@ struct SpanCounters {
     queue_full: Counter,
     export_failed: Counter,
 }
-
-/// Service/method labels for paths outside the method table.
-pub const UNKNOWN: &str = "unknown";
 
 /// A metric name and its static label pairs.
 type SeriesKey = (&'static str, Vec<(&'static str, &'static str)>);
@@ -122,10 +44,11 @@ pub struct Metrics {
 }
 
 struct Inner {
-    recorder: PrometheusRecorder,
+    /// Shared with the clients this server makes (their `grpc_client_*` series).
+    recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
     server: MethodTable,
-    client: MethodTable,
+    client: ClientMetrics,
     spans: SpanCounters,
     in_flight: Gauge,
     /// Lazily registered series with bounded labels (reasons, kinds).
@@ -145,8 +68,6 @@ fn labels(pairs: &[(&'static str, &'static str)]) -> Vec<Label> {
     pairs.iter().map(|(k, v)| Label::new(*k, *v)).collect()
 }
 
-static METADATA: Metadata<'static> = Metadata::new("jisu", Level::INFO, Some("jisu"));
-
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
@@ -154,6 +75,7 @@ impl Metrics {
             .expect("non-empty buckets")
             .build_recorder();
         let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
         let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
             recorder.describe_counter(name.into(), unit, SharedString::from(help));
         };
@@ -190,49 +112,8 @@ impl Metrics {
             );
         }
 
-        let method = |side: Side,
-                      service: &'static str,
-                      name: &'static str,
-                      call_type: CallType| {
-            let base = [
-                ("grpc_type", call_type.label()),
-                ("grpc_service", service),
-                ("grpc_method", name),
-            ];
-            let key = |metric: &str, extra: &[(&'static str, &'static str)]| {
-                let mut all = base.to_vec();
-                all.extend_from_slice(extra);
-                Key::from_parts(format!("grpc_{}_{metric}", side.label()), labels(&all))
-            };
-            MethodMetrics {
-                call_type,
-                service,
-                name,
-                started: recorder.register_counter(&key("started_total", &[]), &METADATA),
-                msg_received: recorder.register_counter(&key("msg_received_total", &[]), &METADATA),
-                msg_sent: recorder.register_counter(&key("msg_sent_total", &[]), &METADATA),
-                handling: recorder.register_histogram(&key("handling_seconds", &[]), &METADATA),
-                handled: CODES.map(|(_, code)| {
-                    recorder
-                        .register_counter(&key("handled_total", &[("grpc_code", code)]), &METADATA)
-                }),
-            }
-        };
-        let table = |side: Side| -> MethodTable {
-            MethodTable {
-                // Health and reflection are real, bounded methods with their own labels (as
-                // go-grpc-prometheus has them); only paths nothing serves are `unknown`.
-                methods: api::all_methods()
-                    .map(|m| {
-                        let path = format!("/{}/{}", m.service, m.name);
-                        (path, Arc::new(method(side, m.service, m.name, m.call_type)))
-                    })
-                    .collect(),
-                unknown: Arc::new(method(side, UNKNOWN, UNKNOWN, CallType::Unary)),
-            }
-        };
-        let server = table(Side::Server);
-        let client = table(Side::Client);
+        let server = MethodTable::register(recorder.as_ref(), Side::Server);
+        let client = ClientMetrics::new(recorder.clone());
         recorder.describe_counter(
             "jisu_client_retries_total".into(),
             None,
@@ -363,9 +244,9 @@ impl Metrics {
         self.inner.server.get(path)
     }
 
-    /// The `grpc_client_*` series of the method at `path` (calls this process makes).
-    pub fn client_method(&self, path: &str) -> &Arc<MethodMetrics> {
-        self.inner.client.get(path)
+    /// The `grpc_client_*` series of the calls this process makes (give it to a client).
+    pub fn client(&self) -> ClientMetrics {
+        self.inner.client.clone()
     }
 
     pub fn in_flight(&self) -> &Gauge {

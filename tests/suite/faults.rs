@@ -92,7 +92,7 @@ fn client_config(certs: &std::path::Path, endpoints: &[String], metrics: &Metric
         .with_token(token);
     config.more_endpoints = endpoints[1..].to_vec();
     config.resilience = fast();
-    config.metrics = Some(metrics.clone());
+    config.metrics = Some(metrics.client());
     config.timeout = Duration::from_secs(5);
     config
 }

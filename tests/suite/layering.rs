@@ -154,6 +154,26 @@ fn modules_import_only_lower_layers() {
         !api.contains("path ="),
         "jisu-api depends on nothing of ours"
     );
+    // The client crate depends on the API crate only: a Rust service calling Jisu does not
+    // compile the server, its database drivers or the load generator.
+    let client = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/jisu-client/Cargo.toml"),
+    )
+    .unwrap();
+    let ours: Vec<&str> = client.lines().filter(|l| l.contains("path =")).collect();
+    assert_eq!(ours, [r#"jisu-api = { path = "../jisu-api" }"#]);
+    for server_only in [
+        "sqlx",
+        "axum",
+        "metrics-exporter-prometheus",
+        "rcgen",
+        "hdrhistogram",
+    ] {
+        assert!(
+            !client.lines().any(|l| l.starts_with(server_only)),
+            "jisu-client depends on {server_only}"
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The client's side of observability: a CLIENT span per call (child of whatever span is
 //! current, e.g. the SERVER span of the call that makes it), the W3C context injected into
 //! the request headers so the server continues the trace, and the `grpc_client_*` twins
-//! of the server metrics when the client is given a [`Metrics`].
+//! of the server metrics when the client is given [`ClientMetrics`].
 use std::{
     sync::Arc,
     task::{Context, Poll},
@@ -14,14 +14,34 @@ use tower_layer::Layer;
 use tower_service::Service;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::metrics::{CallRecord, MeteredBody, MeteredFuture, MeteredRequest};
+use jisu_api::{self as api, CallType};
+use opentelemetry::propagation::Injector;
+
 use crate::{
-    api::{self, CallType},
-    telemetry::{
-        metrics::{MethodMetrics, Metrics, Side},
-        otel,
-    },
+    call::{CallRecord, MeteredBody, MeteredFuture, MeteredRequest},
+    metrics::{ClientMetrics, MethodMetrics, Side},
 };
+
+/// Writes W3C trace context (and baggage) into outgoing headers, with whatever
+/// propagator the process installed.
+struct HeaderInjector<'a>(&'a mut http::HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (
+            http::header::HeaderName::from_bytes(key.as_bytes()),
+            http::HeaderValue::from_str(&value),
+        ) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+fn inject(cx: &opentelemetry::Context, headers: &mut http::HeaderMap) {
+    opentelemetry::global::get_text_map_propagator(|p| {
+        p.inject_context(cx, &mut HeaderInjector(headers))
+    });
+}
 
 /// The server a client talks to, for the span's `server.address` / `server.port`.
 #[derive(Debug, Clone, Default)]
@@ -32,12 +52,12 @@ pub struct ServerAddress {
 
 #[derive(Debug, Clone, Default)]
 pub struct ClientTelemetryLayer {
-    metrics: Option<Metrics>,
+    metrics: Option<ClientMetrics>,
     peer: ServerAddress,
 }
 
 impl ClientTelemetryLayer {
-    pub fn new(metrics: Option<Metrics>, peer: ServerAddress) -> Self {
+    pub fn new(metrics: Option<ClientMetrics>, peer: ServerAddress) -> Self {
         Self { metrics, peer }
     }
 }
@@ -57,7 +77,7 @@ impl<S> Layer<S> for ClientTelemetryLayer {
 #[derive(Debug, Clone)]
 pub struct ClientTelemetry<S> {
     inner: S,
-    metrics: Option<Metrics>,
+    metrics: Option<ClientMetrics>,
     peer: ServerAddress,
 }
 
@@ -101,7 +121,7 @@ where
         let method: Option<Arc<MethodMetrics>> = self
             .metrics
             .as_ref()
-            .map(|m| m.client_method(req.uri().path()).clone());
+            .map(|m| m.method(req.uri().path()).clone());
         if let Some(method) = &method {
             method.started.increment(1);
             match method.call_type {
@@ -116,21 +136,20 @@ where
             }
         }
         let span = client_span(&req, &self.peer);
-        otel::inject(&span.context(), req.headers_mut());
+        inject(&span.context(), req.headers_mut());
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
         };
-        MeteredFuture {
+        MeteredFuture::new(
             inner,
-            call: Some(CallRecord {
+            CallRecord {
                 method,
                 side: Side::Client,
-                in_flight: None,
                 start: Instant::now(),
                 span,
-                peer: None,
-            }),
-        }
+                observer: (),
+            },
+        )
     }
 }

@@ -36,10 +36,9 @@ use tonic::{Code, body::Body, transport::Channel};
 use tower::ServiceExt as _;
 use tower_service::Service;
 
-use crate::{
-    api::{self, CallType},
-    telemetry::metrics::Metrics,
-};
+use jisu_api::{self as api, CallType};
+
+use crate::metrics::{ClientMetrics, Retry};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -199,7 +198,7 @@ struct Shared {
     replicas: Vec<Arc<Replica>>,
     policy: Resilience,
     budget: Mutex<Budget>,
-    metrics: Option<Metrics>,
+    metrics: Option<ClientMetrics>,
 }
 
 /// The balanced, guarded transport under [`super::JisuClient`].
@@ -222,7 +221,7 @@ impl Resilient {
     pub fn new(
         channels: Vec<(String, Channel)>,
         policy: Resilience,
-        metrics: Option<Metrics>,
+        metrics: Option<ClientMetrics>,
     ) -> Self {
         let replicas = channels
             .into_iter()
@@ -426,18 +425,13 @@ impl Shared {
 
     fn circuit_gauge(&self, replica: &Replica, open: f64) {
         if let Some(m) = &self.metrics {
-            m.gauge(
-                "jisu_client_circuit_open",
-                &[("endpoint", replica.endpoint.clone())],
-            )
-            .set(open);
+            m.circuit_open(&replica.endpoint).set(open);
         }
     }
 
-    fn count_retry(&self, reason: &'static str) {
+    fn count_retry(&self, reason: Retry) {
         if let Some(m) = &self.metrics {
-            m.counter("jisu_client_retries_total", &[("reason", reason)])
-                .increment(1);
+            m.retried(reason);
         }
     }
 
@@ -520,7 +514,7 @@ impl Shared {
                     if last || !safe || !self.budget.lock().allows_retry() {
                         return Err(err);
                     }
-                    self.count_retry("transport");
+                    self.count_retry(Retry::Transport);
                     tracing::debug!(%endpoint, error = %err, attempt, "retrying");
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
@@ -534,7 +528,7 @@ impl Shared {
                     if last || !idempotent || !self.budget.lock().allows_retry() {
                         return Ok(response);
                     }
-                    self.count_retry("unavailable");
+                    self.count_retry(Retry::Unavailable);
                     tokio::time::sleep(wait).await;
                 }
                 Ok(response) => {

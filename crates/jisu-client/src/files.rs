@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::{Code, Status};
 
 use super::JisuClient;
-use crate::pb::{
+use jisu_api::pb::{
     DownloadRequest, FileInfo, GetUploadRequest, UploadHeader, UploadRequest,
     file_service_client::FileServiceClient, upload_request,
 };

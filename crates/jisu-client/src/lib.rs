@@ -1,11 +1,17 @@
-//! The typed Jisu client: an mTLS channel, a bearer token on every call, a default
-//! deadline, and a CLIENT span per call whose W3C context goes out in the headers (plus the
-//! `grpc_client_*` metrics when given a registry). Used by `jisu call`, by OrderService to
-//! reach a remote UserService, and by the tests.
+//! `jisu-client`: the typed Jisu client other Rust services depend on — an mTLS channel,
+//! a bearer token on every call, a default deadline, balancing over replicas, circuit
+//! breakers and safe retries ([`resilience`]), and a CLIENT span per call whose W3C context
+//! goes out in the headers, plus the `grpc_client_*` metrics when given a recorder
+//! ([`metrics::ClientMetrics`]). Used by `jisu call`, by OrderService to reach a remote
+//! UserService, and by the tests. It depends on `jisu-api`, not on the server.
+#![forbid(unsafe_code)]
 use std::{path::Path, time::Duration};
 
+pub mod call;
 pub mod files;
+pub mod metrics;
 pub mod resilience;
+pub mod telemetry;
 
 pub use resilience::{Resilience, Resilient};
 
@@ -16,10 +22,13 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
 
+use jisu_api::pb::{
+    order_service_client::OrderServiceClient, user_service_client::UserServiceClient,
+};
+
 use crate::{
-    middleware::client_telemetry::{ClientTelemetry, ClientTelemetryLayer, ServerAddress},
-    pb::{order_service_client::OrderServiceClient, user_service_client::UserServiceClient},
-    telemetry::metrics::Metrics,
+    metrics::ClientMetrics,
+    telemetry::{ClientTelemetry, ClientTelemetryLayer, ServerAddress},
 };
 
 /// Errors while setting up a client.
@@ -57,7 +66,7 @@ pub struct ClientConfig {
     /// Name to verify the server certificate against (default: the endpoint's host).
     pub server_name: Option<String>,
     /// Where `grpc_client_*` series go (none: no client metrics).
-    pub metrics: Option<Metrics>,
+    pub metrics: Option<ClientMetrics>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -133,9 +142,9 @@ impl Interceptor for CallCredentials {
         if let Some(value) = &self.authorization {
             request
                 .metadata_mut()
-                .insert(crate::api::AUTHORIZATION, value.clone());
+                .insert(jisu_api::AUTHORIZATION, value.clone());
         }
-        if !request.metadata().contains_key(crate::api::GRPC_TIMEOUT) {
+        if !request.metadata().contains_key(jisu_api::GRPC_TIMEOUT) {
             request.set_timeout(self.timeout);
         }
         Ok(request)
