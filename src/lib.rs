@@ -17,15 +17,17 @@
 //!   sources (`jwks`), the authorization policy (`authz`),
 //!   credentials and policy reloaded without a restart (`reload`).
 //! - [`middleware`]: one concern per file; `auth` checks the bearer token and scope,
-//!   `metrics` records RED metrics and the SERVER span, `client_telemetry` the CLIENT span,
-//!   W3C injection and `grpc_client_*` metrics.
+//!   `metrics` records RED metrics and the SERVER span (the call record itself is shared
+//!   with the client crate), `reset_guard` closes connections that mostly cancel.
 //! - [`service`]: the business rules of each proto service; knows nothing of TLS or CLI.
 //!   `user_directory`: where OrderService checks users (same store, or a remote UserService);
 //!   `ownership`: an end user's token reaches only that user's data.
 //! - [`store`]: storage behind a trait: SQLite (the default), PostgreSQL (several replicas;
 //!   LISTEN/NOTIFY change feed), in memory (tests, benchmarks), and a wrapper that gives
 //!   each operation a span and a duration.
-//! - [`client`]: the typed client (mTLS channel, bearer token, deadline, CLIENT spans).
+//! - [`client`]: the `jisu-client` crate (`crates/jisu-client`): the typed, resilient
+//!   client (mTLS channel, bearer token, deadline, balancing, breakers, safe retries,
+//!   CLIENT spans, `grpc_client_*` metrics) and the call record both ends share.
 //! - [`telemetry`]: logging (filter, format, trace ids per line), the OTLP pipeline with
 //!   its bounded export queue (`otel`), Prometheus metrics, `/metrics` and `/ready`.
 //! - [`bench`]: the load generator behind `jisu bench` and the servers the benchmark suite

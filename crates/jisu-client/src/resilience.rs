@@ -9,7 +9,7 @@
 //! - **retries** only where safe — idempotent methods (GetUser, ListUsers before its first
 //!   message, BatchGetUsers, GetOrder, health checks, and any call carrying an
 //!   `idempotency-key`) on UNAVAILABLE or a broken transport, and any single-message call
-//!   that provably never reached a server (typed facts only, see [`never_sent`]) — with
+//!   that provably never reached a server (typed facts only, see `never_sent`) — with
 //!   exponential backoff and full jitter,
 //!   at most 5 attempts, `grpc-retry-pushback-ms` honoured, and a retry budget (gRPC A6
 //!   token bucket) so retries cannot multiply an outage.
