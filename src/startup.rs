@@ -1,14 +1,16 @@
 //! [`Application`]: builds everything the server needs, binds its listener (port 0 works,
 //! and the real address is exposed), and runs until a shutdown signal, then drains.
 //!
-//! This is THE one place the gRPC middleware stack is composed.
+//! The middleware stack itself is composed in one place, [`stack`]; background tasks are
+//! owned by one [`supervisor::Supervisor`].
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
-use tonic::{codec::CompressionEncoding, server::NamedService, transport::Server};
+use tonic::{codec::CompressionEncoding, server::NamedService};
 
 mod readiness;
+mod stack;
 mod supervisor;
 
 use readiness::Readiness;
@@ -17,9 +19,7 @@ use supervisor::Supervisor;
 use crate::{
     client::{ClientConfig, ClientError, JisuClient},
     config::{ServiceKind, Settings},
-    middleware::{
-        AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer, ResetGuardLayer,
-    },
+    middleware::RateLimitLayer,
     pb::{
         self, file_service_server::FileServiceServer, order_service_server::OrderServiceServer,
         user_service_server::UserServiceServer,
@@ -77,18 +77,34 @@ pub enum StartupError {
 /// A built server, bound but not yet serving.
 pub struct Application {
     settings: Settings,
-    listener: TcpListener,
-    grpc_addr: SocketAddr,
-    metrics_listener: TcpListener,
-    metrics_addr: SocketAddr,
+    listeners: Listeners,
     metrics: Metrics,
+    credentials: Credentials,
+    backends: Backends,
+}
+
+/// The bound sockets and their real addresses.
+struct Listeners {
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    metrics: TcpListener,
+    metrics_addr: SocketAddr,
+}
+
+/// Who may connect and call: TLS for new handshakes, the token verifier, the policy, and
+/// what was loaded (so a reload only swaps what changed).
+struct Credentials {
     acceptor: SharedAcceptor,
     /// The credential files as they were when loaded (see [`reload::Loaded`]).
-    credentials: reload::Loaded,
+    loaded: reload::Loaded,
     verifier: TokenVerifier,
     /// Digest of the JWK set fetched at start-up (with `auth.jwks_url`).
     jwks_digest: Option<[u8; 32]>,
     policy: PolicyHandle,
+}
+
+/// Where the services keep and find their data.
+struct Backends {
     store: Arc<dyn Store>,
     users: UserDirectory,
     files: Option<FileApi>,
@@ -97,8 +113,8 @@ pub struct Application {
 impl std::fmt::Debug for Application {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Application")
-            .field("grpc_addr", &self.grpc_addr)
-            .field("metrics_addr", &self.metrics_addr)
+            .field("grpc_addr", &self.listeners.grpc_addr)
+            .field("metrics_addr", &self.listeners.metrics_addr)
             .finish_non_exhaustive()
     }
 }
@@ -190,30 +206,36 @@ impl Application {
         let (metrics_listener, metrics_addr) = bind(settings.metrics_listen).await?;
         Ok(Self {
             settings,
-            listener,
-            grpc_addr,
-            metrics_listener,
-            metrics_addr,
+            listeners: Listeners {
+                grpc: listener,
+                grpc_addr,
+                metrics: metrics_listener,
+                metrics_addr,
+            },
             metrics,
-            acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
-            credentials,
-            verifier,
-            jwks_digest,
-            policy,
-            store,
-            users,
-            files,
+            credentials: Credentials {
+                acceptor: Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls))),
+                loaded: credentials,
+                verifier,
+                jwks_digest,
+                policy,
+            },
+            backends: Backends {
+                store,
+                users,
+                files,
+            },
         })
     }
 
     /// The address the gRPC listener is bound to (the real port when 0 was asked for).
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_addr
+        self.listeners.grpc_addr
     }
 
     /// The address of the plain-HTTP `/metrics` listener.
     pub fn metrics_addr(&self) -> SocketAddr {
-        self.metrics_addr
+        self.listeners.metrics_addr
     }
 
     /// The server's metrics (what `/metrics` renders).
@@ -246,19 +268,28 @@ impl Application {
     ) -> Result<(), StartupError> {
         let Self {
             settings,
-            listener,
-            grpc_addr,
-            metrics_listener,
-            metrics_addr,
+            listeners:
+                Listeners {
+                    grpc: listener,
+                    grpc_addr,
+                    metrics: metrics_listener,
+                    metrics_addr,
+                },
             metrics,
-            acceptor,
-            credentials,
-            verifier,
-            jwks_digest,
-            policy,
-            store,
-            users: user_directory,
-            files,
+            credentials:
+                Credentials {
+                    acceptor,
+                    loaded: credentials,
+                    verifier,
+                    jwks_digest,
+                    policy,
+                },
+            backends:
+                Backends {
+                    store,
+                    users: user_directory,
+                    files,
+                },
         } = self;
         let limits = &settings.server;
 
@@ -402,40 +433,28 @@ impl Application {
             }
         };
 
-        tracing::info!(%grpc_addr, %metrics_addr, "serving gRPC over mutual TLS, /metrics over HTTP");
-        let server = Server::builder()
-            // Limits first: work refused by h2 costs nothing downstream.
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .http2_max_local_error_reset_streams(Some(1024))
-            .http2_max_pending_accept_reset_streams(Some(128))
-            .http2_max_header_list_size(16 * 1024)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
-            .max_connection_age_grace(settings.shutdown_grace())
-            // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
-            // this maximum whatever the caller asked (streams: see service::streams).
-            .timeout(Duration::from_millis(limits.max_call_duration_ms))
-            // Paced rapid reset: a connection whose calls are mostly cancelled by the client
-            // is closed. Outermost, so it sees every call end, however early.
-            .layer(ResetGuardLayer::new(metrics.clone()))
-            // Observe everything, including calls auth refuses and calls shed.
-            .layer(MetricsLayer::new(metrics.clone()))
-            // Shed load before spending anything on a call (health checks pass).
-            .layer(LoadShedLayer::new(limits.max_concurrent_calls))
-            // Who is calling: the bearer token and the method's scope, before any handler.
-            .layer(AuthLayer::new(verifier, policy.clone(), metrics.clone()))
-            // One caller cannot take the server from the others (needs auth's subject).
-            .layer(rate_limit)
-            // A panicking handler fails its own call with INTERNAL, nothing else.
-            .layer(CatchPanicLayer)
+        let mut routes = tonic::service::RoutesBuilder::default();
+        routes
             .add_service(health_service)
             .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_optional_service(users)
-            .add_optional_service(orders)
-            .add_optional_service(files)
-            .serve_with_incoming_shutdown(incoming, signal);
+            .add_service(reflection_v1alpha);
+        if let Some(users) = users {
+            routes.add_service(users);
+        }
+        if let Some(orders) = orders {
+            routes.add_service(orders);
+        }
+        if let Some(files) = files {
+            routes.add_service(files);
+        }
+        let layers = stack::Layers {
+            metrics: metrics.clone(),
+            verifier,
+            policy,
+            rate_limit,
+        };
+        tracing::info!(%grpc_addr, %metrics_addr, "serving gRPC over mutual TLS, /metrics over HTTP");
+        let server = stack::serve_grpc(&settings, layers, routes.routes(), incoming, signal);
 
         let grace = settings.shutdown_grace();
         tokio::select! {

@@ -11,8 +11,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{ALL_SCOPES, TestServer, samples, value};
-use jisu::pb::GetUserRequest;
+use crate::common::{ALL_SCOPES, Calls, TestServer, samples, value};
 use rustls_pki_types::ServerName;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -166,12 +165,7 @@ async fn with_bystander<F: std::future::Future<Output = bool>>(
         let (client, stop, ok, failed) = (client.clone(), stop.clone(), ok.clone(), failed.clone());
         tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let r = client
-                    .users()
-                    .get_user(GetUserRequest {
-                        user_id: "USER0001".into(),
-                    })
-                    .await;
+                let r = client.get_user("USER0001").await;
                 if r.is_ok() { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
             }
         })
@@ -383,14 +377,7 @@ async fn concurrent_handshakes_are_bounded() {
     })
     .await;
     let established = server.client(ALL_SCOPES).await;
-    let get = |client: jisu::client::JisuClient| async move {
-        client
-            .users()
-            .get_user(GetUserRequest {
-                user_id: "USER0001".into(),
-            })
-            .await
-    };
+    let get = |client: jisu::client::JisuClient| async move { client.get_user("USER0001").await };
     get(established.clone()).await.expect("served before");
     let mut stalled = Vec::new();
     for _ in 0..20 {

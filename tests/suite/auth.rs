@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::common::{ALL_SCOPES, TestServer, assert_status};
+use crate::common::{ALL_SCOPES, Calls, TestServer, assert_status};
 use base64::Engine;
 use futures::future::BoxFuture;
 use jisu::{
@@ -22,13 +22,7 @@ use tonic::{Code, Status};
 
 async fn get_user(server: &TestServer, token: Option<String>) -> Result<(), Status> {
     let client = server.client_with_token(token).await;
-    client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
-        .await
-        .map(|_| ())
+    client.get_user("USER0001").await.map(|_| ())
 }
 
 fn b64(bytes: &[u8]) -> String {
@@ -189,14 +183,7 @@ type Call = fn(JisuClient) -> BoxFuture<'static, Result<(), Status>>;
 fn methods() -> Vec<(&'static str, &'static str, Call)> {
     vec![
         ("GetUser", "users:read", |c| {
-            Box::pin(async move {
-                c.users()
-                    .get_user(GetUserRequest {
-                        user_id: "USER0001".into(),
-                    })
-                    .await
-                    .map(drop)
-            })
+            Box::pin(async move { c.get_user("USER0001").await.map(drop) })
         }),
         ("ListUsers", "users:read", |c| {
             Box::pin(async move {

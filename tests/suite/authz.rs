@@ -4,22 +4,15 @@
 
 use std::time::Duration;
 
-use crate::common::{ALL_SCOPES, TestServer, assert_status, samples, value};
+use crate::common::{ALL_SCOPES, Calls, TestServer, assert_status, samples, value};
 use jisu::{
     client::{ClientConfig, JisuClient},
-    pb::GetUserRequest,
     security::{certs, jwt::TokenIssuer, tls},
 };
 use tonic::{Code, Status};
 
 async fn get_user(client: &JisuClient) -> Result<(), Status> {
-    client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
-        .await
-        .map(drop)
+    client.get_user("USER0001").await.map(drop)
 }
 
 /// A client presenting certificate `name` (in the server's certs dir) with `token`.

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::Binary;
+use crate::common::{Binary, Calls};
 use jisu::{
     pb::{CreateUserRequest, GetUserRequest},
     security::certs,
@@ -108,15 +108,9 @@ async fn demo_data_seeds_only_an_empty_database() {
     let created = first
         .client("users:write")
         .await
-        .users()
-        .create_user(CreateUserRequest {
-            name: "After demo".into(),
-            email: "after@demo.dev".into(),
-            phone: String::new(),
-        })
+        .create_user("After demo", "after@demo.dev")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(created.id, "USER0101");
     drop(first);
     // Restarted with --demo-data again (Binary always passes it): nothing is re-seeded.
@@ -124,15 +118,9 @@ async fn demo_data_seeds_only_an_empty_database() {
     let next = second
         .client("users:write")
         .await
-        .users()
-        .create_user(CreateUserRequest {
-            name: "Next".into(),
-            email: "next@demo.dev".into(),
-            phone: String::new(),
-        })
+        .create_user("Next", "next@demo.dev")
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
         next.id, "USER0102",
         "the counter continues; no second demo set"

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{Binary, FaultyStore, Served, samples};
+use crate::common::{Binary, Calls, FaultyStore, Served, samples};
 use futures::StreamExt;
 use jisu::{
     client::{ClientConfig, JisuClient, Resilience},
@@ -284,12 +284,7 @@ async fn an_unavailable_replica_is_avoided_and_with_all_down_calls_fail_fast() {
     let mut last = None;
     let mut codes = Vec::new();
     for _ in 0..20 {
-        let r = client
-            .users()
-            .get_user(GetUserRequest {
-                user_id: "USER0001".into(),
-            })
-            .await;
+        let r = client.get_user("USER0001").await;
         let status = r.unwrap_err();
         codes.push(status.code());
         last = Some(status);

@@ -11,8 +11,8 @@ use std::{
     time::Duration,
 };
 
-use crate::common::{TestServer, assert_status, eventually, reloads};
-use jisu::{pb::GetUserRequest, security::jwt::TokenIssuer};
+use crate::common::{Calls, TestServer, assert_status, eventually, reloads};
+use jisu::security::jwt::TokenIssuer;
 use tonic::{Code, Status};
 
 fn jisu(args: &[&str]) -> String {
@@ -39,10 +39,7 @@ async fn get_user(server: &TestServer, token: String) -> Result<(), Status> {
     server
         .client_with_token(Some(token))
         .await
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
+        .get_user("USER0001")
         .await
         .map(drop)
 }

@@ -3,7 +3,7 @@
 
 use std::{io::Write, process::Stdio, time::Duration};
 
-use crate::common::{ALL_SCOPES, TestServer, samples, value};
+use crate::common::{ALL_SCOPES, Calls, TestServer, samples, value};
 use futures::StreamExt;
 use jisu::{
     pb::{GetUserRequest, ListUsersRequest},
@@ -289,16 +289,7 @@ async fn promtool_accepts_the_live_exposition() {
 async fn store_operations_are_timed() {
     let server = TestServer::start().await;
     let client = server.client(ALL_SCOPES).await;
-    let user = client
-        .users()
-        .create_user(jisu::pb::CreateUserRequest {
-            name: "Timed".into(),
-            email: "timed@jisu.dev".into(),
-            phone: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let user = client.create_user("Timed", "timed@jisu.dev").await.unwrap();
     for _ in 0..3 {
         client
             .users()

@@ -2,11 +2,8 @@
 
 use std::time::Duration;
 
-use crate::common::{TestServer, assert_refused, tls_probe};
-use jisu::{
-    pb::GetUserRequest,
-    security::certs::{CertificateAuthority, LeafSpec, Usage},
-};
+use crate::common::{Calls, TestServer, assert_refused, tls_probe};
+use jisu::security::certs::{CertificateAuthority, LeafSpec, Usage};
 use rustls::AlertDescription;
 use tonic_health::pb::HealthCheckRequest;
 
@@ -30,14 +27,7 @@ async fn a_certificate_from_the_ca_with_client_auth_is_accepted() {
         .connect_with_pem(&leaf.cert, &leaf.key)
         .await
         .unwrap();
-    let user = client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let user = client.get_user("USER0001").await.unwrap();
     assert_eq!(user.id, "USER0001");
     server.stop().await;
 }

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{ALL_SCOPES, TestServer, assert_status};
+use crate::common::{ALL_SCOPES, Calls, TestServer, assert_status};
 use jisu::{
     client::JisuClient,
     pb::{
@@ -89,12 +89,7 @@ async fn a_users_token_reaches_only_that_users_data() {
             user_id: bob_id.clone(),
         })
         .await;
-    let missing = alice
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER9999".into(),
-        })
-        .await;
+    let missing = alice.get_user("USER9999").await;
     let (theirs, missing) = (theirs.unwrap_err(), missing.unwrap_err());
     assert_eq!(theirs.code(), Code::NotFound);
     assert_eq!(

@@ -11,7 +11,7 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
-use crate::common::{ALL_SCOPES, TestServer, assert_refused, samples};
+use crate::common::{ALL_SCOPES, Calls, TestServer, assert_refused, samples};
 use jisu::{
     pb::GetUserRequest,
     security::{
@@ -85,13 +85,7 @@ async fn a_rotated_server_certificate_is_used_by_new_connections() {
                 } else {
                     open.clone()
                 };
-                let ok = client
-                    .users()
-                    .get_user(GetUserRequest {
-                        user_id: "USER0001".into(),
-                    })
-                    .await
-                    .is_ok();
+                let ok = client.get_user("USER0001").await.is_ok();
                 calls.fetch_add(1, Ordering::Relaxed);
                 if !ok {
                     failed.fetch_add(1, Ordering::Relaxed);
@@ -193,13 +187,7 @@ async fn a_revoked_client_is_refused_from_its_next_handshake_and_an_expired_crl_
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let (cert, key) = (read("mallory.pem"), read("mallory.key"));
     let mallory = server.connect_with_pem(&cert, &key).await.unwrap();
-    let get = |c: jisu::client::JisuClient| async move {
-        c.users()
-            .get_user(GetUserRequest {
-                user_id: "USER0001".into(),
-            })
-            .await
-    };
+    let get = |c: jisu::client::JisuClient| async move { c.get_user("USER0001").await };
     get(mallory)
         .await
         .expect("mallory is served before revocation");
@@ -303,10 +291,7 @@ async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
         .await
         .unwrap();
     client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
+        .get_user("USER0001")
         .await
         .expect("the partner CA's client is served while its CA is trusted");
 
@@ -316,10 +301,7 @@ async fn a_ca_removed_from_the_bundle_is_refused_for_new_connections() {
     server
         .client(ALL_SCOPES)
         .await
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
+        .get_user("USER0001")
         .await
         .expect("our own clients are still served");
 }

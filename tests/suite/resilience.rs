@@ -3,7 +3,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::common::{ALL_SCOPES, FaultyStore, TestServer, assert_status, samples, value};
+use crate::common::{ALL_SCOPES, Calls, FaultyStore, TestServer, assert_status, samples, value};
 use futures::StreamExt as _;
 use jisu::pb::{CreateUserRequest, GetUserRequest, UploadHeader, UploadRequest, upload_request};
 use tonic::Code;
@@ -126,12 +126,7 @@ async fn past_the_concurrency_limit_calls_are_refused_at_once() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let status = client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0001".into(),
-        })
-        .await;
+    let status = client.get_user("USER0001").await;
     // Refused, not queued: the hanging calls never free a slot, so an answer at all
     // proves it was not waiting for one.
     let status = assert_status(status, Code::ResourceExhausted, "OVERLOADED");
@@ -154,12 +149,7 @@ async fn past_the_concurrency_limit_calls_are_refused_at_once() {
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let result = client
-            .users()
-            .get_user(GetUserRequest {
-                user_id: "USER0001".into(),
-            })
-            .await;
+        let result = client.get_user("USER0001").await;
         match result {
             Err(s) if s.code() == Code::ResourceExhausted => {
                 assert!(tokio::time::Instant::now() < deadline, "slots never freed");

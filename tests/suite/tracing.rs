@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::common::{Binary, MANIFEST, assert_status, samples, scrape, tool, value};
+use crate::common::{Binary, Calls, MANIFEST, assert_status, samples, scrape, tool, value};
 use jisu::{
     client::{ClientConfig, JisuClient},
     pb::{CreateOrderRequest, GetUserRequest, OrderItem},
@@ -150,13 +150,7 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
     assert_eq!(reply.metadata().get("x-trace-id").unwrap(), trace_id);
 
     // An error carries its trace id too, and marks the span as an error.
-    let missing = client
-        .users()
-        .get_user(GetUserRequest {
-            user_id: "USER0999".into(),
-        })
-        .await
-        .unwrap_err();
+    let missing = client.get_user("USER0999").await.unwrap_err();
     let error_trace = missing
         .metadata()
         .get("x-trace-id")

@@ -16,6 +16,19 @@
 //!
 //! Single-message requests are buffered (they are small) so they can be sent again;
 //! client and bidi streams are balanced and guarded but never retried.
+//!
+//! One job per file: [`replica`] (a server, its circuit and the guard a call holds),
+//! [`budget`] (the A6 retry throttle), [`retry`] (what a retry is decided from); this file
+//! is the balancer and the retry loop.
+mod budget;
+mod replica;
+mod retry;
+
+use budget::Budget;
+pub use replica::Replica;
+use replica::{Admission, Circuit};
+pub(crate) use retry::never_sent;
+use retry::{grpc_status, is_idempotent, pushback, unavailable};
 use std::{
     future::Future,
     pin::Pin,
@@ -72,125 +85,6 @@ impl Default for Resilience {
             budget_tokens: 10.0,
             budget_ratio: 0.1,
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Circuit {
-    Closed { failures: u32 },
-    Open { until: Instant, cooldown: Duration },
-    HalfOpen { probing: bool },
-}
-
-/// One server the client can send to.
-#[derive(Debug)]
-pub struct Replica {
-    pub endpoint: String,
-    channel: Channel,
-    in_flight: AtomicUsize,
-    healthy: AtomicBool,
-    circuit: Mutex<Circuit>,
-    served: AtomicUsize,
-}
-
-impl Replica {
-    /// Calls answered by this replica (for tests and reports).
-    pub fn served(&self) -> usize {
-        self.served.load(Ordering::Relaxed)
-    }
-
-    /// What the last health check said (SERVING) or the transport let through.
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    pub fn is_open(&self) -> bool {
-        matches!(*self.circuit.lock(), Circuit::Open { .. })
-    }
-
-    fn usable(&self, now: Instant) -> bool {
-        if !self.healthy.load(Ordering::Relaxed) {
-            return false;
-        }
-        match *self.circuit.lock() {
-            Circuit::Closed { .. } => true,
-            Circuit::Open { until, .. } => now >= until,
-            Circuit::HalfOpen { probing } => !probing,
-        }
-    }
-
-    /// Takes the replica for one call: `None` if its circuit says no, `Some(true)` when
-    /// this call is the half-open circuit's one probe.
-    fn admit(&self, now: Instant) -> Option<bool> {
-        let mut c = self.circuit.lock();
-        match *c {
-            Circuit::Closed { .. } => Some(false),
-            Circuit::Open { until, .. } if now >= until => {
-                tracing::info!(endpoint = %self.endpoint, "circuit half-open: probing");
-                *c = Circuit::HalfOpen { probing: true };
-                Some(true)
-            }
-            Circuit::Open { .. } => None,
-            Circuit::HalfOpen { probing: false } => {
-                *c = Circuit::HalfOpen { probing: true };
-                Some(true)
-            }
-            Circuit::HalfOpen { probing: true } => None,
-        }
-    }
-}
-
-/// One call's hold on a replica: counts it in flight and, for a half-open circuit's
-/// probe, owns the probe. Dropped without an outcome (the caller gave up on the call),
-/// it undoes both, so the balancer does not avoid the replica forever and the breaker
-/// does not wait forever for a probe that will never report.
-struct Admission {
-    replica: Arc<Replica>,
-    probe: bool,
-}
-
-impl Admission {
-    fn new(replica: Arc<Replica>, probe: bool) -> Self {
-        replica.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self { replica, probe }
-    }
-
-    /// The outcome was recorded: the probe is settled.
-    fn settled(&mut self) {
-        self.probe = false;
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        self.replica.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if self.probe {
-            let mut c = self.replica.circuit.lock();
-            if *c == (Circuit::HalfOpen { probing: true }) {
-                // Another call may probe.
-                *c = Circuit::HalfOpen { probing: false };
-            }
-        }
-    }
-}
-
-/// The A6 retry throttle: retries stop while more than half the tokens are spent.
-#[derive(Debug)]
-struct Budget {
-    tokens: f64,
-    max: f64,
-    ratio: f64,
-}
-
-impl Budget {
-    fn failure(&mut self) {
-        self.tokens = (self.tokens - 1.0).max(0.0);
-    }
-    fn success(&mut self) {
-        self.tokens = (self.tokens + self.ratio).min(self.max);
-    }
-    fn allows_retry(&self) -> bool {
-        self.tokens > self.max / 2.0
     }
 }
 
@@ -293,66 +187,6 @@ async fn check_health(shared: Weak<Shared>) {
         });
         futures::future::join_all(checks).await;
     }
-}
-
-fn grpc_status(response: &Response<Body>) -> Option<Code> {
-    response
-        .headers()
-        .get("grpc-status")
-        .map(|v| Code::from_bytes(v.as_bytes()))
-}
-
-/// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
-fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
-    let raw = response.headers().get(api::RETRY_PUSHBACK_MS)?;
-    Some(
-        raw.to_str()
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-            .map(Duration::from_millis),
-    )
-}
-
-fn is_idempotent(req: &Request<Body>) -> bool {
-    let path = req.uri().path();
-    if req.headers().contains_key(api::IDEMPOTENCY_KEY) {
-        return true;
-    }
-    if let Some(m) = api::served_method(path) {
-        return m.idempotent;
-    }
-    api::method(path).is_some_and(|m| m.idempotent)
-}
-
-/// The request provably never reached a server's application, decided from typed facts
-/// in the error's source chain, never from its text:
-/// - the connection could not be established (tonic's [`tonic::ConnectError`]: DNS, TCP
-///   connect, TLS handshake);
-/// - the server refused the stream (RST_STREAM with REFUSED_STREAM, RFC 9113 §8.7);
-/// - the server's GOAWAY named a last stream id below ours, or arrived before our stream
-///   was opened (h2 reports exactly these streams with the remote GOAWAY error; streams
-///   the server had taken end with another error when the connection closes).
-///
-/// Anything else (a reset or closed connection after the request left) may have been
-/// applied, so a non-idempotent call is not sent again.
-pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away()
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        cause = e.source();
-    }
-    false
-}
-
-fn unavailable(message: &str) -> Response<Body> {
-    tonic::Status::unavailable(message.to_owned()).into_http()
 }
 
 impl Shared {
@@ -558,24 +392,6 @@ impl Service<Request<Body>> for Resilient {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_budget_stops_retries_after_a_run_of_failures() {
-        let mut b = Budget {
-            tokens: 10.0,
-            max: 10.0,
-            ratio: 0.1,
-        };
-        assert!(b.allows_retry());
-        for _ in 0..5 {
-            b.failure();
-        }
-        assert!(!b.allows_retry(), "half spent: no more retries");
-        for _ in 0..10 {
-            b.success();
-        }
-        assert!(b.allows_retry(), "successes earn retries back");
-    }
-
     /// A server that accepts connections and never answers: calls to it wait.
     async fn blackhole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -632,25 +448,5 @@ mod tests {
             );
             assert!(replica.usable(Instant::now()));
         }
-    }
-
-    #[test]
-    fn only_typed_facts_say_a_request_was_never_sent() {
-        let io = |text: &str| std::io::Error::new(std::io::ErrorKind::ConnectionReset, text);
-        let connect: BoxError = Box::new(tonic::ConnectError(Box::new(io("connect refused"))));
-        assert!(never_sent(connect.as_ref()));
-        // Text that merely sounds like a connection problem proves nothing.
-        for text in [
-            "connection closed before message completed",
-            "connection reset",
-            "connection refused",
-            "dns error",
-        ] {
-            let err: BoxError = Box::new(io(text));
-            assert!(!never_sent(err.as_ref()), "{text}");
-        }
-        // A stream error h2 made itself (not the server's refusal) proves nothing either.
-        let local: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
-        assert!(!never_sent(local.as_ref()));
     }
 }

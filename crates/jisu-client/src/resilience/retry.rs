@@ -1,0 +1,94 @@
+//! What the retry loop decides from: the response's status and pushback, whether the
+//! method may be sent again, and whether a failed request provably never left.
+use std::time::Duration;
+
+use http::{Request, Response};
+use tonic::{Code, body::Body};
+
+use jisu_api as api;
+
+pub(super) fn grpc_status(response: &Response<Body>) -> Option<Code> {
+    response
+        .headers()
+        .get("grpc-status")
+        .map(|v| Code::from_bytes(v.as_bytes()))
+}
+
+/// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
+pub(super) fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
+    let raw = response.headers().get(api::RETRY_PUSHBACK_MS)?;
+    Some(
+        raw.to_str()
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_millis),
+    )
+}
+
+pub(super) fn is_idempotent(req: &Request<Body>) -> bool {
+    let path = req.uri().path();
+    if req.headers().contains_key(api::IDEMPOTENCY_KEY) {
+        return true;
+    }
+    if let Some(m) = api::served_method(path) {
+        return m.idempotent;
+    }
+    api::method(path).is_some_and(|m| m.idempotent)
+}
+
+/// The request provably never reached a server's application, decided from typed facts
+/// in the error's source chain, never from its text:
+/// - the connection could not be established (tonic's [`tonic::ConnectError`]: DNS, TCP
+///   connect, TLS handshake);
+/// - the server refused the stream (RST_STREAM with REFUSED_STREAM, RFC 9113 §8.7);
+/// - the server's GOAWAY named a last stream id below ours, or arrived before our stream
+///   was opened (h2 reports exactly these streams with the remote GOAWAY error; streams
+///   the server had taken end with another error when the connection closes).
+///
+/// Anything else (a reset or closed connection after the request left) may have been
+/// applied, so a non-idempotent call is not sent again.
+pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
+}
+
+pub(super) fn unavailable(message: &str) -> Response<Body> {
+    tonic::Status::unavailable(message.to_owned()).into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resilience::BoxError;
+
+    #[test]
+    fn only_typed_facts_say_a_request_was_never_sent() {
+        let io = |text: &str| std::io::Error::new(std::io::ErrorKind::ConnectionReset, text);
+        let connect: BoxError = Box::new(tonic::ConnectError(Box::new(io("connect refused"))));
+        assert!(never_sent(connect.as_ref()));
+        // Text that merely sounds like a connection problem proves nothing.
+        for text in [
+            "connection closed before message completed",
+            "connection reset",
+            "connection refused",
+            "dns error",
+        ] {
+            let err: BoxError = Box::new(io(text));
+            assert!(!never_sent(err.as_ref()), "{text}");
+        }
+        // A stream error h2 made itself (not the server's refusal) proves nothing either.
+        let local: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
+        assert!(!never_sent(local.as_ref()));
+    }
+}

@@ -1,0 +1,72 @@
+//! THE one place the gRPC middleware stack is composed: HTTP/2 limits, then each layer,
+//! outermost first, with why it sits where it sits. Pure: it builds the server future from
+//! its parts and spawns nothing (background tasks belong to the supervisor).
+use std::{future::Future, time::Duration};
+
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{service::Routes, transport::Server};
+
+use crate::{
+    config::Settings,
+    middleware::{
+        AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer, ResetGuardLayer,
+    },
+    security::{authz::PolicyHandle, jwt::TokenVerifier},
+    telemetry::metrics::Metrics,
+    transport::MtlsStream,
+};
+
+/// What the layers need.
+#[derive(Debug)]
+pub(super) struct Layers {
+    pub metrics: Metrics,
+    pub verifier: TokenVerifier,
+    pub policy: PolicyHandle,
+    pub rate_limit: RateLimitLayer,
+}
+
+/// Serves `routes` on the mTLS connections of `incoming` until `signal`, behind the stack.
+pub(super) fn serve_grpc(
+    settings: &Settings,
+    layers: Layers,
+    routes: Routes,
+    incoming: ReceiverStream<std::io::Result<MtlsStream>>,
+    signal: impl Future<Output = ()> + Send,
+) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+    let limits = &settings.server;
+    let Layers {
+        metrics,
+        verifier,
+        policy,
+        rate_limit,
+    } = layers;
+    Server::builder()
+        // Limits first: work refused by h2 costs nothing downstream.
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(1024))
+        .http2_max_pending_accept_reset_streams(Some(128))
+        .http2_max_header_list_size(16 * 1024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
+        .max_connection_age_grace(settings.shutdown_grace())
+        // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
+        // this maximum whatever the caller asked (streams: see service::streams).
+        .timeout(Duration::from_millis(limits.max_call_duration_ms))
+        // Paced rapid reset: a connection whose calls are mostly cancelled by the client
+        // is closed. Outermost, so it sees every call end, however early.
+        .layer(ResetGuardLayer::new(metrics.clone()))
+        // Observe everything, including calls auth refuses and calls shed.
+        .layer(MetricsLayer::new(metrics.clone()))
+        // Shed load before spending anything on a call (health checks pass).
+        .layer(LoadShedLayer::new(limits.max_concurrent_calls))
+        // Who is calling: the bearer token and the method's scope, before any handler;
+        // a path outside the method table stops here.
+        .layer(AuthLayer::new(verifier, policy, metrics))
+        // One caller cannot take the server from the others (needs auth's subject).
+        .layer(rate_limit)
+        // A panic fails its own call with INTERNAL, nothing else.
+        .layer(CatchPanicLayer)
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal)
+}
