@@ -214,7 +214,105 @@ fn bearer(headers: &HeaderMap) -> Result<&str, AuthFailure> {
 
 #[cfg(test)]
 mod tests {
+    use std::{convert::Infallible, time::Duration};
+
+    use tower::ServiceExt as _;
+    use tower_layer::Layer as _;
+
     use super::*;
+    use crate::security::{
+        authz::Policy,
+        certs::jwt_key_pair,
+        jwt::{KeySet, TokenIssuer, VerifierSettings},
+    };
+
+    fn layer() -> (AuthLayer, TokenIssuer) {
+        let pem = jwt_key_pair().unwrap();
+        let verifier = TokenVerifier::new(
+            KeySet::from_pem(pem.cert.as_bytes()).unwrap(),
+            &VerifierSettings {
+                issuer: "jisu".into(),
+                audience: "jisucloud".into(),
+                leeway: Duration::from_secs(30),
+                max_token_bytes: 4096,
+                cache_capacity: 10,
+            },
+        );
+        let metrics = Metrics::new();
+        let policy = PolicyHandle::new(Policy::builtin(&metrics));
+        let issuer = TokenIssuer::from_pem(pem.key.as_bytes(), "jisu", "jisucloud").unwrap();
+        (AuthLayer::new(verifier, policy, metrics), issuer)
+    }
+
+    /// The handler behind auth: reaching it means auth let the call through.
+    fn handler() -> impl Service<
+        Request<()>,
+        Response = Response<String>,
+        Error = Infallible,
+        Future = impl Future<Output = Result<Response<String>, Infallible>>,
+    > + Clone {
+        tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, Infallible>(Response::new("handled".to_owned()))
+        })
+    }
+
+    fn call(path: &str, token: Option<&str>) -> Request<()> {
+        let mut req = Request::builder().uri(path).body(()).unwrap();
+        if let Some(t) = token {
+            req.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                format!("Bearer {t}").parse().unwrap(),
+            );
+        }
+        req
+    }
+
+    fn refusal(response: &Response<String>) -> (tonic::Code, String) {
+        use tonic_types::StatusExt as _;
+        let status = Status::from_header_map(response.headers()).expect("a refusal");
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .map(|i| i.reason.clone())
+            .unwrap_or_default();
+        (status.code(), reason)
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_never_reach_a_handler_whatever_the_token() {
+        let (auth, issuer) = layer();
+        let token = issuer.issue("alice", "users:read users:write", Duration::from_secs(60));
+        for path in ["/jisucloud.v1.UserService/DropTables", "/x.Y/Z", "garbage"] {
+            for token in [None, Some(token.as_str())] {
+                let response = auth
+                    .layer(handler())
+                    .oneshot(call(path, token))
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    refusal(&response),
+                    (tonic::Code::Unimplemented, "UNKNOWN_METHOD".into()),
+                    "{path}"
+                );
+            }
+        }
+        // A known method with its scope gets through; without a token it does not.
+        let ok = auth
+            .layer(handler())
+            .oneshot(call("/jisucloud.v1.UserService/GetUser", Some(&token)))
+            .await
+            .unwrap();
+        assert_eq!(ok.into_body(), "handled");
+        let anonymous = auth
+            .layer(handler())
+            .oneshot(call("/jisucloud.v1.UserService/GetUser", None))
+            .await
+            .unwrap();
+        assert_eq!(
+            refusal(&anonymous),
+            (tonic::Code::Unauthenticated, "TOKEN_MISSING".into())
+        );
+    }
 
     fn headers(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -119,3 +119,65 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    fn request(path: &str) -> Request<()> {
+        Request::builder().uri(path).body(()).unwrap()
+    }
+
+    /// A handler that never finishes: each admitted call holds its slot.
+    fn stuck() -> impl Service<
+        Request<()>,
+        Response = Response<String>,
+        Error = std::convert::Infallible,
+        Future = impl Future<Output = Result<Response<String>, std::convert::Infallible>>,
+    > + Clone {
+        tower::service_fn(|_req: Request<()>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+        })
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_calls_are_refused_at_once_and_health_checks_pass() {
+        let shed = LoadShedLayer::new(2);
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut call = Box::pin(
+                shed.layer(stuck())
+                    .oneshot(request("/jisucloud.v1.UserService/GetUser")),
+            );
+            assert!(futures::poll!(&mut call).is_pending(), "admitted, running");
+            held.push(call);
+        }
+        let refused = shed
+            .layer(stuck())
+            .oneshot(request("/jisucloud.v1.UserService/GetUser"))
+            .await
+            .unwrap();
+        let status = tonic::Status::from_header_map(refused.headers()).unwrap();
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert_eq!(
+            refused.headers()[crate::api::RETRY_PUSHBACK_MS],
+            PUSHBACK_MS
+        );
+        // Health checks are never shed (the handler runs: it is pending, not refused).
+        let mut health = Box::pin(
+            shed.layer(stuck())
+                .oneshot(request("/grpc.health.v1.Health/Check")),
+        );
+        assert!(futures::poll!(&mut health).is_pending());
+        // A finished (here: dropped) call frees its slot.
+        held.pop();
+        let mut next = Box::pin(
+            shed.layer(stuck())
+                .oneshot(request("/jisucloud.v1.UserService/GetUser")),
+        );
+        assert!(futures::poll!(&mut next).is_pending(), "admitted again");
+    }
+}

@@ -282,3 +282,67 @@ where
         self.inner.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::transport::resets::TRIP_CANCELLED;
+
+    fn peer() -> Arc<Peer> {
+        Arc::new(Peer {
+            remote_addr: "127.0.0.1:50000".parse().unwrap(),
+            local_addr: "127.0.0.1:50051".parse().unwrap(),
+            identity: "client".into(),
+            cert_sha256: [0; 32],
+            resets: Arc::default(),
+        })
+    }
+
+    fn request(peer: &Arc<Peer>) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::new()));
+        req.extensions_mut().insert(peer.clone());
+        req
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_calls_are_cancelled_is_closed_and_one_that_completes_is_not() {
+        let metrics = Metrics::new();
+        let layer = ResetGuardLayer::new(metrics.clone());
+        let patient = peer();
+        // Calls that complete (their body read to the end) never trip, however many.
+        let done = tower::service_fn(|_req: Request<GuardedRequest<Full<Bytes>>>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+        });
+        for _ in 0..1000 {
+            let response = layer.layer(done).oneshot(request(&patient)).await.unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        assert!(!patient.resets.close_token().is_cancelled());
+
+        // Calls whose future the client cancels (hyper drops it on RST_STREAM) trip it.
+        let rude = peer();
+        let never = tower::service_fn(|_req: Request<GuardedRequest<Full<Bytes>>>| async {
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+        for i in 1..=TRIP_CANCELLED {
+            assert!(!rude.resets.close_token().is_cancelled(), "call {i}");
+            let mut call = Box::pin(layer.layer(never).oneshot(request(&rude)));
+            assert!(futures::poll!(&mut call).is_pending());
+            drop(call);
+        }
+        assert!(rude.resets.close_token().is_cancelled());
+        assert!(
+            metrics
+                .render()
+                .contains("jisu_connections_closed_total{reason=\"rapid_reset\"} 1"),
+            "counted once"
+        );
+    }
+}
