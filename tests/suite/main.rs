@@ -22,6 +22,7 @@ mod ownership;
 mod reload;
 mod replicas;
 mod resilience;
+mod schema;
 mod store_contract;
 mod streaming;
 mod tracing;
