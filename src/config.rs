@@ -56,6 +56,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub server: ServerSettings,
     pub log: LogSettings,
+    pub tracing: TracingSettings,
 }
 
 /// A database URL. Debug and Display hide its password, so settings can be logged.
@@ -249,6 +250,36 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
 }
 
+/// Which calls are exported even when head sampling dropped them (with a collector
+/// configured): errors and slow calls, so the trace id an error carries always leads to
+/// its trace.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingSettings {
+    /// Final codes whose calls are always exported (go-grpc-prometheus labels, e.g.
+    /// `Internal`, `Unavailable`). Default: every code but `OK`, `NotFound` and
+    /// `Canceled` (a miss and a caller's own cancel are not failures to diagnose).
+    pub keep_codes: Vec<String>,
+    /// Calls taking at least this long are always exported; 0 turns it off. Default
+    /// 1000 ms: far above a healthy call (well under 10 ms here) yet under any deadline
+    /// worth setting, so only genuinely slow calls are kept.
+    pub slow_call_ms: u64,
+}
+
+impl Default for TracingSettings {
+    fn default() -> Self {
+        Self {
+            keep_codes: jisu_client::metrics::CODES
+                .iter()
+                .map(|(_, label)| *label)
+                .filter(|label| !matches!(*label, "OK" | "NotFound" | "Canceled"))
+                .map(str::to_owned)
+                .collect(),
+            slow_call_ms: 1000,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -283,6 +314,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             server: ServerSettings::default(),
             log: LogSettings::default(),
+            tracing: TracingSettings::default(),
         }
     }
 }
@@ -350,7 +382,7 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 15] = [
+const TOP_LEVEL_KEYS: [&str; 16] = [
     "data_dir",
     "database_url",
     "database_max_connections",
@@ -366,6 +398,7 @@ const TOP_LEVEL_KEYS: [&str; 15] = [
     "auth",
     "server",
     "log",
+    "tracing",
 ];
 
 /// The sources of one configuration, highest precedence last.

@@ -22,6 +22,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry_sdk::trace::SpanData;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
@@ -33,12 +34,66 @@ use crate::{
     transport::Peer,
 };
 
+/// Which unsampled calls are exported anyway: errors with these codes, and calls at
+/// least this slow (see [`crate::config::TracingSettings`]).
+#[derive(Debug, Clone)]
+pub struct KeepPolicy {
+    codes: [bool; 17],
+    slow: Option<std::time::Duration>,
+}
+
+impl KeepPolicy {
+    pub fn new(settings: &crate::config::TracingSettings) -> Self {
+        let mut codes = [false; 17];
+        for (code, label) in jisu_client::metrics::CODES {
+            codes[code as usize] = settings.keep_codes.iter().any(|c| c == label);
+        }
+        Self {
+            codes,
+            slow: (settings.slow_call_ms > 0)
+                .then(|| std::time::Duration::from_millis(settings.slow_call_ms)),
+        }
+    }
+
+    /// Why a call that head sampling dropped is kept, if it is.
+    fn reason(&self, code: Code, took: std::time::Duration) -> Option<&'static str> {
+        if self.codes[code as usize] {
+            Some("error")
+        } else if self.slow.is_some_and(|slow| took >= slow) {
+            Some("slow")
+        } else {
+            None
+        }
+    }
+}
+
+impl Default for KeepPolicy {
+    fn default() -> Self {
+        Self::new(&crate::config::TracingSettings::default())
+    }
+}
+
 /// The server's part of a call's record: the trace id header, the span's RPC attributes
-/// (only when sampled) and the in-flight gauge.
+/// (only when sampled), the in-flight gauge, and exporting an unsampled call after all
+/// when its outcome says so (an error, a slow call).
 #[derive(Debug)]
 pub struct ServerCall {
     peer: Option<Arc<Peer>>,
     metrics: Metrics,
+    keep: Arc<KeepPolicy>,
+    /// The span's ids and whether head sampling kept it, read once at the start (only
+    /// while spans are exported).
+    ids: Option<Ids>,
+}
+
+/// What an after-the-fact export needs of the call's span.
+#[derive(Debug)]
+struct Ids {
+    context: opentelemetry::trace::SpanContext,
+    parent: Option<opentelemetry::trace::SpanId>,
+    path: String,
+    started: std::time::SystemTime,
+    start: Instant,
 }
 
 impl CallObserver for ServerCall {
@@ -48,7 +103,10 @@ impl CallObserver for ServerCall {
         span: &tracing::Span,
         method: Option<&MethodMetrics>,
     ) {
-        let (id, sampled) = trace_id(span);
+        let (id, sampled) = match &self.ids {
+            Some(ids) => (header_of(&ids.context), ids.context.is_sampled()),
+            None => trace_id(span),
+        };
         if let Some(id) = id {
             parts.headers.insert(api::TRACE_ID, id);
         }
@@ -57,12 +115,81 @@ impl CallObserver for ServerCall {
         }
     }
 
-    fn finished(&mut self, _code: Code) {
+    fn finished(&mut self, code: Code) {
         self.metrics.in_flight().decrement(1.0);
+        let Some(ids) = &self.ids else {
+            return;
+        };
+        if ids.context.is_sampled() {
+            self.metrics.traces_kept("head").increment(1);
+            return;
+        }
+        let Some(reason) = self.keep.reason(code, ids.start.elapsed()) else {
+            return;
+        };
+        if otel::keep(self.span_data(ids, code, reason)) {
+            self.metrics.traces_kept(reason).increment(1);
+        }
     }
 }
 
 impl ServerCall {
+    /// The SERVER span of a call head sampling dropped, rebuilt from what the record
+    /// knows: its ids (the trace id the caller got in `x-trace-id`), times, RPC
+    /// attributes, the status, and why it was kept (`jisu.sampled_by`).
+    fn span_data(&self, ids: &Ids, code: Code, reason: &'static str) -> SpanData {
+        use opentelemetry::{
+            KeyValue,
+            trace::{SpanContext, SpanKind, Status, TraceFlags},
+        };
+        let (service, method) = api::split_path(&ids.path).unwrap_or((UNKNOWN, UNKNOWN));
+        let mut attributes = vec![
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", service.to_owned()),
+            KeyValue::new("rpc.method", method.to_owned()),
+            KeyValue::new("rpc.grpc.status_code", code as i64),
+            KeyValue::new("jisu.sampled_by", reason),
+        ];
+        if let Some(p) = &self.peer {
+            attributes.push(KeyValue::new(
+                "server.address",
+                p.local_addr.ip().to_string(),
+            ));
+            attributes.push(KeyValue::new("server.port", i64::from(p.local_addr.port())));
+            attributes.push(KeyValue::new(
+                "network.peer.address",
+                p.remote_addr.ip().to_string(),
+            ));
+            attributes.push(KeyValue::new("tls.client.identity", p.identity.clone()));
+        }
+        let c = &ids.context;
+        SpanData {
+            span_context: SpanContext::new(
+                c.trace_id(),
+                c.span_id(),
+                TraceFlags::SAMPLED,
+                false,
+                c.trace_state().clone(),
+            ),
+            parent_span_id: ids.parent.unwrap_or(opentelemetry::trace::SpanId::INVALID),
+            parent_span_is_remote: ids.parent.is_some(),
+            span_kind: SpanKind::Server,
+            name: ids.path.trim_start_matches('/').to_owned().into(),
+            start_time: ids.started,
+            end_time: std::time::SystemTime::now(),
+            attributes,
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: if code == Code::Ok {
+                Status::Unset
+            } else {
+                Status::error(jisu_client::metrics::code_label(code))
+            },
+            instrumentation_scope: opentelemetry::InstrumentationScope::builder("jisu").build(),
+        }
+    }
+
     /// Records the RPC attributes of a sampled SERVER span.
     fn describe(&self, span: &tracing::Span, method: Option<&MethodMetrics>) {
         let (service, name) = method.map_or((UNKNOWN, UNKNOWN), |m| (m.service, m.name));
@@ -85,7 +212,7 @@ impl ServerCall {
 /// semantic-convention attributes are recorded when the call ends, and only when the span
 /// is sampled (see [`CallRecord::describe`]), because converting a dozen attributes for
 /// every call that is never exported was the largest cost of tracing.
-fn server_span<B>(req: &Request<B>) -> tracing::Span {
+fn server_span<B>(req: &Request<B>) -> (tracing::Span, Option<opentelemetry::trace::SpanId>) {
     let path = req.uri().path();
     let span = tracing::info_span!(
         "rpc",
@@ -106,34 +233,49 @@ fn server_span<B>(req: &Request<B>) -> tracing::Span {
     );
     // Most calls carry no context: skip the propagator (a global lock) for them.
     let headers = req.headers();
+    let mut parent_id = None;
     if headers.contains_key("traceparent") || headers.contains_key("baggage") {
         let parent = otel::extract(headers);
-        if parent.span().span_context().is_valid() {
+        let parent_span = parent.span().span_context().clone();
+        if parent_span.is_valid() {
+            parent_id = Some(parent_span.span_id());
             let _ = span.set_parent(parent);
         }
     }
-    span
+    (span, parent_id)
 }
 
 /// The trace id of a span as 32 hex digits (when it has one) and whether it is sampled.
 fn trace_id(span: &tracing::Span) -> (Option<http::HeaderValue>, bool) {
-    let cx = span.context();
-    let sc = cx.span().span_context().clone();
-    let id = sc
-        .is_valid()
+    let sc = span_context(span);
+    (header_of(&sc), sc.is_sampled())
+}
+
+fn span_context(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
+    span.context().span().span_context().clone()
+}
+
+fn header_of(sc: &opentelemetry::trace::SpanContext) -> Option<http::HeaderValue> {
+    sc.is_valid()
         .then(|| http::HeaderValue::from_str(&sc.trace_id().to_string()).ok())
-        .flatten();
-    (id, sc.is_sampled())
+        .flatten()
 }
 
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Metrics,
+    keep: Arc<KeepPolicy>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Metrics) -> Self {
-        Self { metrics }
+    pub fn new(metrics: Metrics, keep: KeepPolicy) -> Self {
+        for reason in ["head", "error", "slow"] {
+            metrics.traces_kept(reason).increment(0);
+        }
+        Self {
+            metrics,
+            keep: Arc::new(keep),
+        }
     }
 }
 
@@ -144,6 +286,7 @@ impl<S> Layer<S> for MetricsLayer {
         MetricsService {
             inner,
             metrics: self.metrics.clone(),
+            keep: self.keep.clone(),
         }
     }
 }
@@ -152,6 +295,7 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Metrics,
+    keep: Arc<KeepPolicy>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MetricsService<S>
@@ -182,7 +326,15 @@ where
             }
         });
         self.metrics.in_flight().increment(1.0);
-        let span = server_span(&req);
+        let (span, parent) = server_span(&req);
+        // Only while spans are exported: the ids an after-the-fact export needs.
+        let ids = otel::exporting().then(|| Ids {
+            context: span_context(&span),
+            parent,
+            path: req.uri().path().to_owned(),
+            started: std::time::SystemTime::now(),
+            start: Instant::now(),
+        });
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let inner = {
             let _entered = span.enter();
@@ -198,6 +350,8 @@ where
                 observer: ServerCall {
                     peer,
                     metrics: self.metrics.clone(),
+                    keep: self.keep.clone(),
+                    ids,
                 },
             },
         )

@@ -10,6 +10,7 @@ use crate::{
     config::Settings,
     middleware::{
         AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer, ResetGuardLayer,
+        metrics::KeepPolicy,
     },
     security::{authz::PolicyHandle, jwt::TokenVerifier},
     telemetry::metrics::Metrics,
@@ -57,7 +58,10 @@ pub(super) fn serve_grpc(
         // is closed. Outermost, so it sees every call end, however early.
         .layer(ResetGuardLayer::new(metrics.clone()))
         // Observe everything, including calls auth refuses and calls shed.
-        .layer(MetricsLayer::new(metrics.clone()))
+        .layer(MetricsLayer::new(
+            metrics.clone(),
+            KeepPolicy::new(&settings.tracing),
+        ))
         // Shed load before spending anything on a call (health checks pass).
         .layer(LoadShedLayer::new(limits.max_concurrent_calls))
         // Who is calling: the bearer token and the method's scope, before any handler;

@@ -202,6 +202,11 @@ impl Metrics {
             "Credential reloads (kind tls or jwt) by result (ok, or error: the last good set kept).",
         );
         describe(
+            "jisu_traces_kept_total",
+            None,
+            "Calls whose SERVER span was exported, by reason: head (sampled), error or slow (kept after head sampling dropped them).",
+        );
+        describe(
             "jisu_auth_failures_total",
             None,
             "Calls refused by bearer-token auth, by bounded reason.",
@@ -247,6 +252,12 @@ impl Metrics {
     /// The `grpc_client_*` series of the calls this process makes (give it to a client).
     pub fn client(&self) -> ClientMetrics {
         self.inner.client.clone()
+    }
+
+    /// `jisu_traces_kept_total{reason}`: calls exported, by why (`head` sampling, or an
+    /// `error` or `slow` call kept after head sampling dropped it).
+    pub fn traces_kept(&self, reason: &'static str) -> Counter {
+        self.counter("jisu_traces_kept_total", &[("reason", reason)])
     }
 
     pub fn in_flight(&self) -> &Gauge {

@@ -360,9 +360,38 @@ impl std::fmt::Debug for Msg {
     }
 }
 
+/// The export queue of the process's pipeline, for spans kept after the fact
+/// ([`keep`]); unset while export is off.
+static KEEP: std::sync::OnceLock<SyncSender<Msg>> = std::sync::OnceLock::new();
+
+/// Whether spans reach a collector (an OTLP endpoint is configured).
+pub fn exporting() -> bool {
+    KEEP.get().is_some()
+}
+
+/// Exports a span that head sampling dropped but the call's outcome keeps (an error, a
+/// slow call): it joins the same bounded queue as sampled spans. False when export is
+/// off or the queue is full (counted as a drop).
+pub fn keep(span: SpanData) -> bool {
+    let Some(tx) = KEEP.get() else {
+        return false;
+    };
+    match tx.try_send(Msg::Span(Box::new(span))) {
+        Ok(()) => true,
+        Err(_) => {
+            SPAN_STATS
+                .dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
 impl QueueProcessor {
     pub fn start<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
         let (tx, rx) = mpsc::sync_channel(settings.max_queue);
+        // The first pipeline of the process is the one kept spans go to.
+        let _ = KEEP.set(tx.clone());
         let worker = std::thread::Builder::new()
             .name("jisu-otlp-export".into())
             .spawn(move || export_loop(exporter, rx, settings))

@@ -560,3 +560,99 @@ async fn python_opentelemetry_client_trace_continues_on_the_server() {
     assert_eq!(span.kind, 2);
     assert_eq!(attr(span, "enduser.id"), s("python"));
 }
+
+/// The trace id an error carries from a response.
+fn trace_of(status: &tonic::Status) -> String {
+    status
+        .metadata()
+        .get("x-trace-id")
+        .expect("x-trace-id on errors")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// With head sampling at 0%, an error's SERVER span is exported anyway (kept by its
+/// outcome, `jisu.sampled_by = "error"`), and nothing else is: not a success, not a
+/// NOT_FOUND. Across two processes both sides of a failed call are kept, under one trace.
+#[tokio::test]
+async fn errors_are_traced_even_when_head_sampling_drops_them() {
+    let mut collector = Collector::start().await;
+    let never = |b: Binary<'static>| {
+        b.env("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "0")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let certs_dir = dir.path().join("certs");
+    certs::init(&certs_dir, &[], false).unwrap();
+    let users = never(collector.binary("jisu-users"))
+        .certs(&certs_dir)
+        .args(["--services", "users"])
+        .start();
+    let orders = never(collector.binary("jisu-orders"))
+        .certs(&certs_dir)
+        .args(["--services", "orders", "--users-endpoint"])
+        .arg(users.endpoint())
+        .start();
+
+    // Not kept: a success and a miss.
+    let reader = users.client("users:read").await;
+    reader.get_user("USER0001").await.unwrap();
+    let missing = reader.get_user("USER0999").await.unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    // Kept: a refusal (the token lacks the scope).
+    let denied = users
+        .client("orders:read")
+        .await
+        .get_user("USER0001")
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    let denied_trace = trace_of(&denied);
+    // The first span to arrive is the refusal's: the earlier calls were never queued
+    // (the queue is first in, first out).
+    let first = tokio::time::timeout(Duration::from_secs(30), collector.spans.recv())
+        .await
+        .expect("the kept span arrives")
+        .unwrap();
+    assert_eq!(hex(&first.span.trace_id), denied_trace, "{first:#?}");
+    assert_eq!(first.span.name, "jisucloud.v1.UserService/GetUser");
+    assert_eq!(attr(&first.span, "jisu.sampled_by"), s("error"));
+    assert_eq!(
+        attr(&first.span, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::PermissionDenied as i64))
+    );
+    let m = samples(&scrape(users.metrics_addr.parse().unwrap()).await);
+    let kept = |reason: &str| value(&m, "jisu_traces_kept_total", &[("reason", reason)]);
+    assert_eq!(kept("error"), 1.0);
+    assert_eq!(kept("head"), 0.0);
+
+    // Across processes: orders checks the user with the caller's token, which lacks
+    // users:read; users refuses, orders fails the call. Both SERVER spans are kept, with
+    // the trace id the caller got.
+    let failed = orders
+        .client("orders:write")
+        .await
+        .orders()
+        .create_order(order_request("USER0001"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.code(), Code::PermissionDenied, "{failed:?}");
+    let trace = trace_of(&failed);
+    let got = collector
+        .trace(&trace, |got| {
+            named(got, "jisucloud.v1.OrderService/CreateOrder").is_some()
+                && named(got, "jisucloud.v1.UserService/GetUser").is_some()
+        })
+        .await;
+    for r in &got {
+        assert_eq!(attr(&r.span, "jisu.sampled_by"), s("error"), "{r:#?}");
+    }
+    let services: std::collections::BTreeSet<&str> =
+        got.iter().map(|r| r.service.as_str()).collect();
+    assert_eq!(
+        services,
+        ["jisu-orders", "jisu-users"].into_iter().collect(),
+        "{got:#?}"
+    );
+}
