@@ -23,6 +23,7 @@ mod reload;
 mod replicas;
 mod resilience;
 mod schema;
+mod sdk;
 mod store_contract;
 mod streaming;
 mod tracing;

@@ -1,0 +1,111 @@
+//! The Python SDK (`sdk/python`) against the real `jisu` binary over mTLS, with the
+//! grpcio of the venv `scripts/test` installs; and its generated code kept fresh.
+use std::{path::Path, process::Command, time::Duration};
+
+use crate::common::{MANIFEST, serve_binary, tool};
+
+use jisu::security::jwt::TokenIssuer;
+
+#[test]
+fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
+    let python = tool("JISU_PYTHON", "python");
+    let server = serve_binary(&[]);
+    let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
+        .unwrap()
+        .issue(
+            "python-sdk",
+            "users:read users:write orders:read orders:write",
+            Duration::from_secs(300),
+        );
+    let output = Command::new(python)
+        .arg(Path::new(MANIFEST).join("sdk/python/tests/sdk_check.py"))
+        .args(["--target", &server.addr, "--certs"])
+        .arg(&server.certs)
+        .env("JISU_TOKEN", token)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the SDK check failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["get_user"], "USER0001");
+    // 100 demo users over three pages of 40, following the x-next-page-token trailer.
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!([100, "USER0001", "USER0100"])
+    );
+    let not_found = &seen["not_found"];
+    assert_eq!(not_found["code"], "NOT_FOUND");
+    assert_eq!(not_found["reason"], "USER_NOT_FOUND");
+    assert_eq!(not_found["domain"], "jisucloud.v1");
+    let trace = not_found["trace_id"].as_str().unwrap();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "trace id {trace:?}"
+    );
+    assert_eq!(
+        seen["invalid"],
+        serde_json::json!({"code": "INVALID_ARGUMENT", "reason": "INVALID_ARGUMENT",
+                           "fields": ["email", "name"]})
+    );
+    assert_eq!(
+        seen["order"],
+        serde_json::json!({"status": "PENDING", "total": 2.5})
+    );
+    assert_eq!(
+        seen["watched"],
+        serde_json::json!(["PENDING", "PAID", "PROCESSING", "SHIPPED", "DELIVERED"])
+    );
+    // The two subscriptions answer in either order; the cancellation comes last.
+    let tracked = seen["tracked"].as_array().unwrap();
+    assert_eq!(tracked.len(), 3, "{tracked:?}");
+    assert!(
+        tracked[..2].contains(&serde_json::json!(["order", "PENDING"])),
+        "{tracked:?}"
+    );
+    assert!(
+        tracked[..2].contains(&serde_json::json!(["error", "ORD0NOPE000", "NOT_FOUND"])),
+        "{tracked:?}"
+    );
+    assert_eq!(tracked[2], serde_json::json!(["order", "CANCELLED"]));
+    assert_eq!(
+        seen["token_fetches"], 1,
+        "the token source reused its token"
+    );
+}
+
+/// The generated Python code in `sdk/python/src/jisucloud` is what grpcio-tools makes
+/// of `proto/` today.
+#[test]
+fn the_python_sdk_generated_code_is_up_to_date() {
+    let python = tool("JISU_PYTHON", "python");
+    let out = tempfile::tempdir().unwrap();
+    let root = Path::new(MANIFEST);
+    let status = Command::new(python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg(format!("--python_out={}", out.path().display()))
+        .arg(format!("--pyi_out={}", out.path().display()))
+        .arg(format!("--grpc_python_out={}", out.path().display()))
+        .args(
+            ["users", "orders", "files"]
+                .map(|f| root.join(format!("proto/jisucloud/v1/{f}.proto"))),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for entry in std::fs::read_dir(out.path().join("jisucloud/v1")).unwrap() {
+        let name = entry.unwrap().file_name();
+        let fresh = std::fs::read_to_string(out.path().join("jisucloud/v1").join(&name)).unwrap();
+        let committed =
+            std::fs::read_to_string(root.join("sdk/python/src/jisucloud/v1").join(&name))
+                .unwrap_or_default();
+        assert!(
+            fresh == committed,
+            "sdk/python/src/jisucloud/v1/{} is stale: run scripts/gen-sdk",
+            name.to_string_lossy()
+        );
+    }
+}
