@@ -109,3 +109,135 @@ fn the_python_sdk_generated_code_is_up_to_date() {
         );
     }
 }
+
+fn typescript_dir() -> std::path::PathBuf {
+    Path::new(MANIFEST).join("sdk/typescript")
+}
+
+/// A tool of the TypeScript SDK's own `node_modules` (`scripts/test` runs `npm ci`).
+fn node_tool(name: &str) -> std::path::PathBuf {
+    let path = typescript_dir().join("node_modules/.bin").join(name);
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/test (it installs sdk/typescript's npm packages)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_typescript_sdk_compiles_strict_and_calls_every_shape() {
+    let tsc = Command::new(node_tool("tsc"))
+        .args(["-p", "tsconfig.json"])
+        .current_dir(typescript_dir())
+        .output()
+        .unwrap();
+    assert!(
+        tsc.status.success(),
+        "tsc --strict: {}{}",
+        String::from_utf8_lossy(&tsc.stdout),
+        String::from_utf8_lossy(&tsc.stderr)
+    );
+    let server = serve_binary(&[]);
+    let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
+        .unwrap()
+        .issue(
+            "ts-sdk",
+            "users:read users:write orders:read orders:write",
+            Duration::from_secs(300),
+        );
+    let output = Command::new("node")
+        .arg(typescript_dir().join("dist/tests/sdk_check.js"))
+        .args(["--target", &server.addr, "--certs"])
+        .arg(&server.certs)
+        .env("JISU_TOKEN", token)
+        .output()
+        .expect("node (Node.js) on PATH");
+    assert!(
+        output.status.success(),
+        "the TypeScript SDK check failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(seen["get_user"], "USER0001");
+    assert_eq!(
+        seen["listed"],
+        serde_json::json!([100, "USER0001", "USER0100"])
+    );
+    assert_eq!(seen["created_at_is_bigint"], true, "int64 is bigint");
+    let not_found = &seen["not_found"];
+    assert_eq!(not_found["code"], "NotFound");
+    assert_eq!(not_found["reason"], "USER_NOT_FOUND");
+    assert_eq!(not_found["domain"], "jisucloud.v1");
+    assert_eq!(not_found["trace_id"].as_str().unwrap().len(), 32);
+    assert_eq!(
+        seen["invalid"],
+        serde_json::json!({"code": "InvalidArgument", "reason": "INVALID_ARGUMENT",
+                           "fields": ["email", "name"]})
+    );
+    assert_eq!(
+        seen["order"],
+        serde_json::json!({"status": "PENDING", "total": 2.5})
+    );
+    assert_eq!(
+        seen["watched"],
+        serde_json::json!(["PENDING", "PAID", "PROCESSING", "SHIPPED", "DELIVERED"])
+    );
+    let tracked = seen["tracked"].as_array().unwrap();
+    assert_eq!(tracked.len(), 3, "{tracked:?}");
+    assert!(
+        tracked[..2].contains(&serde_json::json!(["order", "PENDING"])),
+        "{tracked:?}"
+    );
+    assert!(
+        tracked[..2].contains(&serde_json::json!(["error", "ORD0NOPE000", "NOT_FOUND"])),
+        "{tracked:?}"
+    );
+    assert_eq!(tracked[2], serde_json::json!(["order", "CANCELLED"]));
+    assert_eq!(
+        seen["token_fetches"], 1,
+        "the token source reused its token"
+    );
+}
+
+/// The generated TypeScript in `sdk/typescript/src/gen` is what protoc-gen-es makes of
+/// `proto/` (and of the google.rpc protos) today.
+#[test]
+fn the_typescript_sdk_generated_code_is_up_to_date() {
+    let out = tempfile::tempdir().unwrap();
+    let dir = typescript_dir();
+    let buf = node_tool("buf");
+    let generate = |input: &str, paths: &[&str]| {
+        let mut cmd = Command::new(&buf);
+        cmd.args(["generate", input, "--template", "buf.gen.yaml", "-o"])
+            .arg(out.path())
+            .current_dir(&dir);
+        for p in paths {
+            cmd.args(["--path", p]);
+        }
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "buf generate {input}");
+    };
+    generate("../..", &[]);
+    generate(
+        "node_modules/google-proto-files",
+        &[
+            "node_modules/google-proto-files/google/rpc/error_details.proto",
+            "node_modules/google-proto-files/google/rpc/status.proto",
+        ],
+    );
+    for sub in ["jisucloud/v1", "google/rpc"] {
+        for entry in std::fs::read_dir(out.path().join("src/gen").join(sub)).unwrap() {
+            let name = entry.unwrap().file_name();
+            let fresh =
+                std::fs::read_to_string(out.path().join("src/gen").join(sub).join(&name)).unwrap();
+            let committed = std::fs::read_to_string(dir.join("src/gen").join(sub).join(&name))
+                .unwrap_or_default();
+            assert!(
+                fresh == committed,
+                "sdk/typescript/src/gen/{sub}/{} is stale: run npm run generate in sdk/typescript",
+                name.to_string_lossy()
+            );
+        }
+    }
+}
