@@ -27,7 +27,10 @@ pub mod resets;
 use resets::StreamResets;
 
 use crate::{
-    security::tls::{SharedAcceptor, cert_thumbprint, peer_identity},
+    security::{
+        jwt::TokenMemo,
+        tls::{SharedAcceptor, cert_thumbprint, peer_identity},
+    },
     telemetry::metrics::Metrics,
 };
 
@@ -43,6 +46,8 @@ pub struct Peer {
     pub cert_sha256: [u8; 32],
     /// How this connection's calls end (the rapid-reset guard).
     pub resets: Arc<StreamResets>,
+    /// The last bearer token this connection presented, verified.
+    pub token: Arc<TokenMemo>,
 }
 
 /// A mutual-TLS connection that has completed its handshake.
@@ -274,6 +279,7 @@ async fn handshake(
         identity,
         cert_sha256: cert_thumbprint(cert),
         resets,
+        token: Arc::default(),
     });
     tracing::debug!(%remote_addr, identity = %peer.identity, "mTLS connection established");
     let deadline = Box::pin(tokio::time::sleep(handshake_timeout));

@@ -301,6 +301,7 @@ mod tests {
             identity: "client".into(),
             cert_sha256: [0; 32],
             resets: Arc::default(),
+            token: Arc::default(),
         })
     }
 

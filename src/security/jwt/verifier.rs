@@ -119,6 +119,27 @@ impl TokenVerifier {
         Ok(principal)
     }
 
+    /// As [`TokenVerifier::verify`], remembering the last good token of one connection in
+    /// `memo`: a connection usually repeats one token, and a byte compare is cheaper than
+    /// hashing the token into the shared cache. The memo obeys the same rules as the
+    /// cache: the clock is checked on every use, and a key rotation makes it a miss.
+    pub fn verify_memoized(
+        &self,
+        memo: &TokenMemo,
+        token: &str,
+        now: u64,
+    ) -> Result<Arc<Principal>, AuthFailure> {
+        let generation = self.keys.read().0;
+        if let Some(hit) = memo.get(token, generation)
+            && self.in_time(&hit, now)
+        {
+            return Ok(hit);
+        }
+        let principal = self.verify(token, now)?;
+        memo.set(token, generation, principal.clone());
+        Ok(principal)
+    }
+
     /// Verifies `token` with `keys`, without the cache.
     fn verify_with(
         &self,
@@ -196,6 +217,24 @@ fn classify(kind: &ErrorKind) -> AuthFailure {
     }
 }
 
+/// The last token one connection presented and what it verified to, under which key
+/// set generation (see [`TokenVerifier::verify_memoized`]).
+#[derive(Debug, Default)]
+pub struct TokenMemo(parking_lot::Mutex<Option<(Box<str>, u64, Arc<Principal>)>>);
+
+impl TokenMemo {
+    fn get(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
+        match &*self.0.lock() {
+            Some((t, g, p)) if *g == generation && **t == *token => Some(p.clone()),
+            _ => None,
+        }
+    }
+
+    fn set(&self, token: &str, generation: u64, principal: Arc<Principal>) {
+        *self.0.lock() = Some((token.into(), generation, principal));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +279,40 @@ mod tests {
             .insert(Arc::from(token.as_str()), (generation, principal));
         assert_eq!(
             verifier.verify(&token, now).unwrap_err(),
+            AuthFailure::BadSignature
+        );
+    }
+
+    #[test]
+    fn the_connection_memo_obeys_the_clock_and_key_rotation() {
+        let (issuer, verifier) = pair();
+        let memo = TokenMemo::default();
+        let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
+        let now = unix_now();
+        assert_eq!(
+            verifier.verify_memoized(&memo, &token, now).unwrap().subject,
+            "alice"
+        );
+        assert!(memo.get(&token, 0).is_some(), "remembered");
+        assert!(verifier.verify_memoized(&memo, &token, now).is_ok());
+        // The clock is checked on every use of the memo.
+        assert_eq!(
+            verifier
+                .verify_memoized(&memo, &token, now + 60 + 31)
+                .unwrap_err(),
+            AuthFailure::Expired
+        );
+        // Another token on the connection is verified, not taken from the memo.
+        let other = issuer.issue("bob", "users:read", Duration::from_secs(60));
+        assert_eq!(
+            verifier.verify_memoized(&memo, &other, now).unwrap().subject,
+            "bob"
+        );
+        // A key rotation makes the memo a miss: the retired key stops working.
+        let next = jwt_key_pair().unwrap();
+        verifier.replace_keys(KeySet::from_pem(next.cert.as_bytes()).unwrap());
+        assert_eq!(
+            verifier.verify_memoized(&memo, &other, now).unwrap_err(),
             AuthFailure::BadSignature
         );
     }
