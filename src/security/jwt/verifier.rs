@@ -290,7 +290,10 @@ mod tests {
         let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
         let now = unix_now();
         assert_eq!(
-            verifier.verify_memoized(&memo, &token, now).unwrap().subject,
+            verifier
+                .verify_memoized(&memo, &token, now)
+                .unwrap()
+                .subject,
             "alice"
         );
         assert!(memo.get(&token, 0).is_some(), "remembered");
@@ -305,7 +308,10 @@ mod tests {
         // Another token on the connection is verified, not taken from the memo.
         let other = issuer.issue("bob", "users:read", Duration::from_secs(60));
         assert_eq!(
-            verifier.verify_memoized(&memo, &other, now).unwrap().subject,
+            verifier
+                .verify_memoized(&memo, &other, now)
+                .unwrap()
+                .subject,
             "bob"
         );
         // A key rotation makes the memo a miss: the retired key stops working.
