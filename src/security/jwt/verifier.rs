@@ -220,18 +220,31 @@ fn classify(kind: &ErrorKind) -> AuthFailure {
 /// The last token one connection presented and what it verified to, under which key
 /// set generation (see [`TokenVerifier::verify_memoized`]).
 #[derive(Debug, Default)]
-pub struct TokenMemo(parking_lot::Mutex<Option<(Box<str>, u64, Arc<Principal>)>>);
+pub struct TokenMemo(parking_lot::Mutex<Option<Memo>>);
+
+#[derive(Debug)]
+struct Memo {
+    token: Box<str>,
+    generation: u64,
+    principal: Arc<Principal>,
+}
 
 impl TokenMemo {
     fn get(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
         match &*self.0.lock() {
-            Some((t, g, p)) if *g == generation && **t == *token => Some(p.clone()),
+            Some(m) if m.generation == generation && *m.token == *token => {
+                Some(m.principal.clone())
+            }
             _ => None,
         }
     }
 
     fn set(&self, token: &str, generation: u64, principal: Arc<Principal>) {
-        *self.0.lock() = Some((token.into(), generation, principal));
+        *self.0.lock() = Some(Memo {
+            token: token.into(),
+            generation,
+            principal,
+        });
     }
 }
 
