@@ -269,7 +269,7 @@ pub struct TracingSettings {
 impl Default for TracingSettings {
     fn default() -> Self {
         Self {
-            keep_codes: jisu_client::metrics::CODES
+            keep_codes: crate::api::CODES
                 .iter()
                 .map(|(_, label)| *label)
                 .filter(|label| !matches!(*label, "OK" | "NotFound" | "Canceled"))

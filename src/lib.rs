@@ -40,8 +40,8 @@
 //! A module uses only modules of lower layers (checked by `tests/suite/layering.rs`), so
 //! no two modules import each other. Lowest first:
 //!
-//! 1. `api` and `pb` (the `jisu-api` crate), `error`, `config`
-//! 2. `docs`
+//! 1. `api` and `pb` (the `jisu-api` crate)
+//! 2. `error`, `config`, `docs`
 //! 3. `telemetry`
 //! 4. `security`, `store`
 //! 5. `transport`

@@ -10,8 +10,8 @@ use std::{
 /// Lowest first. Keep in step with the "Layers" paragraph of `src/lib.rs` and the README.
 const LAYERS: &[&[&str]] = &[
     // `api` and `pb` are the `jisu-api` crate, re-exported.
-    &["api", "pb", "error", "config"],
-    &["docs"],
+    &["api", "pb"],
+    &["error", "config", "docs"],
     &["telemetry"],
     &["security", "store"],
     &["transport"],

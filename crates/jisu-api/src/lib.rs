@@ -58,6 +58,33 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Every gRPC code, in numeric order, with the label go-grpc-prometheus (and so every
+/// dashboard) uses for it.
+pub const CODES: [(tonic::Code, &str); 17] = [
+    (tonic::Code::Ok, "OK"),
+    (tonic::Code::Cancelled, "Canceled"),
+    (tonic::Code::Unknown, "Unknown"),
+    (tonic::Code::InvalidArgument, "InvalidArgument"),
+    (tonic::Code::DeadlineExceeded, "DeadlineExceeded"),
+    (tonic::Code::NotFound, "NotFound"),
+    (tonic::Code::AlreadyExists, "AlreadyExists"),
+    (tonic::Code::PermissionDenied, "PermissionDenied"),
+    (tonic::Code::ResourceExhausted, "ResourceExhausted"),
+    (tonic::Code::FailedPrecondition, "FailedPrecondition"),
+    (tonic::Code::Aborted, "Aborted"),
+    (tonic::Code::OutOfRange, "OutOfRange"),
+    (tonic::Code::Unimplemented, "Unimplemented"),
+    (tonic::Code::Internal, "Internal"),
+    (tonic::Code::Unavailable, "Unavailable"),
+    (tonic::Code::DataLoss, "DataLoss"),
+    (tonic::Code::Unauthenticated, "Unauthenticated"),
+];
+
+/// The label value of a gRPC code.
+pub fn code_label(code: tonic::Code) -> &'static str {
+    CODES[code as usize].1
+}
+
 /// What a method requires beyond mutual TLS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

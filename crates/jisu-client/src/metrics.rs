@@ -7,31 +7,7 @@ use jisu_api::CallType;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
 use tonic::Code;
 
-/// Every gRPC code, in numeric order, with the go-grpc-prometheus label.
-pub const CODES: [(Code, &str); 17] = [
-    (Code::Ok, "OK"),
-    (Code::Cancelled, "Canceled"),
-    (Code::Unknown, "Unknown"),
-    (Code::InvalidArgument, "InvalidArgument"),
-    (Code::DeadlineExceeded, "DeadlineExceeded"),
-    (Code::NotFound, "NotFound"),
-    (Code::AlreadyExists, "AlreadyExists"),
-    (Code::PermissionDenied, "PermissionDenied"),
-    (Code::ResourceExhausted, "ResourceExhausted"),
-    (Code::FailedPrecondition, "FailedPrecondition"),
-    (Code::Aborted, "Aborted"),
-    (Code::OutOfRange, "OutOfRange"),
-    (Code::Unimplemented, "Unimplemented"),
-    (Code::Internal, "Internal"),
-    (Code::Unavailable, "Unavailable"),
-    (Code::DataLoss, "DataLoss"),
-    (Code::Unauthenticated, "Unauthenticated"),
-];
-
-/// The label value of a gRPC code.
-pub fn code_label(code: Code) -> &'static str {
-    CODES[code as usize].1
-}
+pub use jisu_api::{CODES, code_label};
 
 /// Service/method labels for paths outside the method table.
 pub const UNKNOWN: &str = "unknown";
