@@ -174,12 +174,12 @@ impl Application {
         let policy = PolicyHandle::new(policy);
         let store: Arc<dyn Store> =
             Arc::new(TracedStore::new(backend, system).with_metrics(&metrics));
-        if settings.demo_data
-            && settings.serves(ServiceKind::Users)
-            && store.user_count().await? == 0
-        {
+        // Seeds only an empty store, atomically (replicas may start together).
+        if settings.demo_data && settings.serves(ServiceKind::Users) {
             let n = store::load_demo_users(store.as_ref(), crate::service::now()).await?;
-            tracing::info!(users = n, "loaded demo data");
+            if n > 0 {
+                tracing::info!(users = n, "loaded demo data");
+            }
         }
         let users = user_directory(&settings, &metrics)?;
         let files = if settings.serves(ServiceKind::Files) {

@@ -74,7 +74,7 @@ impl<F: Future> Future for Admitted<F> {
 }
 
 fn is_health_check(path: &str) -> bool {
-    path.starts_with("/grpc.health.v1.Health/")
+    crate::api::split_path(path).is_some_and(|(service, _)| service == crate::api::HEALTH_SERVICE)
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LoadShed<S>

@@ -42,6 +42,15 @@ pub struct KeepPolicy {
     slow: Option<std::time::Duration>,
 }
 
+/// The policy and its `jisu_traces_kept_total{reason}` series, registered once.
+#[derive(Debug)]
+struct Keeping {
+    policy: KeepPolicy,
+    head: metrics::Counter,
+    error: metrics::Counter,
+    slow: metrics::Counter,
+}
+
 impl KeepPolicy {
     pub fn new(settings: &crate::config::TracingSettings) -> Self {
         let mut codes = [false; 17];
@@ -67,6 +76,16 @@ impl KeepPolicy {
     }
 }
 
+impl Keeping {
+    fn counter(&self, reason: &str) -> &metrics::Counter {
+        match reason {
+            "error" => &self.error,
+            "slow" => &self.slow,
+            _ => &self.head,
+        }
+    }
+}
+
 impl Default for KeepPolicy {
     fn default() -> Self {
         Self::new(&crate::config::TracingSettings::default())
@@ -80,20 +99,20 @@ impl Default for KeepPolicy {
 pub struct ServerCall {
     peer: Option<Arc<Peer>>,
     metrics: Metrics,
-    keep: Arc<KeepPolicy>,
+    keep: Arc<Keeping>,
     /// The span's ids and whether head sampling kept it, read once at the start (only
     /// while spans are exported).
     ids: Option<Ids>,
 }
 
-/// What an after-the-fact export needs of the call's span.
+/// What an after-the-fact export needs of the call's span that the record does not
+/// hold already (its method and times come from the record).
 #[derive(Debug)]
 struct Ids {
     context: opentelemetry::trace::SpanContext,
     parent: Option<opentelemetry::trace::SpanId>,
-    path: String,
-    started: std::time::SystemTime,
-    start: Instant,
+    service: &'static str,
+    method: &'static str,
 }
 
 impl CallObserver for ServerCall {
@@ -115,20 +134,20 @@ impl CallObserver for ServerCall {
         }
     }
 
-    fn finished(&mut self, code: Code) {
+    fn finished(&mut self, code: Code, took: std::time::Duration) {
         self.metrics.in_flight().decrement(1.0);
         let Some(ids) = &self.ids else {
             return;
         };
         if ids.context.is_sampled() {
-            self.metrics.traces_kept("head").increment(1);
+            self.keep.head.increment(1);
             return;
         }
-        let Some(reason) = self.keep.reason(code, ids.start.elapsed()) else {
+        let Some(reason) = self.keep.policy.reason(code, took) else {
             return;
         };
-        if otel::keep(self.span_data(ids, code, reason)) {
-            self.metrics.traces_kept(reason).increment(1);
+        if otel::keep(self.span_data(ids, code, took, reason)) {
+            self.keep.counter(reason).increment(1);
         }
     }
 }
@@ -137,16 +156,22 @@ impl ServerCall {
     /// The SERVER span of a call head sampling dropped, rebuilt from what the record
     /// knows: its ids (the trace id the caller got in `x-trace-id`), times, RPC
     /// attributes, the status, and why it was kept (`jisu.sampled_by`).
-    fn span_data(&self, ids: &Ids, code: Code, reason: &'static str) -> SpanData {
+    fn span_data(
+        &self,
+        ids: &Ids,
+        code: Code,
+        took: std::time::Duration,
+        reason: &'static str,
+    ) -> SpanData {
         use opentelemetry::{
             KeyValue,
             trace::{SpanContext, SpanKind, Status, TraceFlags},
         };
-        let (service, method) = api::split_path(&ids.path).unwrap_or((UNKNOWN, UNKNOWN));
+        let (service, method) = (ids.service, ids.method);
         let mut attributes = vec![
             KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service.to_owned()),
-            KeyValue::new("rpc.method", method.to_owned()),
+            KeyValue::new("rpc.service", service),
+            KeyValue::new("rpc.method", method),
             KeyValue::new("rpc.grpc.status_code", code as i64),
             KeyValue::new("jisu.sampled_by", reason),
         ];
@@ -174,8 +199,8 @@ impl ServerCall {
             parent_span_id: ids.parent.unwrap_or(opentelemetry::trace::SpanId::INVALID),
             parent_span_is_remote: ids.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: ids.path.trim_start_matches('/').to_owned().into(),
-            start_time: ids.started,
+            name: format!("{service}/{method}").into(),
+            start_time: std::time::SystemTime::now() - took,
             end_time: std::time::SystemTime::now(),
             attributes,
             dropped_attributes_count: 0,
@@ -264,18 +289,18 @@ fn header_of(sc: &opentelemetry::trace::SpanContext) -> Option<http::HeaderValue
 #[derive(Debug, Clone)]
 pub struct MetricsLayer {
     metrics: Metrics,
-    keep: Arc<KeepPolicy>,
+    keep: Arc<Keeping>,
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Metrics, keep: KeepPolicy) -> Self {
-        for reason in ["head", "error", "slow"] {
-            metrics.traces_kept(reason).increment(0);
-        }
-        Self {
-            metrics,
-            keep: Arc::new(keep),
-        }
+    pub fn new(metrics: Metrics, policy: KeepPolicy) -> Self {
+        let keep = Arc::new(Keeping {
+            policy,
+            head: metrics.traces_kept("head"),
+            error: metrics.traces_kept("error"),
+            slow: metrics.traces_kept("slow"),
+        });
+        Self { metrics, keep }
     }
 }
 
@@ -295,7 +320,7 @@ impl<S> Layer<S> for MetricsLayer {
 pub struct MetricsService<S> {
     inner: S,
     metrics: Metrics,
-    keep: Arc<KeepPolicy>,
+    keep: Arc<Keeping>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for MetricsService<S>
@@ -331,9 +356,8 @@ where
         let ids = otel::exporting().then(|| Ids {
             context: span_context(&span),
             parent,
-            path: req.uri().path().to_owned(),
-            started: std::time::SystemTime::now(),
-            start: Instant::now(),
+            service: method.service,
+            method: method.name,
         });
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let inner = {

@@ -29,10 +29,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{
-    telemetry::metrics::Metrics,
-    transport::{Peer, resets::StreamResets},
-};
+use crate::{telemetry::metrics::Metrics, transport::Peer};
 
 /// Adds [`ResetGuard`] to a service.
 #[derive(Debug, Clone)]
@@ -73,7 +70,6 @@ pub struct ResetGuard<S> {
 /// One call's pending outcome: cancelled unless settled otherwise before it is dropped.
 #[derive(Debug)]
 struct Outcome {
-    resets: Arc<StreamResets>,
     peer: Arc<Peer>,
     metrics: Metrics,
     /// Set by the request body when the client reset the stream.
@@ -83,7 +79,7 @@ struct Outcome {
 impl Outcome {
     fn settle(self, dropped: bool) {
         let cancelled = dropped || self.client_reset.load(Ordering::Relaxed);
-        if self.resets.record(cancelled) {
+        if self.peer.resets.record(cancelled) {
             tracing::warn!(
                 remote_addr = %self.peer.remote_addr,
                 identity = %self.peer.identity,
@@ -117,7 +113,6 @@ where
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let client_reset = Arc::new(AtomicBool::new(false));
         let outcome = req.extensions().get::<Arc<Peer>>().map(|peer| Outcome {
-            resets: peer.resets.clone(),
             peer: peer.clone(),
             metrics: self.metrics.clone(),
             client_reset: client_reset.clone(),

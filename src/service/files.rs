@@ -98,23 +98,6 @@ fn is_file_id(id: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// The SHA-256 of a stored file, read in chunks.
-async fn hash_file(path: &Path) -> Result<String, Error> {
-    use tokio::io::AsyncReadExt as _;
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| io_error("reading a stored file", e))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        match file.read(&mut buf).await {
-            Ok(0) => return Ok(hex::encode(hasher.finalize())),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) => return Err(io_error("reading a stored file", e)),
-        }
-    }
-}
-
 /// Length of the 64-bit ids of earlier versions (`F` + 16 hex digits).
 const LEGACY_ID_LEN: usize = 17;
 
@@ -373,7 +356,10 @@ impl FileApi {
                 }
                 // Content without metadata (a crash between the two): finish the publish,
                 // but only over the very bytes this id names.
-                if hash_file(&content).await? != info.sha256 {
+                let (stored, _) = jisu_client::files::sha256_file(&content)
+                    .await
+                    .map_err(|e| Error::Internal(format!("reading a stored file: {e}")))?;
+                if stored != info.sha256 {
                     tracing::error!(file_id = %info.id, "a different file is stored under this id");
                     return Err(Error::refused(
                         Code::DataLoss,

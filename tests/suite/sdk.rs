@@ -1,35 +1,39 @@
-//! The Python SDK (`sdk/python`) against the real `jisu` binary over mTLS, with the
-//! grpcio of the venv `scripts/test` installs; and its generated code kept fresh.
+//! The Python (`sdk/python`) and TypeScript (`sdk/typescript`) SDKs against the real
+//! `jisu` binary over mTLS — one check program each, the same assertions — and their
+//! generated code kept fresh.
 use std::{path::Path, process::Command, time::Duration};
 
 use crate::common::{MANIFEST, serve_binary, tool};
 
 use jisu::security::jwt::TokenIssuer;
 
-#[test]
-fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
-    let python = tool("JISU_PYTHON", "python");
+/// Runs an SDK's check program against a fresh server (`--target`, `--certs`, and a
+/// token in `JISU_TOKEN`); returns the JSON it printed.
+fn run_check(mut program: Command, what: &str) -> serde_json::Value {
     let server = serve_binary(&[]);
     let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
         .unwrap()
         .issue(
-            "python-sdk",
+            what,
             "users:read users:write orders:read orders:write",
             Duration::from_secs(300),
         );
-    let output = Command::new(python)
-        .arg(Path::new(MANIFEST).join("sdk/python/tests/sdk_check.py"))
+    let output = program
         .args(["--target", &server.addr, "--certs"])
         .arg(&server.certs)
         .env("JISU_TOKEN", token)
         .output()
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     assert!(
         output.status.success(),
-        "the SDK check failed: {}",
+        "the {what} check failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// What every SDK's check must have seen; `code` names a gRPC code in that language.
+fn assert_session(seen: &serde_json::Value, code: fn(tonic::Code) -> &'static str) {
     assert_eq!(seen["get_user"], "USER0001");
     // 100 demo users over three pages of 40, following the x-next-page-token trailer.
     assert_eq!(
@@ -37,7 +41,7 @@ fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
         serde_json::json!([100, "USER0001", "USER0100"])
     );
     let not_found = &seen["not_found"];
-    assert_eq!(not_found["code"], "NOT_FOUND");
+    assert_eq!(not_found["code"], code(tonic::Code::NotFound));
     assert_eq!(not_found["reason"], "USER_NOT_FOUND");
     assert_eq!(not_found["domain"], "jisucloud.v1");
     let trace = not_found["trace_id"].as_str().unwrap();
@@ -47,8 +51,8 @@ fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
     );
     assert_eq!(
         seen["invalid"],
-        serde_json::json!({"code": "INVALID_ARGUMENT", "reason": "INVALID_ARGUMENT",
-                           "fields": ["email", "name"]})
+        serde_json::json!({"code": code(tonic::Code::InvalidArgument),
+                           "reason": "INVALID_ARGUMENT", "fields": ["email", "name"]})
     );
     assert_eq!(
         seen["order"],
@@ -74,6 +78,18 @@ fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
         seen["token_fetches"], 1,
         "the token source reused its token"
     );
+}
+
+#[test]
+fn the_python_sdk_calls_every_shape_and_reads_typed_errors() {
+    let mut python = Command::new(tool("JISU_PYTHON", "python"));
+    python.arg(Path::new(MANIFEST).join("sdk/python/tests/sdk_check.py"));
+    let seen = run_check(python, "python-sdk");
+    // grpc.StatusCode names: NOT_FOUND, INVALID_ARGUMENT.
+    assert_session(&seen, |c| match c {
+        tonic::Code::NotFound => "NOT_FOUND",
+        _ => "INVALID_ARGUMENT",
+    });
 }
 
 /// The generated Python code in `sdk/python/src/jisucloud` is what grpcio-tools makes
@@ -138,66 +154,15 @@ fn the_typescript_sdk_compiles_strict_and_calls_every_shape() {
         String::from_utf8_lossy(&tsc.stdout),
         String::from_utf8_lossy(&tsc.stderr)
     );
-    let server = serve_binary(&[]);
-    let token = TokenIssuer::from_file(&server.certs.join("jwt.key"), "jisu", "jisucloud")
-        .unwrap()
-        .issue(
-            "ts-sdk",
-            "users:read users:write orders:read orders:write",
-            Duration::from_secs(300),
-        );
-    let output = Command::new("node")
-        .arg(typescript_dir().join("dist/tests/sdk_check.js"))
-        .args(["--target", &server.addr, "--certs"])
-        .arg(&server.certs)
-        .env("JISU_TOKEN", token)
-        .output()
-        .expect("node (Node.js) on PATH");
-    assert!(
-        output.status.success(),
-        "the TypeScript SDK check failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let seen: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(seen["get_user"], "USER0001");
-    assert_eq!(
-        seen["listed"],
-        serde_json::json!([100, "USER0001", "USER0100"])
-    );
+    let mut node = Command::new("node");
+    node.arg(typescript_dir().join("dist/tests/sdk_check.js"));
+    let seen = run_check(node, "ts-sdk");
     assert_eq!(seen["created_at_is_bigint"], true, "int64 is bigint");
-    let not_found = &seen["not_found"];
-    assert_eq!(not_found["code"], "NotFound");
-    assert_eq!(not_found["reason"], "USER_NOT_FOUND");
-    assert_eq!(not_found["domain"], "jisucloud.v1");
-    assert_eq!(not_found["trace_id"].as_str().unwrap().len(), 32);
-    assert_eq!(
-        seen["invalid"],
-        serde_json::json!({"code": "InvalidArgument", "reason": "INVALID_ARGUMENT",
-                           "fields": ["email", "name"]})
-    );
-    assert_eq!(
-        seen["order"],
-        serde_json::json!({"status": "PENDING", "total": 2.5})
-    );
-    assert_eq!(
-        seen["watched"],
-        serde_json::json!(["PENDING", "PAID", "PROCESSING", "SHIPPED", "DELIVERED"])
-    );
-    let tracked = seen["tracked"].as_array().unwrap();
-    assert_eq!(tracked.len(), 3, "{tracked:?}");
-    assert!(
-        tracked[..2].contains(&serde_json::json!(["order", "PENDING"])),
-        "{tracked:?}"
-    );
-    assert!(
-        tracked[..2].contains(&serde_json::json!(["error", "ORD0NOPE000", "NOT_FOUND"])),
-        "{tracked:?}"
-    );
-    assert_eq!(tracked[2], serde_json::json!(["order", "CANCELLED"]));
-    assert_eq!(
-        seen["token_fetches"], 1,
-        "the token source reused its token"
-    );
+    // connect-es Code names: NotFound, InvalidArgument.
+    assert_session(&seen, |c| match c {
+        tonic::Code::NotFound => "NotFound",
+        _ => "InvalidArgument",
+    });
 }
 
 /// The generated TypeScript in `sdk/typescript/src/gen` is what protoc-gen-es makes of

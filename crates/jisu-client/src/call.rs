@@ -32,8 +32,8 @@ pub trait CallObserver: Send + 'static {
     ) {
     }
 
-    /// The call ended with `code`.
-    fn finished(&mut self, _code: Code) {}
+    /// The call ended with `code`, `took` after it started.
+    fn finished(&mut self, _code: Code, _took: std::time::Duration) {}
 }
 
 /// A client adds nothing.
@@ -85,11 +85,12 @@ struct FinishOnDrop<O: CallObserver> {
 impl<O: CallObserver> Drop for FinishOnDrop<O> {
     fn drop(&mut self) {
         if let Some(mut r) = self.record.take() {
+            let took = r.start.elapsed();
             if let Some(method) = &r.method {
                 method.handled(self.code).increment(1);
-                method.handling.record(r.start.elapsed().as_secs_f64());
+                method.handling.record(took.as_secs_f64());
             }
-            r.observer.finished(self.code);
+            r.observer.finished(self.code, took);
             r.span.record("rpc.grpc.status_code", self.code as i32);
             if self.code != Code::Ok {
                 r.span.record("otel.status_code", "ERROR");
