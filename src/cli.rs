@@ -7,6 +7,7 @@ mod certs;
 mod docs;
 mod serve;
 mod token;
+mod trace;
 
 /// Jisu: JisuCloud's UserService and OrderService over mutual TLS with JWT auth.
 #[derive(Debug, Parser)]
@@ -33,6 +34,9 @@ enum Command {
     /// Servers the benchmark suite compares with (bare, rest, otlp-sink).
     #[command(hide = true)]
     BenchTarget(bench::TargetArgs),
+    /// Look a call up on running servers: one trace's span tree by its id, or the recent
+    /// failures (`--errors`), from the debug pages.
+    Trace(trace::TraceArgs),
     /// Generate documentation.
     #[command(subcommand)]
     Docs(docs::DocsCommand),
@@ -47,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => call::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchTarget(args) => bench::run_target(args),
+        Command::Trace(args) => trace::run(args),
         Command::Docs(cmd) => docs::run(cmd),
     }
 }

@@ -57,6 +57,7 @@ pub struct Settings {
     pub server: ServerSettings,
     pub log: LogSettings,
     pub tracing: TracingSettings,
+    pub debug: DebugSettings,
 }
 
 /// A database URL. Debug and Display hide its password, so settings can be logged.
@@ -250,6 +251,64 @@ pub struct ServerSettings {
     pub shutdown_grace_ms: u64,
 }
 
+/// The debug pages (`/debug/traces`, `/debug/rpcz` and their JSON, what `jisu trace`
+/// reads) and the in-memory store of recent kept traces behind them.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugSettings {
+    /// Serve the debug pages at all. The trace store is kept either way (it is what
+    /// makes a failed call's trace id useful); this only turns the listener off.
+    pub enabled: bool,
+    /// Their plain-HTTP listener. They show user ids, client identities, error messages
+    /// and per-method traffic, so it must be a loopback address unless `allow_remote`.
+    pub listen: SocketAddr,
+    /// Allow a non-loopback `listen` (behind your own access control: the pages have
+    /// none of their own).
+    pub allow_remote: bool,
+    /// Failed and slow calls kept in memory (the newest; oldest dropped first).
+    pub kept_traces: usize,
+    /// Other calls kept as a sample, in a ring of their own so they never push
+    /// failures out.
+    pub sampled_traces: usize,
+    /// Share of successful calls sampled into memory, decided by trace id (so every
+    /// process of a call chain keeps the same ones).
+    pub sample_ratio: f64,
+}
+
+impl Default for DebugSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:9469".parse().expect("valid address"),
+            allow_remote: false,
+            kept_traces: 1000,
+            sampled_traces: 200,
+            sample_ratio: 0.01,
+        }
+    }
+}
+
+impl DebugSettings {
+    /// Refuses a listener that would show the pages to the network by accident.
+    pub fn check(&self) -> Result<(), String> {
+        if self.enabled && !self.listen.ip().is_loopback() && !self.allow_remote {
+            return Err(format!(
+                "debug.listen {} is not a loopback address: the debug pages show user ids, \
+                 client identities and traffic; use 127.0.0.1, set debug.enabled = false, or \
+                 set debug.allow_remote = true behind your own access control",
+                self.listen
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.sample_ratio) {
+            return Err(format!(
+                "debug.sample_ratio {} is not between 0 and 1",
+                self.sample_ratio
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Which calls are exported even when head sampling dropped them (with a collector
 /// configured): errors and slow calls, so the trace id an error carries always leads to
 /// its trace.
@@ -315,6 +374,7 @@ impl Default for Settings {
             server: ServerSettings::default(),
             log: LogSettings::default(),
             tracing: TracingSettings::default(),
+            debug: DebugSettings::default(),
         }
     }
 }
@@ -382,7 +442,7 @@ impl Default for LogSettings {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(#[from] Box<figment::Error>);
 
-const TOP_LEVEL_KEYS: [&str; 16] = [
+const TOP_LEVEL_KEYS: [&str; 17] = [
     "data_dir",
     "database_url",
     "database_max_connections",
@@ -399,6 +459,7 @@ const TOP_LEVEL_KEYS: [&str; 16] = [
     "server",
     "log",
     "tracing",
+    "debug",
 ];
 
 /// The sources of one configuration, highest precedence last.
@@ -488,6 +549,10 @@ impl Settings {
             metrics_listen: "127.0.0.1:0".parse().expect("valid address"),
             certs: certs.to_owned(),
             data_dir: certs.join("data"),
+            debug: DebugSettings {
+                listen: "127.0.0.1:0".parse().expect("valid address"),
+                ..DebugSettings::default()
+            },
             ..Self::default()
         }
     }

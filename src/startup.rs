@@ -39,7 +39,7 @@ use crate::{
         self, MemoryStore, PostgresStore, SqliteStore, Store, StoreError, TracedStore,
         postgres::PoolLimits,
     },
-    telemetry::{metrics::Metrics, metrics_endpoint},
+    telemetry::{debug as debug_endpoint, debug::DebugState, metrics::Metrics, metrics_endpoint},
     transport::tls_incoming,
 };
 
@@ -89,6 +89,8 @@ struct Listeners {
     grpc_addr: SocketAddr,
     metrics: TcpListener,
     metrics_addr: SocketAddr,
+    /// The debug pages' listener (unless `debug.enabled = false`).
+    debug: Option<(TcpListener, SocketAddr)>,
 }
 
 /// Who may connect and call: TLS for new handshakes, the token verifier, the policy, and
@@ -134,6 +136,7 @@ impl Application {
         backend: Arc<dyn Store>,
         system: &'static str,
     ) -> Result<Self, StartupError> {
+        settings.debug.check().map_err(StartupError::Deployment)?;
         let credentials = reload::Loaded::read(
             &settings.server_cert(),
             &settings.server_key(),
@@ -204,6 +207,11 @@ impl Application {
         );
         let (listener, grpc_addr) = bind(settings.listen).await?;
         let (metrics_listener, metrics_addr) = bind(settings.metrics_listen).await?;
+        let debug = if settings.debug.enabled {
+            Some(bind(settings.debug.listen).await?)
+        } else {
+            None
+        };
         Ok(Self {
             settings,
             listeners: Listeners {
@@ -211,6 +219,7 @@ impl Application {
                 grpc_addr,
                 metrics: metrics_listener,
                 metrics_addr,
+                debug,
             },
             metrics,
             credentials: Credentials {
@@ -236,6 +245,11 @@ impl Application {
     /// The address of the plain-HTTP `/metrics` listener.
     pub fn metrics_addr(&self) -> SocketAddr {
         self.listeners.metrics_addr
+    }
+
+    /// The address of the debug pages' listener (`None` with `debug.enabled = false`).
+    pub fn debug_addr(&self) -> Option<SocketAddr> {
+        self.listeners.debug.as_ref().map(|(_, addr)| *addr)
     }
 
     /// The server's metrics (what `/metrics` renders).
@@ -274,6 +288,7 @@ impl Application {
                     grpc_addr,
                     metrics: metrics_listener,
                     metrics_addr,
+                    debug: debug_listener,
                 },
             metrics,
             credentials:
@@ -421,6 +436,18 @@ impl Application {
                 tracing::error!(error = %e, "the /metrics listener failed");
             }
         });
+        let debug = DebugState::new(&settings.debug, &metrics);
+        if let Some((listener, addr)) = debug_listener {
+            let (state, allow_remote) = (debug.clone(), settings.debug.allow_remote);
+            tracing::info!(%addr, "serving the debug pages (/debug/traces, /debug/rpcz)");
+            supervisor.spawn_graceful(move |stop| async move {
+                let stopped = async move { stop.cancelled().await };
+                if let Err(e) = debug_endpoint::serve(listener, state, allow_remote, stopped).await
+                {
+                    tracing::error!(error = %e, "the debug listener failed");
+                }
+            });
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = {
             let readiness = readiness.clone();
@@ -452,6 +479,7 @@ impl Application {
             verifier,
             policy,
             rate_limit,
+            debug,
         };
         tracing::info!(%grpc_addr, %metrics_addr, "serving gRPC over mutual TLS, /metrics over HTTP");
         let server = stack::serve_grpc(&settings, layers, routes.routes(), incoming, signal);

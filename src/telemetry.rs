@@ -14,9 +14,12 @@ use tracing_subscriber::{
 
 use crate::config::{LogFormat, LogSettings};
 
+pub mod debug;
 pub mod metrics;
 pub mod metrics_endpoint;
 pub mod otel;
+pub mod recent;
+pub mod rpcz;
 
 /// Installs the global subscriber (log filter and format, plus the OpenTelemetry layer) and
 /// the trace pipeline configured in `env`. `RUST_LOG`, when given, wins over

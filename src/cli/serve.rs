@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Prometheus /metrics listen address (default 0.0.0.0:9464).
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// Debug pages' listen address (/debug/traces, /debug/rpcz; default 127.0.0.1:9469,
+    /// loopback only unless debug.allow_remote).
+    #[arg(long)]
+    debug_listen: Option<SocketAddr>,
     /// Load the origin document's 100 demo users into an empty store.
     #[arg(long)]
     demo_data: bool,
@@ -64,6 +68,9 @@ impl ServeArgs {
         }
         if let Some(addr) = self.metrics_listen {
             o.push(("metrics_listen".into(), Value::from(addr.to_string())));
+        }
+        if let Some(addr) = self.debug_listen {
+            o.push(("debug.listen".into(), Value::from(addr.to_string())));
         }
         if self.demo_data {
             o.push(("demo_data".into(), Value::from(true)));
@@ -139,6 +146,12 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             "jisu: serving metrics on http://{}/metrics",
             app.metrics_addr()
         );
+        if let Some(addr) = app.debug_addr() {
+            let _ = writeln!(
+                out,
+                "jisu: serving debug pages on http://{addr}/debug/traces"
+            );
+        }
         let _ = writeln!(out, "jisu: serving gRPC on {}", app.grpc_addr());
         let _ = out.flush();
         app.run_until_stopped(shutdown_signal()).await?;

@@ -11,68 +11,93 @@
 use std::{
     sync::Arc,
     task::{Context, Poll},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::{Request, Response};
 use http_body::Body;
-use jisu_client::call::{CallObserver, CallRecord, MeteredBody, MeteredFuture, MeteredRequest};
+use jisu_client::{
+    call::{CallObserver, CallRecord, MeteredBody, MeteredFuture, MeteredRequest},
+    children::{Child, ChildKind, Children, InCall},
+    metrics::code_label,
+};
 use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use opentelemetry::trace::TraceContextExt as _;
+use opentelemetry::trace::{SpanId, TraceContextExt as _};
 use opentelemetry_sdk::trace::SpanData;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     api::{self, CallType},
     telemetry::{
+        debug::DebugState,
         metrics::{MethodMetrics, Metrics, Side, UNKNOWN},
         otel,
+        recent::{self, SpanRecord, TraceRecord},
+        rpcz::MethodWindow,
     },
     transport::Peer,
 };
 
-/// Which unsampled calls are exported anyway: errors with these codes, and calls at
-/// least this slow (see [`crate::config::TracingSettings`]).
+/// Which calls are kept after the fact: errors with these codes and calls at least this
+/// slow (see [`crate::config::TracingSettings`]) are exported even when head sampling
+/// dropped them, and go to the in-memory store with a sample of the rest.
 #[derive(Debug, Clone)]
 pub struct KeepPolicy {
     codes: [bool; 17],
-    slow: Option<std::time::Duration>,
+    slow: Option<Duration>,
+    /// Successful calls whose trace id's low 64 bits fall under this are kept in the
+    /// in-memory store as a sample (by trace id, so every process keeps the same ones).
+    sample_below: u64,
 }
 
-/// The policy and its `jisu_traces_kept_total{reason}` series, registered once.
+/// The policy, where kept calls go, and the `jisu_traces_kept_total{reason}` series
+/// (registered once).
 #[derive(Debug)]
 struct Keeping {
     policy: KeepPolicy,
     head: metrics::Counter,
     error: metrics::Counter,
     slow: metrics::Counter,
+    debug: DebugState,
 }
 
 impl KeepPolicy {
-    pub fn new(settings: &crate::config::TracingSettings) -> Self {
+    pub fn new(settings: &crate::config::TracingSettings, sample_ratio: f64) -> Self {
         let mut codes = [false; 17];
         for (code, label) in jisu_client::metrics::CODES {
             codes[code as usize] = settings.keep_codes.iter().any(|c| c == label);
         }
         Self {
             codes,
-            slow: (settings.slow_call_ms > 0)
-                .then(|| std::time::Duration::from_millis(settings.slow_call_ms)),
+            slow: (settings.slow_call_ms > 0).then(|| Duration::from_millis(settings.slow_call_ms)),
+            sample_below: (sample_ratio.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
         }
     }
 
-    /// Why a call that head sampling dropped is kept, if it is.
-    fn reason(&self, code: Code, took: std::time::Duration) -> Option<&'static str> {
-        if self.codes[code as usize] {
+    fn keeps_code(&self, code: Code) -> bool {
+        self.codes[code as usize]
+    }
+
+    /// Why a call is kept whatever head sampling said, if it is: its own code, a call it
+    /// made that failed that way (so both sides of a failed call chain are kept), or its
+    /// duration.
+    fn reason(&self, code: Code, took: Duration, children: &Children) -> Option<&'static str> {
+        if self.keeps_code(code) || children.any_call(|c| self.keeps_code(c)) {
             Some("error")
         } else if self.slow.is_some_and(|slow| took >= slow) {
             Some("slow")
         } else {
             None
         }
+    }
+
+    fn samples(&self, trace_id: opentelemetry::trace::TraceId) -> bool {
+        let bytes = trace_id.to_bytes();
+        let low = u64::from_be_bytes(bytes[8..].try_into().expect("8 bytes"));
+        self.sample_below > 0 && low <= self.sample_below
     }
 }
 
@@ -88,29 +113,35 @@ impl Keeping {
 
 impl Default for KeepPolicy {
     fn default() -> Self {
-        Self::new(&crate::config::TracingSettings::default())
+        let settings = crate::config::Settings::default();
+        Self::new(&settings.tracing, settings.debug.sample_ratio)
     }
 }
 
 /// The server's part of a call's record: the trace id header, the span's RPC attributes
-/// (only when sampled), the in-flight gauge, and exporting an unsampled call after all
-/// when its outcome says so (an error, a slow call).
+/// (only when sampled), the in-flight gauge, the last minute's per-method statistics,
+/// and — when the call's outcome says so (an error, a slow call, the sample) — its spans
+/// kept in memory and, if head sampling dropped them, exported after all.
 #[derive(Debug)]
 pub struct ServerCall {
     peer: Option<Arc<Peer>>,
     metrics: Metrics,
     keep: Arc<Keeping>,
-    /// The span's ids and whether head sampling kept it, read once at the start (only
-    /// while spans are exported).
+    window: Arc<MethodWindow>,
+    start: Instant,
+    /// The span's ids, read once at the start (when the span has them).
     ids: Option<Ids>,
+    /// The work inside the call (store operations, calls to other services).
+    children: Arc<Children>,
+    /// The status message of a failed call.
+    message: Option<String>,
 }
 
-/// What an after-the-fact export needs of the call's span that the record does not
-/// hold already (its method and times come from the record).
+/// What a kept call needs of its span that the record does not hold already.
 #[derive(Debug)]
 struct Ids {
     context: opentelemetry::trace::SpanContext,
-    parent: Option<opentelemetry::trace::SpanId>,
+    parent: Option<SpanId>,
     service: &'static str,
     method: &'static str,
 }
@@ -122,97 +153,268 @@ impl CallObserver for ServerCall {
         span: &tracing::Span,
         method: Option<&MethodMetrics>,
     ) {
-        let (id, sampled) = match &self.ids {
-            Some(ids) => (header_of(&ids.context), ids.context.is_sampled()),
-            None => trace_id(span),
-        };
-        if let Some(id) = id {
-            parts.headers.insert(api::TRACE_ID, id);
-        }
-        if sampled {
-            self.describe(span, method);
+        if let Some(ids) = &self.ids {
+            if let Some(id) = header_of(&ids.context) {
+                parts.headers.insert(api::TRACE_ID, id);
+            }
+            if ids.context.is_sampled() {
+                self.describe(span, method);
+            }
         }
     }
 
-    fn finished(&mut self, code: Code, took: std::time::Duration) {
+    fn status(&mut self, code: Code, headers: &http::HeaderMap) {
+        if code != Code::Ok {
+            self.message = tonic::Status::from_header_map(headers)
+                .map(|s| recent::bounded(s.message().to_owned()));
+        }
+    }
+
+    fn finished(&mut self, code: Code, took: Duration) {
         self.metrics.in_flight().decrement(1.0);
+        self.window.record(code, took);
         let Some(ids) = &self.ids else {
             return;
         };
-        if ids.context.is_sampled() {
+        let exporting = otel::exporting();
+        let sampled = ids.context.is_sampled();
+        if sampled && exporting {
             self.keep.head.increment(1);
-            return;
         }
-        let Some(reason) = self.keep.policy.reason(code, took) else {
+        let policy = &self.keep.policy;
+        let reason = policy
+            .reason(code, took, &self.children)
+            .or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
+        let Some(reason) = reason else {
             return;
         };
-        if otel::keep(self.span_data(ids, code, took, reason)) {
-            self.keep.counter(reason).increment(1);
+        let (children, dropped) = self.children.take();
+        let child_ids: Vec<SpanId> = children
+            .iter()
+            .map(|c| match &c.what {
+                ChildKind::Call { span_id, .. } => SpanId::from_bytes(*span_id),
+                ChildKind::Store { .. } => SpanId::from_bytes(rand::random()),
+            })
+            .collect();
+        if reason != "sample" && exporting && !sampled {
+            let spans = self.span_data(ids, code, took, reason, &children, &child_ids);
+            if otel::keep(spans) {
+                self.keep.counter(reason).increment(1);
+            }
+        }
+        let record = self.record(ids, code, took, reason, (&children, &child_ids), dropped);
+        self.keep.debug.recent.insert(record);
+    }
+}
+
+/// The OTel RPC attributes of a SERVER span, as strings for the in-memory record.
+fn child_attributes(child: &Child) -> Vec<(&'static str, String)> {
+    match &child.what {
+        ChildKind::Store {
+            system, operation, ..
+        } => vec![
+            ("db.system.name", (*system).to_owned()),
+            ("db.operation.name", (*operation).to_owned()),
+        ],
+        ChildKind::Call {
+            service,
+            method,
+            server,
+            port,
+            code,
+            ..
+        } => {
+            let mut a = vec![
+                ("rpc.system", "grpc".to_owned()),
+                ("rpc.service", (*service).to_owned()),
+                ("rpc.method", (*method).to_owned()),
+                ("rpc.grpc.status_code", (*code as i32).to_string()),
+                ("server.address", server.to_string()),
+            ];
+            if let Some(p) = port {
+                a.push(("server.port", p.to_string()));
+            }
+            a
         }
     }
 }
 
+/// A child's status: a call's code label, `ERROR` for a store failure, else `OK`.
+fn child_status(child: &Child) -> Option<String> {
+    match &child.what {
+        ChildKind::Store { failed: true, .. } => Some("ERROR".into()),
+        ChildKind::Store { .. } => None,
+        ChildKind::Call { code: Code::Ok, .. } => None,
+        ChildKind::Call { code, .. } => Some(code_label(*code).to_owned()),
+    }
+}
+
 impl ServerCall {
-    /// The SERVER span of a call head sampling dropped, rebuilt from what the record
-    /// knows: its ids (the trace id the caller got in `x-trace-id`), times, RPC
-    /// attributes, the status, and why it was kept (`jisu.sampled_by`).
+    /// The SERVER span's attributes: RPC, peer, status and why it was kept.
+    fn attributes(
+        &self,
+        ids: &Ids,
+        code: Code,
+        reason: &'static str,
+    ) -> Vec<(&'static str, String)> {
+        let mut a = vec![
+            ("rpc.system", "grpc".to_owned()),
+            ("rpc.service", ids.service.to_owned()),
+            ("rpc.method", ids.method.to_owned()),
+            ("rpc.grpc.status_code", (code as i32).to_string()),
+            ("jisu.sampled_by", reason.to_owned()),
+        ];
+        if let Some(p) = &self.peer {
+            a.push(("server.address", p.local_addr.ip().to_string()));
+            a.push(("server.port", p.local_addr.port().to_string()));
+            a.push(("network.peer.address", p.remote_addr.ip().to_string()));
+            a.push(("tls.client.identity", recent::bounded(p.identity.clone())));
+        }
+        if let Some(m) = &self.message {
+            a.push(("rpc.grpc.status_message", m.clone()));
+        }
+        a
+    }
+
+    /// The call as kept in memory: its SERVER span and the spans inside it.
+    fn record(
+        &self,
+        ids: &Ids,
+        code: Code,
+        took: Duration,
+        reason: &'static str,
+        (children, child_ids): (&[Child], &[SpanId]),
+        dropped: u32,
+    ) -> TraceRecord {
+        let micros = |d: Duration| d.as_micros() as u64;
+        let server_id = ids.context.span_id().to_string();
+        let mut spans = Vec::with_capacity(children.len() + 1);
+        spans.push(SpanRecord {
+            span_id: server_id.clone(),
+            parent_span_id: ids.parent.map(|p| p.to_string()),
+            name: format!("{}/{}", ids.service, ids.method),
+            kind: "server".into(),
+            offset_micros: 0,
+            duration_micros: micros(took),
+            status: code_label(code).to_owned(),
+            attributes: owned(self.attributes(ids, code, reason)),
+        });
+        for (child, id) in children.iter().zip(child_ids) {
+            spans.push(SpanRecord {
+                span_id: id.to_string(),
+                parent_span_id: Some(server_id.clone()),
+                name: child.name(),
+                kind: match child.what {
+                    ChildKind::Store { .. } => "internal",
+                    ChildKind::Call { .. } => "client",
+                }
+                .into(),
+                offset_micros: micros(child.start.saturating_duration_since(self.start)),
+                duration_micros: micros(child.took),
+                status: child_status(child).unwrap_or_else(|| "OK".into()),
+                attributes: owned(child_attributes(child)),
+            });
+        }
+        let start = SystemTime::now() - took;
+        TraceRecord {
+            trace_id: ids.context.trace_id().to_string(),
+            kept_by: reason.into(),
+            method: format!("{}/{}", ids.service, ids.method),
+            code: code_label(code).to_owned(),
+            message: self.message.clone().unwrap_or_default(),
+            start_unix_nanos: start
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            duration_micros: micros(took),
+            spans,
+            dropped_spans: dropped,
+        }
+    }
+
+    /// The spans of a call head sampling dropped, rebuilt from what the record knows:
+    /// the SERVER span with its ids (the trace id the caller got in `x-trace-id`), times,
+    /// RPC attributes, the status and why it was kept (`jisu.sampled_by`), and a child
+    /// span for each piece of work inside it (store operations; calls to other services
+    /// under the span id they were propagated with, so the callee's spans hang below).
     fn span_data(
         &self,
         ids: &Ids,
         code: Code,
-        took: std::time::Duration,
+        took: Duration,
         reason: &'static str,
-    ) -> SpanData {
+        children: &[Child],
+        child_ids: &[SpanId],
+    ) -> Vec<SpanData> {
         use opentelemetry::{
             KeyValue,
             trace::{SpanContext, SpanKind, Status, TraceFlags},
         };
-        let (service, method) = (ids.service, ids.method);
-        let mut attributes = vec![
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", service),
-            KeyValue::new("rpc.method", method),
-            KeyValue::new("rpc.grpc.status_code", code as i64),
-            KeyValue::new("jisu.sampled_by", reason),
-        ];
-        if let Some(p) = &self.peer {
-            attributes.push(KeyValue::new(
-                "server.address",
-                p.local_addr.ip().to_string(),
-            ));
-            attributes.push(KeyValue::new("server.port", i64::from(p.local_addr.port())));
-            attributes.push(KeyValue::new(
-                "network.peer.address",
-                p.remote_addr.ip().to_string(),
-            ));
-            attributes.push(KeyValue::new("tls.client.identity", p.identity.clone()));
-        }
         let c = &ids.context;
-        SpanData {
-            span_context: SpanContext::new(
+        let context = |id: SpanId| {
+            SpanContext::new(
                 c.trace_id(),
-                c.span_id(),
+                id,
                 TraceFlags::SAMPLED,
                 false,
                 c.trace_state().clone(),
-            ),
-            parent_span_id: ids.parent.unwrap_or(opentelemetry::trace::SpanId::INVALID),
+            )
+        };
+        let attributes = |pairs: Vec<(&'static str, String)>| -> Vec<KeyValue> {
+            pairs
+                .into_iter()
+                .map(|(k, v)| match v.parse::<i64>() {
+                    Ok(n) if k.ends_with("status_code") || k.ends_with(".port") => {
+                        KeyValue::new(k, n)
+                    }
+                    _ => KeyValue::new(k, v),
+                })
+                .collect()
+        };
+        let status = |failed: Option<String>| match failed {
+            Some(label) => Status::error(label),
+            None => Status::Unset,
+        };
+        let scope = opentelemetry::InstrumentationScope::builder("jisu").build();
+        let end = SystemTime::now();
+        let started = end - took;
+        let mut spans = Vec::with_capacity(children.len() + 1);
+        spans.push(SpanData {
+            span_context: context(c.span_id()),
+            parent_span_id: ids.parent.unwrap_or(SpanId::INVALID),
             parent_span_is_remote: ids.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: format!("{service}/{method}").into(),
-            start_time: std::time::SystemTime::now() - took,
-            end_time: std::time::SystemTime::now(),
-            attributes,
+            name: format!("{}/{}", ids.service, ids.method).into(),
+            start_time: started,
+            end_time: end,
+            attributes: attributes(self.attributes(ids, code, reason)),
             dropped_attributes_count: 0,
             events: Default::default(),
             links: Default::default(),
-            status: if code == Code::Ok {
-                Status::Unset
-            } else {
-                Status::error(jisu_client::metrics::code_label(code))
-            },
-            instrumentation_scope: opentelemetry::InstrumentationScope::builder("jisu").build(),
+            status: status((code != Code::Ok).then(|| code_label(code).to_owned())),
+            instrumentation_scope: scope.clone(),
+        });
+        for (child, id) in children.iter().zip(child_ids) {
+            let start = started + child.start.saturating_duration_since(self.start);
+            spans.push(SpanData {
+                span_context: context(*id),
+                parent_span_id: c.span_id(),
+                parent_span_is_remote: false,
+                span_kind: match child.what {
+                    ChildKind::Store { .. } => SpanKind::Internal,
+                    ChildKind::Call { .. } => SpanKind::Client,
+                },
+                name: child.name().into(),
+                start_time: start,
+                end_time: start + child.took,
+                attributes: attributes(child_attributes(child)),
+                dropped_attributes_count: 0,
+                events: Default::default(),
+                links: Default::default(),
+                status: status(child_status(child)),
+                instrumentation_scope: scope.clone(),
+            });
         }
+        spans
     }
 
     /// Records the RPC attributes of a sampled SERVER span.
@@ -231,6 +433,10 @@ impl ServerCall {
             span.record("tls.client.identity", p.identity.as_str());
         }
     }
+}
+
+fn owned(pairs: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The SERVER span of one call. Only its name and kind are set here: the OTel RPC
@@ -270,12 +476,6 @@ fn server_span<B>(req: &Request<B>) -> (tracing::Span, Option<opentelemetry::tra
     (span, parent_id)
 }
 
-/// The trace id of a span as 32 hex digits (when it has one) and whether it is sampled.
-fn trace_id(span: &tracing::Span) -> (Option<http::HeaderValue>, bool) {
-    let sc = span_context(span);
-    (header_of(&sc), sc.is_sampled())
-}
-
 fn span_context(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
     span.context().span().span_context().clone()
 }
@@ -293,12 +493,13 @@ pub struct MetricsLayer {
 }
 
 impl MetricsLayer {
-    pub fn new(metrics: Metrics, policy: KeepPolicy) -> Self {
+    pub fn new(metrics: Metrics, policy: KeepPolicy, debug: DebugState) -> Self {
         let keep = Arc::new(Keeping {
             policy,
             head: metrics.traces_kept("head"),
             error: metrics.traces_kept("error"),
             slow: metrics.traces_kept("slow"),
+            debug,
         });
         Self { metrics, keep }
     }
@@ -328,9 +529,9 @@ where
     S: Service<Request<MeteredRequest<ReqBody>>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Response = Response<MeteredBody<ResBody, ServerCall>>;
+    type Response = Response<MeteredBody<InCall<ResBody>, ServerCall>>;
     type Error = S::Error;
-    type Future = MeteredFuture<S::Future, ServerCall>;
+    type Future = MeteredFuture<InCall<S::Future>, ServerCall>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -351,31 +552,38 @@ where
             }
         });
         self.metrics.in_flight().increment(1.0);
+        let window = self.keep.debug.rpcz.method(req.uri().path()).clone();
         let (span, parent) = server_span(&req);
-        // Only while spans are exported: the ids an after-the-fact export needs.
-        let ids = otel::exporting().then(|| Ids {
-            context: span_context(&span),
+        let context = span_context(&span);
+        let ids = context.is_valid().then(|| Ids {
+            context,
             parent,
             service: method.service,
             method: method.name,
         });
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
-        let inner = {
+        let children = Arc::new(Children::default());
+        let inner = jisu_client::children::enter(&children, || {
             let _entered = span.enter();
             self.inner.call(req)
-        };
+        });
+        let start = Instant::now();
         MeteredFuture::new(
-            inner,
+            InCall::new(inner, children.clone()),
             CallRecord {
                 method: Some(method),
                 side: Side::Server,
-                start: Instant::now(),
+                start,
                 span,
                 observer: ServerCall {
                     peer,
                     metrics: self.metrics.clone(),
                     keep: self.keep.clone(),
+                    window,
+                    start,
                     ids,
+                    children,
+                    message: None,
                 },
             },
         )

@@ -13,7 +13,7 @@ use crate::{
         metrics::KeepPolicy,
     },
     security::{authz::PolicyHandle, jwt::TokenVerifier},
-    telemetry::metrics::Metrics,
+    telemetry::{debug::DebugState, metrics::Metrics},
     transport::MtlsStream,
 };
 
@@ -24,6 +24,7 @@ pub(super) struct Layers {
     pub verifier: TokenVerifier,
     pub policy: PolicyHandle,
     pub rate_limit: RateLimitLayer,
+    pub debug: DebugState,
 }
 
 /// Serves `routes` on the mTLS connections of `incoming` until `signal`, behind the stack.
@@ -40,6 +41,7 @@ pub(super) fn serve_grpc(
         verifier,
         policy,
         rate_limit,
+        debug,
     } = layers;
     Server::builder()
         // Limits first: work refused by h2 costs nothing downstream.
@@ -60,7 +62,8 @@ pub(super) fn serve_grpc(
         // Observe everything, including calls auth refuses and calls shed.
         .layer(MetricsLayer::new(
             metrics.clone(),
-            KeepPolicy::new(&settings.tracing),
+            KeepPolicy::new(&settings.tracing, settings.debug.sample_ratio),
+            debug,
         ))
         // Shed load before spending anything on a call (health checks pass).
         .layer(LoadShedLayer::new(limits.max_concurrent_calls))

@@ -3,6 +3,7 @@
 //! `jisu_store_operation_seconds{operation,system}`, whatever the backend.
 use std::sync::Arc;
 
+use jisu_client::children::{Child, ChildKind};
 use tracing::Instrument as _;
 
 use super::{Change, NewOrder, NewUser, PoolStats, Store, StoreError, UserPage, UserPatch};
@@ -95,10 +96,22 @@ async fn traced<T>(
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
     let result = fut.instrument(span.clone()).await;
-    store.observe(op, started.elapsed());
-    if let Err(StoreError::Unavailable(_)) = &result {
+    let took = started.elapsed();
+    store.observe(op, took);
+    let failed = matches!(&result, Err(StoreError::Unavailable(_)));
+    if failed {
         span.record("otel.status_code", "ERROR");
     }
+    // The call's own record of its work, for when it is kept after the fact.
+    jisu_client::children::record(|| Child {
+        what: ChildKind::Store {
+            system: store.system,
+            operation: op,
+            failed,
+        },
+        start: started,
+        took,
+    });
     result
 }
 

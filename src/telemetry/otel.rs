@@ -369,22 +369,28 @@ pub fn exporting() -> bool {
     KEEP.get().is_some()
 }
 
-/// Exports a span that head sampling dropped but the call's outcome keeps (an error, a
-/// slow call): it joins the same bounded queue as sampled spans. False when export is
-/// off or the queue is full (counted as a drop).
-pub fn keep(span: SpanData) -> bool {
+/// Exports the spans of a call that head sampling dropped but whose outcome keeps it (an
+/// error, a slow call): they join the same bounded queue as sampled spans. False when
+/// export is off or the queue had no room for the first (the SERVER span); every span
+/// that finds no room is counted as a drop.
+pub fn keep(spans: Vec<SpanData>) -> bool {
     let Some(tx) = KEEP.get() else {
         return false;
     };
-    match tx.try_send(Msg::Span(Box::new(span))) {
-        Ok(()) => true,
-        Err(_) => {
-            SPAN_STATS
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
-            false
+    let mut first = true;
+    let mut queued_first = false;
+    for span in spans {
+        match tx.try_send(Msg::Span(Box::new(span))) {
+            Ok(()) => queued_first |= first,
+            Err(_) => {
+                SPAN_STATS
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
         }
+        first = false;
     }
+    queued_first
 }
 
 impl QueueProcessor {

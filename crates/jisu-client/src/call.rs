@@ -32,6 +32,10 @@ pub trait CallObserver: Send + 'static {
     ) {
     }
 
+    /// The final status arrived in `headers` (the trailers, or the headers of a
+    /// trailers-only response), just before [`CallObserver::finished`].
+    fn status(&mut self, _code: Code, _headers: &HeaderMap) {}
+
     /// The call ended with `code`, `took` after it started.
     fn finished(&mut self, _code: Code, _took: std::time::Duration) {}
 }
@@ -157,6 +161,7 @@ where
                 let record = match header_code {
                     // Trailers-only: the call is over already.
                     Some(code) => {
+                        call.observer.status(code, &parts.headers);
                         call.finish(code);
                         None
                     }
@@ -240,7 +245,8 @@ impl<B: Body, O: CallObserver> Body for MeteredBody<B, O> {
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     this.finish.code = status_of(trailers).unwrap_or(Code::Unknown);
-                    if let Some(r) = this.finish.record.take() {
+                    if let Some(mut r) = this.finish.record.take() {
+                        r.observer.status(this.finish.code, trailers);
                         r.finish(this.finish.code);
                     }
                 }

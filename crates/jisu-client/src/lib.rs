@@ -8,6 +8,7 @@
 use std::{path::Path, time::Duration};
 
 pub mod call;
+pub mod children;
 pub mod files;
 pub mod metrics;
 pub mod resilience;

@@ -18,9 +18,42 @@ use jisu_api::{self as api, CallType};
 use opentelemetry::propagation::Injector;
 
 use crate::{
-    call::{CallRecord, MeteredBody, MeteredFuture, MeteredRequest},
+    call::{CallObserver, CallRecord, MeteredBody, MeteredFuture, MeteredRequest},
+    children::{self, Child, ChildKind, Children},
     metrics::{ClientMetrics, MethodMetrics, Side},
 };
+
+/// The client's part of a call's record: when the call is made while serving another
+/// (orders asking users), it becomes a child of that call, under the span id the callee
+/// was told in `traceparent`, so a call kept after the fact shows the whole chain.
+#[derive(Debug)]
+pub struct ClientCall {
+    parent: Option<Arc<Children>>,
+    service: &'static str,
+    method: &'static str,
+    span_id: [u8; 8],
+    server: ServerAddress,
+    start: Instant,
+}
+
+impl CallObserver for ClientCall {
+    fn finished(&mut self, code: tonic::Code, took: std::time::Duration) {
+        if let Some(parent) = &self.parent {
+            parent.push(Child {
+                what: ChildKind::Call {
+                    service: self.service,
+                    method: self.method,
+                    span_id: self.span_id,
+                    server: self.server.host.clone(),
+                    port: self.server.port,
+                    code,
+                },
+                start: self.start,
+                took,
+            });
+        }
+    }
+}
 
 /// Writes W3C trace context (and baggage) into outgoing headers, with whatever
 /// propagator the process installed.
@@ -109,9 +142,9 @@ where
     S: Service<Request<tonic::body::Body>, Response = Response<ResBody>>,
     ResBody: Body,
 {
-    type Response = Response<MeteredBody<ResBody>>;
+    type Response = Response<MeteredBody<ResBody, ClientCall>>;
     type Error = S::Error;
-    type Future = MeteredFuture<S::Future>;
+    type Future = MeteredFuture<S::Future, ClientCall>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -136,7 +169,20 @@ where
             }
         }
         let span = client_span(&req, &self.peer);
-        inject(&span.context(), req.headers_mut());
+        let cx = span.context();
+        inject(&cx, req.headers_mut());
+        let parent = children::current();
+        let span_id = if parent.is_some() {
+            use opentelemetry::trace::TraceContextExt as _;
+            cx.span().span_context().span_id().to_bytes()
+        } else {
+            [0; 8]
+        };
+        let (service, name) = match &method {
+            Some(m) => (m.service, m.name),
+            None => api::served_method(req.uri().path())
+                .map_or(("unknown", "unknown"), |m| (m.service, m.name)),
+        };
         let inner = {
             let _entered = span.enter();
             self.inner.call(req)
@@ -148,7 +194,14 @@ where
                 side: Side::Client,
                 start: Instant::now(),
                 span,
-                observer: (),
+                observer: ClientCall {
+                    parent,
+                    service,
+                    method: name,
+                    span_id,
+                    server: self.peer.clone(),
+                    start: Instant::now(),
+                },
             },
         )
     }

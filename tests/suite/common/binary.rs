@@ -12,6 +12,8 @@ pub struct Served {
     child: std::process::Child,
     pub addr: String,
     pub metrics_addr: String,
+    /// The debug pages' `host:port`.
+    pub debug_addr: String,
     _dir: tempfile::TempDir,
     pub certs: std::path::PathBuf,
     /// Its log lines (stderr), when captured.
@@ -135,7 +137,8 @@ impl<'a> Binary<'a> {
             .clone()
             .unwrap_or_else(|| dir.path().join("certs"));
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
-            .args(["serve", "--metrics-listen", "127.0.0.1:0", "--listen"])
+            .args(["serve", "--metrics-listen", "127.0.0.1:0"])
+            .args(["--debug-listen", "127.0.0.1:0", "--listen"])
             .arg(self.listen.as_deref().unwrap_or("127.0.0.1:0"))
             .args(["--demo-data", "--init-certs", "--certs"])
             .arg(&certs)
@@ -179,6 +182,7 @@ impl<'a> Binary<'a> {
         });
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let mut metrics_addr = String::new();
+        let mut debug_addr = String::new();
         let addr = loop {
             let line = lines
                 .next()
@@ -186,6 +190,9 @@ impl<'a> Binary<'a> {
                 .unwrap();
             if let Some(m) = line.strip_prefix("jisu: serving metrics on http://") {
                 metrics_addr = m.trim_end_matches("/metrics").to_owned();
+            }
+            if let Some(d) = line.strip_prefix("jisu: serving debug pages on http://") {
+                debug_addr = d.trim_end_matches("/debug/traces").to_owned();
             }
             if let Some(addr) = line.strip_prefix("jisu: serving gRPC on ") {
                 break addr.to_owned();
@@ -195,6 +202,7 @@ impl<'a> Binary<'a> {
             child,
             addr,
             metrics_addr,
+            debug_addr,
             _dir: dir,
             certs,
             logs,
