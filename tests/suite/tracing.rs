@@ -627,9 +627,32 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
     assert_eq!(kept("error"), 1.0);
     assert_eq!(kept("head"), 0.0);
 
+    // A failure after store work: the store's span comes with it, below the SERVER span.
+    let writer = users.client("users:write").await;
+    writer.create_user("Ada", "ada@example.com").await.unwrap();
+    let conflict = writer
+        .create_user("Ada", "ada@example.com")
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.code(), Code::AlreadyExists);
+    let trace = trace_of(&conflict);
+    let got = collector
+        .trace(&trace, |got| {
+            named(got, "jisucloud.v1.UserService/CreateUser").is_some()
+                && named(got, "store create_user").is_some()
+        })
+        .await;
+    let server = named(&got, "jisucloud.v1.UserService/CreateUser").unwrap();
+    let store = named(&got, "store create_user").unwrap();
+    assert_eq!(store.parent_span_id, server.span_id, "{got:#?}");
+    assert_eq!(attr(store, "db.operation.name"), s("create_user"));
+    assert!(store.start_time_unix_nano >= server.start_time_unix_nano);
+    assert!(store.end_time_unix_nano <= server.end_time_unix_nano);
+
     // Across processes: orders checks the user with the caller's token, which lacks
-    // users:read; users refuses, orders fails the call. Both SERVER spans are kept, with
-    // the trace id the caller got.
+    // users:read; users refuses, orders fails the call. Both sides are kept, with the
+    // trace id the caller got, and the chain is whole: orders' SERVER span → its CLIENT
+    // span → users' SERVER span.
     let failed = orders
         .client("orders:write")
         .await
@@ -639,20 +662,46 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
         .unwrap_err();
     assert_eq!(failed.code(), Code::PermissionDenied, "{failed:?}");
     let trace = trace_of(&failed);
+    let get_user = "jisucloud.v1.UserService/GetUser";
     let got = collector
         .trace(&trace, |got| {
             named(got, "jisucloud.v1.OrderService/CreateOrder").is_some()
-                && named(got, "jisucloud.v1.UserService/GetUser").is_some()
+                && got.iter().filter(|r| r.span.name == get_user).count() == 2
         })
         .await;
-    for r in &got {
-        assert_eq!(attr(&r.span, "jisu.sampled_by"), s("error"), "{r:#?}");
-    }
-    let services: std::collections::BTreeSet<&str> =
-        got.iter().map(|r| r.service.as_str()).collect();
+    let (server_kind, client_kind) = (2, 3);
+    let find = |service: &str, name: &str, kind: i32| {
+        got.iter()
+            .find(|r| r.service == service && r.span.name == name && r.span.kind == kind)
+            .map(|r| &r.span)
+            .unwrap_or_else(|| panic!("no {kind} span {name} from {service}: {got:#?}"))
+    };
+    let create = find("jisu-orders", "jisucloud.v1.OrderService/CreateOrder", server_kind);
+    let call = find("jisu-orders", get_user, client_kind);
+    let served = find("jisu-users", get_user, server_kind);
+    assert_eq!(call.parent_span_id, create.span_id, "{got:#?}");
+    assert_eq!(served.parent_span_id, call.span_id, "{got:#?}");
     assert_eq!(
-        services,
-        ["jisu-orders", "jisu-users"].into_iter().collect(),
-        "{got:#?}"
+        attr(call, "rpc.grpc.status_code"),
+        Some(Value::IntValue(Code::PermissionDenied as i64))
     );
+    for span in [create, served] {
+        assert_eq!(attr(span, "jisu.sampled_by"), s("error"), "{span:#?}");
+    }
+
+    // Without any collector, the same chain from both processes' memory.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args(["trace", &trace, "--debug-addr"])
+        .arg(format!("{},{}", orders.debug_addr, users.debug_addr))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let tree: Vec<&str> = text.lines().filter(|l| l.contains("  [")).collect();
+    assert!(
+        tree[0].starts_with("jisucloud.v1.OrderService/CreateOrder  [server]  PermissionDenied"),
+        "{text}"
+    );
+    assert!(tree[1].starts_with("└─ jisucloud.v1.UserService/GetUser  [client]"), "{text}");
+    assert!(tree[2].starts_with("   └─ jisucloud.v1.UserService/GetUser  [server]"), "{text}");
 }
