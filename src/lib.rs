@@ -27,9 +27,12 @@
 //!   each operation a span and a duration.
 //! - [`client`]: the `jisu-client` crate (`crates/jisu-client`): the typed, resilient
 //!   client (mTLS channel, bearer token, deadline, balancing, breakers, safe retries,
-//!   CLIENT spans, `grpc_client_*` metrics) and the call record both ends share.
+//!   CLIENT spans, `grpc_client_*` metrics), the call record both ends share, and the
+//!   per-call buffer of the work inside a call (`children`).
 //! - [`telemetry`]: logging (filter, format, trace ids per line), the OTLP pipeline with
-//!   its bounded export queue (`otel`), Prometheus metrics, `/metrics` and `/ready`.
+//!   its bounded export queue (`otel`), Prometheus metrics, `/metrics` and `/ready`, the
+//!   in-memory store of recent kept traces (`recent`), per-method last-minute statistics
+//!   (`rpcz`) and the loopback debug pages over both (`debug`).
 //! - [`bench`]: the load generator behind `jisu bench` and the servers the benchmark suite
 //!   compares with (bare, REST/JSON, an OTLP sink).
 //! - [`docs`]: renders `docs/api.md` from the proto comments.

@@ -207,6 +207,11 @@ impl Metrics {
             "Calls whose SERVER span was exported, by reason: head (sampled), error or slow (kept after head sampling dropped them).",
         );
         describe(
+            "jisu_debug_traces_bytes",
+            None,
+            "Bytes held by the in-memory store of recent kept traces (failed, slow and sampled calls) behind /debug/traces and jisu trace.",
+        );
+        describe(
             "jisu_auth_failures_total",
             None,
             "Calls refused by bearer-token auth, by bounded reason.",

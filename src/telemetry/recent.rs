@@ -6,8 +6,9 @@
 //! Two bounded rings, oldest dropped first: one for failed and slow calls, one for the
 //! sample, so a busy server's successes never push its errors out. Each record is
 //! bounded too (at most [`jisu_client::children::MAX_CHILDREN`] child spans, attribute
-//! values cut at [`MAX_VALUE`] bytes), so the store's memory has a ceiling:
-//! [`RecentTraces::ceiling_bytes`]; `jisu_debug_traces_bytes` shows what it holds.
+//! values cut at [`MAX_VALUE`] bytes, [`MAX_RECORD_BYTES`] in all), so the store's memory
+//! has a ceiling, [`RecentTraces::ceiling_bytes`] (about 9.4 MiB at the default 1000 + 200
+//! records); `jisu_debug_traces_bytes` shows what it holds.
 use std::collections::VecDeque;
 use std::sync::Arc;
 
@@ -16,6 +17,11 @@ use serde::{Deserialize, Serialize};
 
 /// Longest attribute value or status message kept, in bytes.
 pub const MAX_VALUE: usize = 256;
+
+/// Most bytes one record may hold ([`TraceRecord::bytes`]): past it, its last child spans
+/// are left out (counted in `dropped_spans`). A failed CreateUser with its store span is
+/// about 1.6 KiB.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
 
 /// One kept call: its SERVER span and the spans inside it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -84,8 +90,12 @@ impl TraceRecord {
         std::mem::size_of::<Self>() + strings + spans
     }
 
-    pub fn failed(&self) -> bool {
-        self.kept_by == "error"
+    /// Leaves out child spans, last first, until the record fits in `max` bytes.
+    fn fit(&mut self, max: usize) {
+        while self.spans.len() > 1 && self.bytes() > max {
+            self.spans.pop();
+            self.dropped_spans += 1;
+        }
     }
 }
 
@@ -143,25 +153,6 @@ impl Ring {
     }
 }
 
-/// A largest possible record's size: a long method name, a full status message, every
-/// child with the most attributes a child has (8) at full length.
-fn record_ceiling() -> usize {
-    let span = std::mem::size_of::<SpanRecord>()
-        + 16
-        + 16
-        + 96
-        + 8
-        + MAX_VALUE
-        + 12 * (std::mem::size_of::<(String, String)>() + 32 + MAX_VALUE);
-    std::mem::size_of::<TraceRecord>()
-        + 32
-        + 8
-        + 96
-        + 32
-        + MAX_VALUE
-        + (jisu_client::children::MAX_CHILDREN + 1) * span
-}
-
 impl RecentTraces {
     /// `kept` failed or slow calls and `sampled` others at most; `bytes` is the gauge
     /// (`jisu_debug_traces_bytes`) that shows what is held.
@@ -175,7 +166,7 @@ impl RecentTraces {
 
     /// The most memory the records can hold, whatever calls arrive.
     pub fn ceiling_bytes(&self) -> usize {
-        (self.kept.lock().capacity + self.sampled.lock().capacity) * record_ceiling()
+        (self.kept.lock().capacity + self.sampled.lock().capacity) * MAX_RECORD_BYTES
     }
 
     /// What the records hold now.
@@ -183,7 +174,8 @@ impl RecentTraces {
         self.kept.lock().bytes + self.sampled.lock().bytes
     }
 
-    pub fn insert(&self, record: TraceRecord) {
+    pub fn insert(&self, mut record: TraceRecord) {
+        record.fit(MAX_RECORD_BYTES);
         let ring = if record.kept_by == "sample" {
             &self.sampled
         } else {
@@ -241,7 +233,7 @@ mod tests {
             offset_micros: 0,
             duration_micros: 1,
             status: "OK".into(),
-            attributes: (0..12)
+            attributes: (0..4)
                 .map(|k| (format!("attribute.{k}"), bounded("x".repeat(value))))
                 .collect(),
         };
@@ -302,8 +294,16 @@ mod tests {
             "{held} > {}",
             store.ceiling_bytes()
         );
-        // Values were cut: no attribute longer than the bound (plus the ellipsis).
-        let longest = store.recent(false, 1)[0].spans[1].attributes[0].1.len();
+        // Values were cut (no attribute longer than the bound, plus the ellipsis), and
+        // the spans that did not fit were counted.
+        let newest = &store.recent(false, 1)[0];
+        let longest = newest.spans[1].attributes[0].1.len();
         assert!(longest <= MAX_VALUE + '…'.len_utf8(), "{longest}");
+        assert!(newest.bytes() <= MAX_RECORD_BYTES);
+        assert_eq!(
+            newest.spans.len() - 1 + newest.dropped_spans as usize,
+            jisu_client::children::MAX_CHILDREN
+        );
+        assert!(newest.dropped_spans > 0);
     }
 }

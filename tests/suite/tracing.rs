@@ -676,7 +676,11 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
             .map(|r| &r.span)
             .unwrap_or_else(|| panic!("no {kind} span {name} from {service}: {got:#?}"))
     };
-    let create = find("jisu-orders", "jisucloud.v1.OrderService/CreateOrder", server_kind);
+    let create = find(
+        "jisu-orders",
+        "jisucloud.v1.OrderService/CreateOrder",
+        server_kind,
+    );
     let call = find("jisu-orders", get_user, client_kind);
     let served = find("jisu-users", get_user, server_kind);
     assert_eq!(call.parent_span_id, create.span_id, "{got:#?}");
@@ -696,12 +700,22 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let tree: Vec<&str> = text.lines().filter(|l| l.contains("  [")).collect();
     assert!(
         tree[0].starts_with("jisucloud.v1.OrderService/CreateOrder  [server]  PermissionDenied"),
         "{text}"
     );
-    assert!(tree[1].starts_with("└─ jisucloud.v1.UserService/GetUser  [client]"), "{text}");
-    assert!(tree[2].starts_with("   └─ jisucloud.v1.UserService/GetUser  [server]"), "{text}");
+    assert!(
+        tree[1].starts_with("└─ jisucloud.v1.UserService/GetUser  [client]"),
+        "{text}"
+    );
+    assert!(
+        tree[2].starts_with("   └─ jisucloud.v1.UserService/GetUser  [server]"),
+        "{text}"
+    );
 }
