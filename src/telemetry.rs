@@ -15,6 +15,7 @@ use tracing_subscriber::{
 use crate::config::{LogFormat, LogSettings};
 
 pub mod debug;
+pub mod exemplars;
 pub mod metrics;
 pub mod metrics_endpoint;
 pub mod otel;

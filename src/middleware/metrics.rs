@@ -185,6 +185,16 @@ impl CallObserver for ServerCall {
         let reason = policy
             .reason(code, took, &self.children)
             .or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
+        if reason.is_some() || (sampled && exporting) {
+            // A trace that can be found (exported, or kept here): the latency bucket's
+            // exemplar.
+            self.metrics.exemplars().record(
+                ids.service,
+                ids.method,
+                ids.context.trace_id().to_string(),
+                took,
+            );
+        }
         let Some(reason) = reason else {
             return;
         };

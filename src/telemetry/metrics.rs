@@ -56,6 +56,7 @@ struct Inner {
     process: metrics_process::Collector,
     /// Certificates whose remaining lifetime is exported: name → (gauge, not-after).
     expiries: Mutex<HashMap<&'static str, (Gauge, i64)>>,
+    exemplars: super::exemplars::Exemplars,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -244,6 +245,7 @@ impl Metrics {
                 dynamic: Mutex::new(HashMap::new()),
                 process,
                 expiries: Mutex::new(HashMap::new()),
+                exemplars: Default::default(),
             }),
         }
     }
@@ -367,6 +369,17 @@ impl Metrics {
             gauge.set((not_after - now) as f64);
         }
         self.inner.handle.render()
+    }
+
+    /// The exposition in OpenMetrics 1.0, with trace-id exemplars on the server's latency
+    /// buckets (what Prometheus asks for first).
+    pub fn render_openmetrics(&self) -> String {
+        super::exemplars::openmetrics(&self.render(), &self.inner.exemplars)
+    }
+
+    /// The exemplars of `grpc_server_handling_seconds`.
+    pub fn exemplars(&self) -> &super::exemplars::Exemplars {
+        &self.inner.exemplars
     }
 
     /// Drains histogram buckets periodically so memory stays flat.
