@@ -433,6 +433,7 @@ impl ServerCall {
         span.record("rpc.system", "grpc");
         span.record("rpc.service", service);
         span.record("rpc.method", name);
+        span.record("jisu.sampled_by", "head");
         if let Some(p) = &self.peer {
             span.record("server.address", tracing::field::display(p.local_addr.ip()));
             span.record("server.port", p.local_addr.port());
@@ -471,6 +472,7 @@ fn server_span<B>(req: &Request<B>) -> (tracing::Span, Option<opentelemetry::tra
         enduser.id = tracing::field::Empty,
         jisu.authz.decision = tracing::field::Empty,
         jisu.authz.rule = tracing::field::Empty,
+        jisu.sampled_by = tracing::field::Empty,
     );
     // Most calls carry no context: skip the propagator (a global lock) for them.
     let headers = req.headers();

@@ -187,6 +187,7 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
     assert_eq!(attr(&span, "rpc.system"), s("grpc"));
     assert_eq!(attr(&span, "rpc.service"), s("jisucloud.v1.UserService"));
     assert_eq!(attr(&span, "rpc.method"), s("GetUser"));
+    assert_eq!(attr(&span, "jisu.sampled_by"), s("head"));
     assert_eq!(
         attr(&span, "rpc.grpc.status_code"),
         Some(Value::IntValue(0))
