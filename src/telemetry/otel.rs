@@ -22,7 +22,7 @@ use std::{
     collections::HashMap,
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc::{self, RecvTimeoutError, SyncSender, TrySendError},
+        mpsc::{self, RecvTimeoutError, SyncSender},
     },
     thread::JoinHandle,
     time::{Duration, Instant},
@@ -337,32 +337,76 @@ pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
 }
 
 enum Msg {
-    Span(Box<SpanData>),
+    /// A batch is full: export now rather than at the schedule.
+    Wake,
     Flush(SyncSender<OTelSdkResult>),
     Shutdown(SyncSender<OTelSdkResult>),
-}
-
-/// A batch span processor whose queue is bounded and whose losses are counted in
-/// [`SPAN_STATS`]. The request path only ever `try_send`s; one thread batches and exports.
-#[derive(Debug)]
-pub struct QueueProcessor {
-    tx: SyncSender<Msg>,
-    worker: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            Msg::Span(_) => "Span",
+            Msg::Wake => "Wake",
             Msg::Flush(_) => "Flush",
             Msg::Shutdown(_) => "Shutdown",
         })
     }
 }
 
+/// The spans waiting for export, shared by the request path and the export thread.
+///
+/// A span is pushed under a short lock onto a vector (no allocation per span, no
+/// wake-up): the thread is woken only when a whole batch is waiting, otherwise it wakes
+/// at the schedule. Waking it per span (a channel send per span) cost a context switch on
+/// the server's core per sampled call: 11–15% of the server's CPU samples at 10%
+/// sampling under full load.
+#[derive(Debug)]
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    control: SyncSender<Msg>,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+impl Queue {
+    /// Queues `span`; false (counted as a drop) when the queue is full.
+    fn push(&self, span: SpanData) -> bool {
+        let len = {
+            let mut spans = self.spans.lock();
+            if spans.len() >= self.max_queue {
+                drop(spans);
+                SPAN_STATS
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            spans.push(span);
+            spans.len()
+        };
+        if len == self.max_batch {
+            // Full or busy channel: the thread is awake already, or will be at the schedule.
+            let _ = self.control.try_send(Msg::Wake);
+        }
+        true
+    }
+
+    fn take(&self) -> Vec<SpanData> {
+        std::mem::take(&mut *self.spans.lock())
+    }
+}
+
+/// A batch span processor whose queue is bounded and whose losses are counted in
+/// [`SPAN_STATS`]. The request path only ever pushes under a short lock; one thread
+/// batches and exports.
+#[derive(Debug)]
+pub struct QueueProcessor {
+    queue: std::sync::Arc<Queue>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
 /// The export queue of the process's pipeline, for spans kept after the fact
 /// ([`keep`]); unset while export is off.
-static KEEP: std::sync::OnceLock<SyncSender<Msg>> = std::sync::OnceLock::new();
+static KEEP: std::sync::OnceLock<std::sync::Arc<Queue>> = std::sync::OnceLock::new();
 
 /// Whether spans reach a collector (an OTLP endpoint is configured).
 pub fn exporting() -> bool {
@@ -374,43 +418,51 @@ pub fn exporting() -> bool {
 /// export is off or the queue had no room for the first (the SERVER span); every span
 /// that finds no room is counted as a drop.
 pub fn keep(spans: Vec<SpanData>) -> bool {
-    let Some(tx) = KEEP.get() else {
+    let Some(queue) = KEEP.get() else {
         return false;
     };
-    let mut first = true;
-    let mut queued_first = false;
+    let mut spans = spans.into_iter();
+    let first = spans.next().is_some_and(|s| queue.push(s));
     for span in spans {
-        match tx.try_send(Msg::Span(Box::new(span))) {
-            Ok(()) => queued_first |= first,
-            Err(_) => {
-                SPAN_STATS
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        first = false;
+        queue.push(span);
     }
-    queued_first
+    first
 }
 
 impl QueueProcessor {
+    /// Starts the export thread; this queue also takes the spans kept after the fact
+    /// ([`keep`]) when it is the process's first.
     pub fn start<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
-        let (tx, rx) = mpsc::sync_channel(settings.max_queue);
-        // The first pipeline of the process is the one kept spans go to.
-        let _ = KEEP.set(tx.clone());
-        let worker = std::thread::Builder::new()
-            .name("jisu-otlp-export".into())
-            .spawn(move || export_loop(exporter, rx, settings))
-            .expect("spawning the span export thread");
+        let processor = Self::spawn(exporter, settings);
+        let _ = KEEP.set(processor.queue.clone());
+        processor
+    }
+
+    fn spawn<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
+        let (control, rx) = mpsc::sync_channel(16);
+        let queue = std::sync::Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(settings.max_batch)),
+            control,
+            max_queue: settings.max_queue,
+            max_batch: settings.max_batch,
+        });
+        let worker = {
+            let queue = queue.clone();
+            std::thread::Builder::new()
+                .name("jisu-otlp-export".into())
+                .spawn(move || export_loop(exporter, &queue, rx, settings))
+                .expect("spawning the span export thread")
+        };
         Self {
-            tx,
+            queue,
             worker: Mutex::new(Some(worker)),
         }
     }
 
     fn ask(&self, msg: fn(SyncSender<OTelSdkResult>) -> Msg, timeout: Duration) -> OTelSdkResult {
         let (reply, answer) = mpsc::sync_channel(1);
-        self.tx
+        self.queue
+            .control
             .send(msg(reply))
             .map_err(|_| OTelSdkError::AlreadyShutdown)?;
         answer
@@ -423,13 +475,8 @@ impl SpanProcessor for QueueProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(Msg::Span(Box::new(span))) {
-            SPAN_STATS
-                .dropped_queue_full
-                .fetch_add(1, Ordering::Relaxed);
+        if span.span_context.is_sampled() {
+            self.queue.push(span);
         }
     }
 
@@ -449,31 +496,42 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
-fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, settings: BatchSettings) {
-    let mut batch: Vec<SpanData> = Vec::with_capacity(settings.max_batch);
+fn export_loop<E: SpanExporter>(
+    exporter: E,
+    queue: &Queue,
+    rx: mpsc::Receiver<Msg>,
+    settings: BatchSettings,
+) {
     let mut failing = false;
-    let mut export = |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let n = batch.len() as u64;
-        let result = futures::executor::block_on(exporter.export(std::mem::take(batch)));
-        match &result {
-            Ok(()) => {
-                SPAN_STATS.exported.fetch_add(n, Ordering::Relaxed);
-                if failing {
-                    tracing::info!("span export recovered");
-                    failing = false;
+    // Exports what is queued, in batches of at most `max_batch`.
+    let mut export = || {
+        let mut pending = queue.take();
+        let mut result = Ok(());
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(settings.max_batch));
+            let batch = std::mem::replace(&mut pending, rest);
+            let n = batch.len() as u64;
+            let r = futures::executor::block_on(exporter.export(batch));
+            match &r {
+                Ok(()) => {
+                    SPAN_STATS.exported.fetch_add(n, Ordering::Relaxed);
+                    if failing {
+                        tracing::info!("span export recovered");
+                        failing = false;
+                    }
+                }
+                Err(e) => {
+                    SPAN_STATS
+                        .dropped_export_failed
+                        .fetch_add(n, Ordering::Relaxed);
+                    if !failing {
+                        tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
+                        failing = true;
+                    }
                 }
             }
-            Err(e) => {
-                SPAN_STATS
-                    .dropped_export_failed
-                    .fetch_add(n, Ordering::Relaxed);
-                if !failing {
-                    tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
-                    failing = true;
-                }
+            if r.is_err() {
+                result = r;
             }
         }
         result
@@ -482,27 +540,24 @@ fn export_loop<E: SpanExporter>(exporter: E, rx: mpsc::Receiver<Msg>, settings: 
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
-            Ok(Msg::Span(span)) => {
-                batch.push(*span);
-                if batch.len() >= settings.max_batch {
-                    let _ = export(&mut batch);
-                }
+            Ok(Msg::Wake) => {
+                let _ = export();
             }
             Ok(Msg::Flush(reply)) => {
-                let _ = reply.send(export(&mut batch));
+                let _ = reply.send(export());
             }
             Ok(Msg::Shutdown(reply)) => {
-                let result = export(&mut batch);
+                let result = export();
                 let _ = exporter.shutdown();
                 let _ = reply.send(result);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let _ = export(&mut batch);
+                let _ = export();
                 deadline = Instant::now() + settings.schedule_delay;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = export(&mut batch);
+                let _ = export();
                 return;
             }
         }
@@ -554,6 +609,73 @@ mod tests {
         let _ = propagator(&env(&[("OTEL_PROPAGATORS", "tracecontext,b3")]), &mut w);
         assert_eq!(w.len(), 1);
         assert!(w[0].contains("b3"));
+    }
+
+    /// Counts what it is given, batch by batch.
+    #[derive(Debug)]
+    struct Batches(std::sync::mpsc::Sender<usize>);
+
+    impl SpanExporter for Batches {
+        async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+            let _ = self.0.send(batch.len());
+            Ok(())
+        }
+    }
+
+    fn span() -> SpanData {
+        use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from(1),
+                SpanId::from(1),
+                TraceFlags::SAMPLED,
+                false,
+                Default::default(),
+            ),
+            parent_span_id: SpanId::INVALID,
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Server,
+            name: "s".into(),
+            start_time: std::time::SystemTime::now(),
+            end_time: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            dropped_attributes_count: 0,
+            events: Default::default(),
+            links: Default::default(),
+            status: Status::Unset,
+            instrumentation_scope: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_full_batch_is_exported_at_once_and_a_full_queue_drops() {
+        let (tx, batches) = std::sync::mpsc::channel();
+        let processor = QueueProcessor::spawn(
+            Batches(tx),
+            BatchSettings {
+                // Never, within the test: only a full batch triggers an export.
+                schedule_delay: Duration::from_secs(3600),
+                max_queue: 6,
+                max_batch: 3,
+            },
+        );
+        for _ in 0..3 {
+            processor.on_end(span());
+        }
+        assert_eq!(batches.recv_timeout(Duration::from_secs(10)), Ok(3));
+        // The queue holds 6: the 7th is dropped and counted; a flush sends the rest in
+        // batches of at most 3.
+        let dropped = SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed);
+        let queue = &processor.queue;
+        queue.spans.lock().extend((0..5).map(|_| span()));
+        assert!(queue.push(span()));
+        assert!(!queue.push(span()));
+        assert!(SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed) > dropped);
+        processor.force_flush().unwrap();
+        assert_eq!(batches.try_iter().collect::<Vec<_>>(), [3, 3]);
+        processor
+            .shutdown_with_timeout(Duration::from_secs(10))
+            .unwrap();
     }
 
     #[test]
