@@ -574,7 +574,9 @@ where
             method: method.name,
         });
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
-        let children = Arc::new(Children::default());
+        let children = Arc::new(Children::new(
+            ids.as_ref().is_some_and(|i| i.context.is_sampled()),
+        ));
         let inner = jisu_client::children::enter(&children, || {
             let _entered = span.enter();
             self.inner.call(req)

@@ -73,16 +73,23 @@ impl TracedStore {
     }
 }
 
+/// The operation's span, only when the call's trace is sampled: an unsampled call's
+/// spans are never exported, and its work is in the call's buffer anyway (a span per
+/// operation through the OpenTelemetry layer was most of what tracing cost such calls).
 macro_rules! op_span {
     ($self:ident, $op:literal) => {
-        tracing::info_span!(
-            "store",
-            otel.name = concat!("store ", $op),
-            otel.kind = "internal",
-            db.system.name = $self.system,
-            db.operation.name = $op,
-            otel.status_code = tracing::field::Empty,
-        )
+        if jisu_client::children::sampled() {
+            tracing::info_span!(
+                "store",
+                otel.name = concat!("store ", $op),
+                otel.kind = "internal",
+                db.system.name = $self.system,
+                db.operation.name = $op,
+                otel.status_code = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        }
     };
 }
 

@@ -79,6 +79,9 @@ impl Child {
 #[derive(Debug, Default)]
 pub struct Children {
     inner: Mutex<Recorded>,
+    /// Whether the call's trace is sampled: only then is work inside it worth a span of
+    /// its own (see [`sampled`]).
+    sampled: bool,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +91,14 @@ struct Recorded {
 }
 
 impl Children {
+    /// The buffer of a call whose trace is `sampled` or not.
+    pub fn new(sampled: bool) -> Self {
+        Self {
+            inner: Mutex::default(),
+            sampled,
+        }
+    }
+
     pub fn push(&self, child: Child) {
         let mut r = self.inner.lock();
         if r.children.len() < MAX_CHILDREN {
@@ -123,6 +134,14 @@ thread_local! {
 /// The buffer of the call being polled on this thread, if any.
 pub fn current() -> Option<Arc<Children>> {
     CURRENT.with(|c| c.borrow().clone())
+}
+
+/// Whether work on this thread is worth a span of its own: inside a call, only when the
+/// call's trace is sampled (an unsampled call's spans are never exported; its work is
+/// recorded in the buffer instead, and becomes spans only if the call is kept); outside
+/// any call, yes.
+pub fn sampled() -> bool {
+    CURRENT.with(|c| c.borrow().as_ref().is_none_or(|c| c.sampled))
 }
 
 /// Records a child into the current call's buffer (`child` is only built when there is
@@ -239,10 +258,11 @@ mod tests {
 
     #[tokio::test]
     async fn work_inside_the_call_lands_in_its_buffer_and_nowhere_else() {
-        let mine = Arc::new(Children::default());
-        let other = Arc::new(Children::default());
+        let mine = Arc::new(Children::new(false));
+        let other = Arc::new(Children::new(true));
         let fut = InCall::new(
             async {
+                assert!(!sampled());
                 record(|| store("get_user"));
                 tokio::task::yield_now().await;
                 record(|| store("list_users"));
@@ -253,6 +273,7 @@ mod tests {
         // Between polls, on the same thread, another call's work goes to its own buffer.
         let second = InCall::new(
             async {
+                assert!(sampled());
                 record(|| store("create_order"));
                 Ok::<_, ()>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
             },
@@ -263,6 +284,7 @@ mod tests {
         b.unwrap();
         record(|| store("outside"));
         assert!(current().is_none());
+        assert!(sampled());
         let names = |c: &Children| c.take().0.iter().map(Child::name).collect::<Vec<_>>();
         assert_eq!(names(&mine), ["store get_user", "store list_users"]);
         assert_eq!(names(&other), ["store create_order"]);
