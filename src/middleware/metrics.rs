@@ -603,3 +603,75 @@ where
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::trace::TraceId;
+
+    fn policy(slow_ms: u64, ratio: f64) -> KeepPolicy {
+        let settings = crate::config::TracingSettings {
+            slow_call_ms: slow_ms,
+            ..Default::default()
+        };
+        KeepPolicy::new(&settings, ratio)
+    }
+
+    fn called(code: Code) -> Children {
+        let children = Children::new(false);
+        children.push(Child {
+            what: ChildKind::Call {
+                service: "jisucloud.v1.UserService",
+                method: "GetUser",
+                span_id: [1; 8],
+                server: "users".into(),
+                port: None,
+                code,
+            },
+            start: Instant::now(),
+            took: Duration::ZERO,
+        });
+        children
+    }
+
+    #[test]
+    fn kept_for_its_code_a_failed_callee_or_its_duration() {
+        let p = policy(1000, 0.0);
+        let none = Children::new(false);
+        let fast = Duration::from_millis(999);
+        assert_eq!(p.reason(Code::Internal, fast, &none), Some("error"));
+        assert_eq!(p.reason(Code::PermissionDenied, fast, &none), Some("error"));
+        // A miss and the caller's own cancel are not failures to diagnose.
+        assert_eq!(p.reason(Code::NotFound, fast, &none), None);
+        assert_eq!(p.reason(Code::Cancelled, fast, &none), None);
+        assert_eq!(p.reason(Code::Ok, fast, &none), None);
+        // A call it made failed: kept as an error, whatever it answered itself.
+        assert_eq!(
+            p.reason(Code::Ok, fast, &called(Code::Unavailable)),
+            Some("error")
+        );
+        assert_eq!(p.reason(Code::Ok, fast, &called(Code::NotFound)), None);
+        // Slow from the threshold on; 0 turns it off.
+        assert_eq!(
+            p.reason(Code::Ok, Duration::from_millis(1000), &none),
+            Some("slow")
+        );
+        assert_eq!(
+            policy(0, 0.0).reason(Code::Ok, Duration::from_secs(60), &none),
+            None
+        );
+    }
+
+    #[test]
+    fn the_sample_is_decided_by_trace_id() {
+        let low = TraceId::from(1u128);
+        let high = TraceId::from(u128::from(u64::MAX));
+        assert!(!policy(0, 0.0).samples(low));
+        assert!(policy(0, 1.0).samples(high));
+        let half = policy(0, 0.5);
+        assert!(half.samples(low));
+        assert!(!half.samples(high));
+        // The same id gets the same answer in every process.
+        assert_eq!(half.samples(low), policy(0, 0.5).samples(low));
+    }
+}
