@@ -101,7 +101,10 @@ where
         );
         match checked {
             Ok(Some(principal)) => {
-                tracing::Span::current().record("enduser.id", principal.subject.as_str());
+                // Span fields only where the span is exported (see children::sampled).
+                if jisu_client::children::sampled() {
+                    tracing::Span::current().record("enduser.id", principal.subject.as_str());
+                }
                 req.extensions_mut().insert(principal);
                 Either::Left(self.inner.call(req))
             }
@@ -173,12 +176,14 @@ pub fn authorize(
         audiences: &principal.audiences,
         scopes: &principal.scopes,
     });
-    let span = tracing::Span::current();
-    span.record(
-        "jisu.authz.decision",
-        if decision.allowed { "allow" } else { "deny" },
-    );
-    span.record("jisu.authz.rule", &*decision.rule);
+    if jisu_client::children::sampled() {
+        let span = tracing::Span::current();
+        span.record(
+            "jisu.authz.decision",
+            if decision.allowed { "allow" } else { "deny" },
+        );
+        span.record("jisu.authz.rule", &*decision.rule);
+    }
     if decision.allowed {
         return Ok(Some(principal));
     }

@@ -170,6 +170,10 @@ impl CallObserver for ServerCall {
         }
     }
 
+    fn sampled(&self) -> bool {
+        self.ids.as_ref().is_some_and(|i| i.context.is_sampled())
+    }
+
     fn finished(&mut self, code: Code, took: Duration) {
         self.metrics.in_flight().decrement(1.0);
         self.window.record(code, took);

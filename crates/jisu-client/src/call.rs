@@ -38,6 +38,13 @@ pub trait CallObserver: Send + 'static {
 
     /// The call ended with `code`, `took` after it started.
     fn finished(&mut self, _code: Code, _took: std::time::Duration) {}
+
+    /// Whether the call's span is sampled: only then is its final status recorded on it
+    /// (recording a field on a span that is never exported costs a dispatch through every
+    /// layer for nothing).
+    fn sampled(&self) -> bool {
+        true
+    }
 }
 
 /// A client adds nothing.
@@ -95,9 +102,11 @@ impl<O: CallObserver> Drop for FinishOnDrop<O> {
                 method.handling.record(took.as_secs_f64());
             }
             r.observer.finished(self.code, took);
-            r.span.record("rpc.grpc.status_code", self.code as i32);
-            if self.code != Code::Ok {
-                r.span.record("otel.status_code", "ERROR");
+            if r.observer.sampled() {
+                r.span.record("rpc.grpc.status_code", self.code as i32);
+                if self.code != Code::Ok {
+                    r.span.record("otel.status_code", "ERROR");
+                }
             }
         }
     }

@@ -34,9 +34,14 @@ pub struct ClientCall {
     span_id: [u8; 8],
     server: ServerAddress,
     start: Instant,
+    sampled: bool,
 }
 
 impl CallObserver for ClientCall {
+    fn sampled(&self) -> bool {
+        self.sampled
+    }
+
     fn finished(&mut self, code: tonic::Code, took: std::time::Duration) {
         if let Some(parent) = &self.parent {
             parent.push(Child {
@@ -172,11 +177,11 @@ where
         let cx = span.context();
         inject(&cx, req.headers_mut());
         let parent = children::current();
-        let span_id = if parent.is_some() {
+        let (span_id, sampled) = {
             use opentelemetry::trace::TraceContextExt as _;
-            cx.span().span_context().span_id().to_bytes()
-        } else {
-            [0; 8]
+            let span = cx.span();
+            let sc = span.span_context();
+            (sc.span_id().to_bytes(), sc.is_sampled())
         };
         let (service, name) = match &method {
             Some(m) => (m.service, m.name),
@@ -201,6 +206,7 @@ where
                     span_id,
                     server: self.peer.clone(),
                     start: Instant::now(),
+                    sampled,
                 },
             },
         )
