@@ -101,10 +101,12 @@ where
         );
         match checked {
             Ok(Some(principal)) => {
-                // Span fields only where the span is exported (see children::sampled).
+                // Span fields only where the span is exported (see children::sampled);
+                // the call's record keeps the subject for a call kept after the fact.
                 if jisu_client::children::sampled() {
                     tracing::Span::current().record("enduser.id", principal.subject.as_str());
                 }
+                jisu_client::children::with_current(|c| c.set_subject(&principal.subject));
                 req.extensions_mut().insert(principal);
                 Either::Left(self.inner.call(req))
             }

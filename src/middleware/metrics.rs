@@ -284,6 +284,9 @@ impl ServerCall {
             a.push(("network.peer.address", p.remote_addr.ip().to_string()));
             a.push(("tls.client.identity", recent::bounded(p.identity.clone())));
         }
+        if let Some(subject) = self.children.subject() {
+            a.push(("enduser.id", recent::bounded(subject)));
+        }
         if let Some(m) = &self.message {
             a.push(("rpc.grpc.status_message", m.clone()));
         }

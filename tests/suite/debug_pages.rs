@@ -104,6 +104,7 @@ async fn a_failed_call_is_found_by_its_trace_id_without_a_collector() {
         "{out}"
     );
     assert!(lines[1].ends_with("kept: error"), "{out}");
+    assert!(out.contains(" enduser.id=tester "), "{out}");
     assert!(
         out.contains("message: a user with this email already exists"),
         "{out}"

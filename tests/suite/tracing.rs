@@ -646,6 +646,7 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
     let server = named(&got, "jisucloud.v1.UserService/CreateUser").unwrap();
     let store = named(&got, "store create_user").unwrap();
     assert_eq!(store.parent_span_id, server.span_id, "{got:#?}");
+    assert_eq!(attr(server, "enduser.id"), s("tester"));
     assert_eq!(attr(store, "db.operation.name"), s("create_user"));
     assert!(store.start_time_unix_nano >= server.start_time_unix_nano);
     assert!(store.end_time_unix_nano <= server.end_time_unix_nano);

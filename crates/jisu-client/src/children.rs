@@ -88,6 +88,8 @@ pub struct Children {
 struct Recorded {
     children: Vec<Child>,
     dropped: u32,
+    /// Who made the call (the token's `sub`), once authenticated.
+    subject: Option<String>,
 }
 
 impl Children {
@@ -106,6 +108,15 @@ impl Children {
         } else {
             r.dropped += 1;
         }
+    }
+
+    /// Notes who made the call, for a kept call's `enduser.id`.
+    pub fn set_subject(&self, subject: &str) {
+        self.inner.lock().subject = Some(subject.to_owned());
+    }
+
+    pub fn subject(&self) -> Option<String> {
+        self.inner.lock().subject.clone()
     }
 
     /// Takes what was recorded, and how many more were left out.
@@ -142,6 +153,15 @@ pub fn current() -> Option<Arc<Children>> {
 /// any call, yes.
 pub fn sampled() -> bool {
     CURRENT.with(|c| c.borrow().as_ref().is_none_or(|c| c.sampled))
+}
+
+/// Runs `f` on the current call's buffer, if any.
+pub fn with_current(f: impl FnOnce(&Children)) {
+    CURRENT.with(|c| {
+        if let Some(children) = &*c.borrow() {
+            f(children);
+        }
+    });
 }
 
 /// Records a child into the current call's buffer (`child` is only built when there is
