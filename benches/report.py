@@ -83,6 +83,20 @@ for v in ("bare", "full10"):
         print(f"- {NAMES[v]}: {med(rs, lambda r: r['messages_per_second']):,.0f} messages/s "
               f"({med(rs, lambda r: r['qps']):,.0f} streams/s)")
 
+print("\n## Realistic payloads (closed loop, 64 in flight; one h2 connection)\n")
+print("| call | variant | calls/s | p50 ms | p99 ms | server CPU µs/call | vs bare |")
+print("|---|---|---|---|---|---|---|")
+for run, label in (("max", "GetUser"), ("batch100", "BatchGetUsers, 100 users"), ("list100", "ListUsers stream, 100 users")):
+    base = None
+    for v in ("bare", "full10"):
+        rs = pick(run, v)
+        if not rs:
+            continue
+        c = med(rs, lambda r: r["server_cpu_us_per_call"])
+        base = base or c
+        print(f"| {label} | {NAMES[v]} | {med(rs, lambda r: r['qps']):,.0f} | {lat(rs, 'p50'):.3f} | {lat(rs, 'p99'):.3f} "
+              f"| {c:.1f} | {c / base:.2f} |")
+
 payload = {v: pick("max", v)[0].get("payload_bytes") for v in ("full10", "rest") if pick("max", v)}
 if payload.get("full10") and payload.get("rest"):
     g, r = payload["full10"], payload["rest"]
