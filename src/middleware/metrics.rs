@@ -25,7 +25,10 @@ use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use opentelemetry::trace::{SpanId, TraceContextExt as _};
+use opentelemetry::{
+    KeyValue,
+    trace::{SpanId, TraceContextExt as _},
+};
 use opentelemetry_sdk::trace::SpanData;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -84,8 +87,11 @@ impl KeepPolicy {
     /// Why a call is kept whatever head sampling said, if it is: its own code, a call it
     /// made that failed that way (so both sides of a failed call chain are kept), or its
     /// duration.
-    fn reason(&self, code: Code, took: Duration, children: &Children) -> Option<&'static str> {
-        if self.keeps_code(code) || children.any_call(|c| self.keeps_code(c)) {
+    fn reason(&self, code: Code, took: Duration, children: &[Child]) -> Option<&'static str> {
+        let callee_failed = children
+            .iter()
+            .any(|c| c.code().is_some_and(|c| self.keeps_code(c)));
+        if self.keeps_code(code) || callee_failed {
             Some("error")
         } else if self.slow.is_some_and(|slow| took >= slow) {
             Some("slow")
@@ -128,7 +134,6 @@ pub struct ServerCall {
     metrics: Metrics,
     keep: Arc<Keeping>,
     window: Arc<MethodWindow>,
-    start: Instant,
     /// The span's ids, read once at the start (when the span has them).
     ids: Option<Ids>,
     /// The work inside the call (store operations, calls to other services).
@@ -174,7 +179,7 @@ impl CallObserver for ServerCall {
         self.ids.as_ref().is_some_and(|i| i.context.is_sampled())
     }
 
-    fn finished(&mut self, code: Code, took: Duration) {
+    fn finished(&mut self, code: Code, start: Instant, took: Duration) {
         self.metrics.in_flight().decrement(1.0);
         self.window.record(code, took);
         let Some(ids) = &self.ids else {
@@ -185,9 +190,10 @@ impl CallObserver for ServerCall {
         if sampled && exporting {
             self.keep.head.increment(1);
         }
+        let work = self.children.take();
         let policy = &self.keep.policy;
         let reason = policy
-            .reason(code, took, &self.children)
+            .reason(code, took, &work.children)
             .or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
         if reason.is_some() || (sampled && exporting) {
             // A trace that can be found (exported, or kept here): the latency bucket's
@@ -202,33 +208,57 @@ impl CallObserver for ServerCall {
         let Some(reason) = reason else {
             return;
         };
-        let (children, dropped) = self.children.take();
-        let child_ids: Vec<SpanId> = children
-            .iter()
-            .map(|c| match &c.what {
-                ChildKind::Call { span_id, .. } => SpanId::from_bytes(*span_id),
-                ChildKind::Store { .. } => SpanId::from_bytes(rand::random()),
-            })
-            .collect();
-        if reason != "sample" && exporting && !sampled {
-            let spans = self.span_data(ids, code, took, reason, &children, &child_ids);
-            if otel::keep(spans) {
-                self.keep.counter(reason).increment(1);
-            }
+        let call = KeptCall {
+            ids,
+            code,
+            start,
+            took,
+            reason,
+            attributes: self.attributes(ids, code, reason, work.subject),
+            child_ids: work
+                .children
+                .iter()
+                .map(|c| match &c.what {
+                    ChildKind::Call { span_id, .. } => SpanId::from_bytes(*span_id),
+                    ChildKind::Store { .. } => SpanId::from_bytes(rand::random()),
+                })
+                .collect(),
+            children: work.children,
+            dropped: work.dropped,
+        };
+        if reason != "sample" && exporting && !sampled && otel::keep(call.span_data()) {
+            self.keep.counter(reason).increment(1);
         }
-        let record = self.record(ids, code, took, reason, (&children, &child_ids), dropped);
-        self.keep.debug.recent.insert(record);
+        self.keep
+            .debug
+            .recent
+            .insert(call.record(self.message.as_deref()));
     }
 }
 
-/// The OTel RPC attributes of a SERVER span, as strings for the in-memory record.
-fn child_attributes(child: &Child) -> Vec<(&'static str, String)> {
+/// A call kept after the fact, with everything its spans are built from.
+struct KeptCall<'a> {
+    ids: &'a Ids,
+    code: Code,
+    start: Instant,
+    took: Duration,
+    reason: &'static str,
+    /// The SERVER span's attributes.
+    attributes: Vec<KeyValue>,
+    children: Vec<Child>,
+    /// The children's span ids: a call's is the one it was propagated with.
+    child_ids: Vec<SpanId>,
+    dropped: u32,
+}
+
+/// The OTel attributes of a child span: the store's `db.*`, or a call's RPC attributes.
+fn child_attributes(child: &Child) -> Vec<KeyValue> {
     match &child.what {
         ChildKind::Store {
             system, operation, ..
         } => vec![
-            ("db.system.name", (*system).to_owned()),
-            ("db.operation.name", (*operation).to_owned()),
+            KeyValue::new("db.system.name", *system),
+            KeyValue::new("db.operation.name", *operation),
         ],
         ChildKind::Call {
             service,
@@ -239,14 +269,14 @@ fn child_attributes(child: &Child) -> Vec<(&'static str, String)> {
             ..
         } => {
             let mut a = vec![
-                ("rpc.system", "grpc".to_owned()),
-                ("rpc.service", (*service).to_owned()),
-                ("rpc.method", (*method).to_owned()),
-                ("rpc.grpc.status_code", (*code as i32).to_string()),
-                ("server.address", server.to_string()),
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", *service),
+                KeyValue::new("rpc.method", *method),
+                KeyValue::new("rpc.grpc.status_code", *code as i64),
+                KeyValue::new("server.address", server.to_string()),
             ];
             if let Some(p) = port {
-                a.push(("server.port", p.to_string()));
+                a.push(KeyValue::new("server.port", i64::from(*p)));
             }
             a
         }
@@ -263,60 +293,78 @@ fn child_status(child: &Child) -> Option<String> {
     }
 }
 
+/// Attributes as the in-memory record shows them.
+fn strings(attributes: Vec<KeyValue>) -> Vec<(String, String)> {
+    attributes
+        .into_iter()
+        .map(|kv| (kv.key.to_string(), kv.value.to_string()))
+        .collect()
+}
+
 impl ServerCall {
-    /// The SERVER span's attributes: RPC, peer, status and why it was kept.
+    /// The SERVER span's attributes: RPC, peer, caller, status and why it was kept.
     fn attributes(
         &self,
         ids: &Ids,
         code: Code,
         reason: &'static str,
-    ) -> Vec<(&'static str, String)> {
+        subject: Option<String>,
+    ) -> Vec<KeyValue> {
         let mut a = vec![
-            ("rpc.system", "grpc".to_owned()),
-            ("rpc.service", ids.service.to_owned()),
-            ("rpc.method", ids.method.to_owned()),
-            ("rpc.grpc.status_code", (code as i32).to_string()),
-            ("jisu.sampled_by", reason.to_owned()),
+            KeyValue::new("rpc.system", "grpc"),
+            KeyValue::new("rpc.service", ids.service),
+            KeyValue::new("rpc.method", ids.method),
+            KeyValue::new("rpc.grpc.status_code", code as i64),
+            KeyValue::new("jisu.sampled_by", reason),
         ];
         if let Some(p) = &self.peer {
-            a.push(("server.address", p.local_addr.ip().to_string()));
-            a.push(("server.port", p.local_addr.port().to_string()));
-            a.push(("network.peer.address", p.remote_addr.ip().to_string()));
-            a.push(("tls.client.identity", recent::bounded(p.identity.clone())));
+            a.push(KeyValue::new(
+                "server.address",
+                p.local_addr.ip().to_string(),
+            ));
+            a.push(KeyValue::new("server.port", i64::from(p.local_addr.port())));
+            a.push(KeyValue::new(
+                "network.peer.address",
+                p.remote_addr.ip().to_string(),
+            ));
+            a.push(KeyValue::new(
+                "tls.client.identity",
+                recent::bounded(p.identity.clone()),
+            ));
         }
-        if let Some(subject) = self.children.subject() {
-            a.push(("enduser.id", recent::bounded(subject)));
+        if let Some(subject) = subject {
+            a.push(KeyValue::new("enduser.id", recent::bounded(subject)));
         }
         if let Some(m) = &self.message {
-            a.push(("rpc.grpc.status_message", m.clone()));
+            a.push(KeyValue::new("rpc.grpc.status_message", m.clone()));
         }
         a
     }
+}
+
+impl KeptCall<'_> {
+    fn name(&self) -> String {
+        format!("{}/{}", self.ids.service, self.ids.method)
+    }
 
     /// The call as kept in memory: its SERVER span and the spans inside it.
-    fn record(
-        &self,
-        ids: &Ids,
-        code: Code,
-        took: Duration,
-        reason: &'static str,
-        (children, child_ids): (&[Child], &[SpanId]),
-        dropped: u32,
-    ) -> TraceRecord {
+    fn record(self, message: Option<&str>) -> TraceRecord {
         let micros = |d: Duration| d.as_micros() as u64;
+        let ids = self.ids;
         let server_id = ids.context.span_id().to_string();
-        let mut spans = Vec::with_capacity(children.len() + 1);
+        let name = self.name();
+        let mut spans = Vec::with_capacity(self.children.len() + 1);
         spans.push(SpanRecord {
             span_id: server_id.clone(),
             parent_span_id: ids.parent.map(|p| p.to_string()),
-            name: format!("{}/{}", ids.service, ids.method),
+            name: name.clone(),
             kind: "server".into(),
             offset_micros: 0,
-            duration_micros: micros(took),
-            status: code_label(code).to_owned(),
-            attributes: owned(self.attributes(ids, code, reason)),
+            duration_micros: micros(self.took),
+            status: code_label(self.code).to_owned(),
+            attributes: strings(self.attributes),
         });
-        for (child, id) in children.iter().zip(child_ids) {
+        for (child, id) in self.children.iter().zip(&self.child_ids) {
             spans.push(SpanRecord {
                 span_id: id.to_string(),
                 parent_span_id: Some(server_id.clone()),
@@ -329,22 +377,22 @@ impl ServerCall {
                 offset_micros: micros(child.start.saturating_duration_since(self.start)),
                 duration_micros: micros(child.took),
                 status: child_status(child).unwrap_or_else(|| "OK".into()),
-                attributes: owned(child_attributes(child)),
+                attributes: strings(child_attributes(child)),
             });
         }
-        let start = SystemTime::now() - took;
+        let started = SystemTime::now() - self.took;
         TraceRecord {
             trace_id: ids.context.trace_id().to_string(),
-            kept_by: reason.into(),
-            method: format!("{}/{}", ids.service, ids.method),
-            code: code_label(code).to_owned(),
-            message: self.message.clone().unwrap_or_default(),
-            start_unix_nanos: start
+            kept_by: self.reason.into(),
+            method: name,
+            code: code_label(self.code).to_owned(),
+            message: message.unwrap_or_default().to_owned(),
+            start_unix_nanos: started
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64),
-            duration_micros: micros(took),
+            duration_micros: micros(self.took),
             spans,
-            dropped_spans: dropped,
+            dropped_spans: self.dropped,
         }
     }
 
@@ -353,20 +401,9 @@ impl ServerCall {
     /// RPC attributes, the status and why it was kept (`jisu.sampled_by`), and a child
     /// span for each piece of work inside it (store operations; calls to other services
     /// under the span id they were propagated with, so the callee's spans hang below).
-    fn span_data(
-        &self,
-        ids: &Ids,
-        code: Code,
-        took: Duration,
-        reason: &'static str,
-        children: &[Child],
-        child_ids: &[SpanId],
-    ) -> Vec<SpanData> {
-        use opentelemetry::{
-            KeyValue,
-            trace::{SpanContext, SpanKind, Status, TraceFlags},
-        };
-        let c = &ids.context;
+    fn span_data(&self) -> Vec<SpanData> {
+        use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags};
+        let c = &self.ids.context;
         let context = |id: SpanId| {
             SpanContext::new(
                 c.trace_id(),
@@ -376,41 +413,30 @@ impl ServerCall {
                 c.trace_state().clone(),
             )
         };
-        let attributes = |pairs: Vec<(&'static str, String)>| -> Vec<KeyValue> {
-            pairs
-                .into_iter()
-                .map(|(k, v)| match v.parse::<i64>() {
-                    Ok(n) if k.ends_with("status_code") || k.ends_with(".port") => {
-                        KeyValue::new(k, n)
-                    }
-                    _ => KeyValue::new(k, v),
-                })
-                .collect()
-        };
         let status = |failed: Option<String>| match failed {
             Some(label) => Status::error(label),
             None => Status::Unset,
         };
         let scope = opentelemetry::InstrumentationScope::builder("jisu").build();
         let end = SystemTime::now();
-        let started = end - took;
-        let mut spans = Vec::with_capacity(children.len() + 1);
+        let started = end - self.took;
+        let mut spans = Vec::with_capacity(self.children.len() + 1);
         spans.push(SpanData {
             span_context: context(c.span_id()),
-            parent_span_id: ids.parent.unwrap_or(SpanId::INVALID),
-            parent_span_is_remote: ids.parent.is_some(),
+            parent_span_id: self.ids.parent.unwrap_or(SpanId::INVALID),
+            parent_span_is_remote: self.ids.parent.is_some(),
             span_kind: SpanKind::Server,
-            name: format!("{}/{}", ids.service, ids.method).into(),
+            name: self.name().into(),
             start_time: started,
             end_time: end,
-            attributes: attributes(self.attributes(ids, code, reason)),
+            attributes: self.attributes.clone(),
             dropped_attributes_count: 0,
             events: Default::default(),
             links: Default::default(),
-            status: status((code != Code::Ok).then(|| code_label(code).to_owned())),
+            status: status((self.code != Code::Ok).then(|| code_label(self.code).to_owned())),
             instrumentation_scope: scope.clone(),
         });
-        for (child, id) in children.iter().zip(child_ids) {
+        for (child, id) in self.children.iter().zip(&self.child_ids) {
             let start = started + child.start.saturating_duration_since(self.start);
             spans.push(SpanData {
                 span_context: context(*id),
@@ -423,7 +449,7 @@ impl ServerCall {
                 name: child.name().into(),
                 start_time: start,
                 end_time: start + child.took,
-                attributes: attributes(child_attributes(child)),
+                attributes: child_attributes(child),
                 dropped_attributes_count: 0,
                 events: Default::default(),
                 links: Default::default(),
@@ -433,7 +459,9 @@ impl ServerCall {
         }
         spans
     }
+}
 
+impl ServerCall {
     /// Records the RPC attributes of a sampled SERVER span.
     fn describe(&self, span: &tracing::Span, method: Option<&MethodMetrics>) {
         let (service, name) = method.map_or((UNKNOWN, UNKNOWN), |m| (m.service, m.name));
@@ -451,10 +479,6 @@ impl ServerCall {
             span.record("tls.client.identity", p.identity.as_str());
         }
     }
-}
-
-fn owned(pairs: Vec<(&'static str, String)>) -> Vec<(String, String)> {
-    pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
 /// The SERVER span of one call. Only its name and kind are set here: the OTel RPC
@@ -601,7 +625,6 @@ where
                     metrics: self.metrics.clone(),
                     keep: self.keep.clone(),
                     window,
-                    start,
                     ids,
                     children,
                     message: None,
@@ -624,9 +647,8 @@ mod tests {
         KeepPolicy::new(&settings, ratio)
     }
 
-    fn called(code: Code) -> Children {
-        let children = Children::new(false);
-        children.push(Child {
+    fn called(code: Code) -> Vec<Child> {
+        vec![Child {
             what: ChildKind::Call {
                 service: "jisucloud.v1.UserService",
                 method: "GetUser",
@@ -637,14 +659,13 @@ mod tests {
             },
             start: Instant::now(),
             took: Duration::ZERO,
-        });
-        children
+        }]
     }
 
     #[test]
     fn kept_for_its_code_a_failed_callee_or_its_duration() {
         let p = policy(1000, 0.0);
-        let none = Children::new(false);
+        let none: Vec<Child> = Vec::new();
         let fast = Duration::from_millis(999);
         assert_eq!(p.reason(Code::Internal, fast, &none), Some("error"));
         assert_eq!(p.reason(Code::PermissionDenied, fast, &none), Some("error"));

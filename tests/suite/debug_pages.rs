@@ -3,38 +3,13 @@
 //! find a failed call by the trace id its caller got.
 use std::process::Command;
 
-use crate::common::{Binary, Calls, MANIFEST, samples, scrape, value};
+use crate::common::{Binary, Calls, MANIFEST, jisu_trace, samples, scrape, trace_of, value};
 use jisu::{
     config::Settings,
     security::certs,
     startup::{Application, StartupError},
 };
 use tonic::Code;
-
-fn trace_of(status: &tonic::Status) -> String {
-    status
-        .metadata()
-        .get("x-trace-id")
-        .expect("x-trace-id on errors")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
-/// `jisu trace ARGS --debug-addr ADDR`: exit code, stdout, stderr.
-fn jisu_trace(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .arg("trace")
-        .args(args)
-        .args(["--debug-addr", addr])
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 async fn get_json(addr: &str, path: &str) -> (u16, serde_json::Value) {
     let response = reqwest::Client::builder()

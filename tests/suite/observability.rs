@@ -123,26 +123,17 @@ async fn real_prometheus_scrapes_jisu_and_computes_the_error_ratio() {
         r#"sum(grpc_server_handled_total{grpc_method="GetUser",grpc_code!="OK"}) / sum(grpc_server_handled_total{grpc_method="GetUser"})"#,
     );
     // Wait (bounded) for Prometheus to start and scrape once, then read the answer.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let ratio = loop {
-        if tokio::net::TcpStream::connect(prometheus.addr)
-            .await
-            .is_ok()
-        {
-            let (_, body) =
-                http_get(prometheus.addr, &format!("/api/v1/query?query={query}")).await;
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&body)
-                && let Some(value) = json["data"]["result"][0]["value"][1].as_str()
-            {
-                break value.parse::<f64>().unwrap();
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Prometheus never returned a result"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let answer = prometheus_until(
+        &prometheus,
+        &format!("/api/v1/query?query={query}"),
+        |json| json["data"]["result"][0]["value"][1].as_str().is_some(),
+    )
+    .await;
+    let ratio: f64 = answer["data"]["result"][0]["value"][1]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(ratio, 0.25);
     let (_, up) = http_get(
         prometheus.addr,
@@ -199,13 +190,7 @@ async fn real_prometheus_stores_trace_id_exemplars_of_failed_calls() {
         .await
         .unwrap_err();
     assert_eq!(denied.code(), tonic::Code::PermissionDenied);
-    let trace_id = denied
-        .metadata()
-        .get("x-trace-id")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let trace_id = crate::common::trace_of(&denied);
 
     let metrics_addr: std::net::SocketAddr = served.metrics_addr.parse().unwrap();
     let prometheus = start_prometheus_with(metrics_addr, &["--enable-feature=exemplar-storage"]);

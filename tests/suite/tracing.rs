@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use crate::common::{Binary, Calls, MANIFEST, assert_status, samples, scrape, tool, value};
+use crate::common::{
+    Binary, Calls, MANIFEST, assert_status, jisu_trace, samples, scrape, tool, trace_of, value,
+};
 use jisu::{
     client::{ClientConfig, JisuClient},
     pb::{CreateOrderRequest, GetUserRequest, OrderItem},
@@ -562,17 +564,6 @@ async fn python_opentelemetry_client_trace_continues_on_the_server() {
     assert_eq!(attr(span, "enduser.id"), s("python"));
 }
 
-/// The trace id an error carries from a response.
-fn trace_of(status: &tonic::Status) -> String {
-    status
-        .metadata()
-        .get("x-trace-id")
-        .expect("x-trace-id on errors")
-        .to_str()
-        .unwrap()
-        .to_owned()
-}
-
 /// With head sampling at 0%, an error's SERVER span is exported anyway (kept by its
 /// outcome, `jisu.sampled_by = "error"`), and nothing else is: not a success, not a
 /// NOT_FOUND. Across two processes both sides of a failed call are kept, under one trace.
@@ -696,17 +687,9 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
     }
 
     // Without any collector, the same chain from both processes' memory.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args(["trace", &trace, "--debug-addr"])
-        .arg(format!("{},{}", orders.debug_addr, users.debug_addr))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let both = format!("{},{}", orders.debug_addr, users.debug_addr);
+    let (code, text, err) = jisu_trace(&both, &[&trace]);
+    assert_eq!(code, Some(0), "{err}");
     let tree: Vec<&str> = text.lines().filter(|l| l.contains("  [")).collect();
     assert!(
         tree[0].starts_with("jisucloud.v1.OrderService/CreateOrder  [server]  PermissionDenied"),

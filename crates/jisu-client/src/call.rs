@@ -36,8 +36,8 @@ pub trait CallObserver: Send + 'static {
     /// trailers-only response), just before [`CallObserver::finished`].
     fn status(&mut self, _code: Code, _headers: &HeaderMap) {}
 
-    /// The call ended with `code`, `took` after it started.
-    fn finished(&mut self, _code: Code, _took: std::time::Duration) {}
+    /// The call that started at `start` ended with `code`, `took` later.
+    fn finished(&mut self, _code: Code, _start: Instant, _took: std::time::Duration) {}
 
     /// Whether the call's span is sampled: only then is its final status recorded on it
     /// (recording a field on a span that is never exported costs a dispatch through every
@@ -101,7 +101,7 @@ impl<O: CallObserver> Drop for FinishOnDrop<O> {
                 method.handled(self.code).increment(1);
                 method.handling.record(took.as_secs_f64());
             }
-            r.observer.finished(self.code, took);
+            r.observer.finished(self.code, r.start, took);
             if r.observer.sampled() {
                 r.span.record("rpc.grpc.status_code", self.code as i32);
                 if self.code != Code::Ok {

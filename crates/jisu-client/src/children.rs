@@ -84,12 +84,13 @@ pub struct Children {
     sampled: bool,
 }
 
+/// What a call recorded: its children, how many more were left out, and who made it
+/// (the token's `sub`, once authenticated).
 #[derive(Debug, Default)]
-struct Recorded {
-    children: Vec<Child>,
-    dropped: u32,
-    /// Who made the call (the token's `sub`), once authenticated.
-    subject: Option<String>,
+pub struct Recorded {
+    pub children: Vec<Child>,
+    pub dropped: u32,
+    pub subject: Option<String>,
 }
 
 impl Children {
@@ -115,26 +116,9 @@ impl Children {
         self.inner.lock().subject = Some(subject.to_owned());
     }
 
-    pub fn subject(&self) -> Option<String> {
-        self.inner.lock().subject.clone()
-    }
-
-    /// Takes what was recorded, and how many more were left out.
-    pub fn take(&self) -> (Vec<Child>, u32) {
-        let mut r = self.inner.lock();
-        (
-            std::mem::take(&mut r.children),
-            std::mem::take(&mut r.dropped),
-        )
-    }
-
-    /// Whether any call child ended with a code `keep` selects.
-    pub fn any_call(&self, keep: impl Fn(Code) -> bool) -> bool {
-        self.inner
-            .lock()
-            .children
-            .iter()
-            .any(|c| c.code().is_some_and(&keep))
+    /// Takes what was recorded.
+    pub fn take(&self) -> Recorded {
+        std::mem::take(&mut *self.inner.lock())
     }
 }
 
@@ -305,18 +289,24 @@ mod tests {
         record(|| store("outside"));
         assert!(current().is_none());
         assert!(sampled());
-        let names = |c: &Children| c.take().0.iter().map(Child::name).collect::<Vec<_>>();
+        let names = |c: &Children| {
+            c.take()
+                .children
+                .iter()
+                .map(Child::name)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&mine), ["store get_user", "store list_users"]);
         assert_eq!(names(&other), ["store create_order"]);
     }
 
     #[test]
     fn a_call_keeps_at_most_max_children() {
-        let c = Children::default();
+        let c = Children::new(false);
         for _ in 0..MAX_CHILDREN + 5 {
             c.push(store("get_user"));
         }
-        let (kept, dropped) = c.take();
-        assert_eq!((kept.len(), dropped), (MAX_CHILDREN, 5));
+        let taken = c.take();
+        assert_eq!((taken.children.len(), taken.dropped), (MAX_CHILDREN, 5));
     }
 }

@@ -33,7 +33,6 @@ pub struct ClientCall {
     method: &'static str,
     span_id: [u8; 8],
     server: ServerAddress,
-    start: Instant,
     sampled: bool,
 }
 
@@ -42,7 +41,7 @@ impl CallObserver for ClientCall {
         self.sampled
     }
 
-    fn finished(&mut self, code: tonic::Code, took: std::time::Duration) {
+    fn finished(&mut self, code: tonic::Code, start: Instant, took: std::time::Duration) {
         if let Some(parent) = &self.parent {
             parent.push(Child {
                 what: ChildKind::Call {
@@ -53,7 +52,7 @@ impl CallObserver for ClientCall {
                     port: self.server.port,
                     code,
                 },
-                start: self.start,
+                start,
                 took,
             });
         }
@@ -205,7 +204,6 @@ where
                     method: name,
                     span_id,
                     server: self.peer.clone(),
-                    start: Instant::now(),
                     sampled,
                 },
             },

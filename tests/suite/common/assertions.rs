@@ -63,3 +63,15 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
         .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
         .unwrap_or_default()
 }
+
+/// The `x-trace-id` an error carried (every error carries one).
+#[track_caller]
+pub fn trace_of(status: &Status) -> String {
+    status
+        .metadata()
+        .get(jisu::api::TRACE_ID)
+        .expect("x-trace-id on errors")
+        .to_str()
+        .unwrap()
+        .to_owned()
+}

@@ -217,3 +217,18 @@ pub fn serve_binary(env: &[(&str, &str)]) -> Served {
         .fold(Binary::default(), |b, (k, v)| b.env(k, *v))
         .start()
 }
+
+/// `jisu trace ARGS --debug-addr ADDR`: exit code, stdout, stderr.
+pub fn jisu_trace(addr: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .arg("trace")
+        .args(args)
+        .args(["--debug-addr", addr])
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
