@@ -122,9 +122,13 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // The current span of the whole subscriber (this layer itself sees no spans).
-        let current = tracing::Span::current();
-        let Some((trace_id, span_id)) = current.id().and_then(|id| span_ids(&id)) else {
+        // The call being served on this thread (its SERVER span exists only as ids until
+        // the call ends), else the current span of the whole subscriber (this layer
+        // itself sees no spans).
+        let ids = jisu_client::children::current_ids()
+            .map(|(t, s)| (t.to_string(), s.to_string()))
+            .or_else(|| tracing::Span::current().id().and_then(|id| span_ids(&id)));
+        let Some((trace_id, span_id)) = ids else {
             return self.inner.format_event(ctx, writer, event);
         };
         let mut line = String::with_capacity(256);

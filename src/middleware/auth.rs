@@ -101,11 +101,7 @@ where
         );
         match checked {
             Ok(Some(principal)) => {
-                // Span fields only where the span is exported (see children::sampled);
-                // the call's record keeps the subject for a call kept after the fact.
-                if jisu_client::children::sampled() {
-                    tracing::Span::current().record("enduser.id", principal.subject.as_str());
-                }
+                // The call's record keeps the subject for its span (`enduser.id`).
                 jisu_client::children::with_current(|c| c.set_subject(&principal.subject));
                 req.extensions_mut().insert(principal);
                 Either::Left(self.inner.call(req))
@@ -178,14 +174,7 @@ pub fn authorize(
         audiences: &principal.audiences,
         scopes: &principal.scopes,
     });
-    if jisu_client::children::sampled() {
-        let span = tracing::Span::current();
-        span.record(
-            "jisu.authz.decision",
-            if decision.allowed { "allow" } else { "deny" },
-        );
-        span.record("jisu.authz.rule", &*decision.rule);
-    }
+    jisu_client::children::with_current(|c| c.set_authz(decision.allowed, &decision.rule));
     if decision.allowed {
         return Ok(Some(principal));
     }

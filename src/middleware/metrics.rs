@@ -30,13 +30,12 @@ use opentelemetry::{
     trace::{SpanId, TraceContextExt as _},
 };
 use opentelemetry_sdk::trace::SpanData;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{
     api::{self, CallType},
     telemetry::{
         debug::DebugState,
-        metrics::{MethodMetrics, Metrics, Side, UNKNOWN},
+        metrics::{MethodMetrics, Metrics, Side},
         otel,
         recent::{self, SpanRecord, TraceRecord},
         rpcz::MethodWindow,
@@ -134,8 +133,8 @@ pub struct ServerCall {
     metrics: Metrics,
     keep: Arc<Keeping>,
     window: Arc<MethodWindow>,
-    /// The span's ids, read once at the start (when the span has them).
-    ids: Option<Ids>,
+    /// The call's span context, decided at the start, and its parent.
+    ids: Ids,
     /// The work inside the call (store operations, calls to other services).
     children: Arc<Children>,
     /// The status message of a failed call.
@@ -155,16 +154,11 @@ impl CallObserver for ServerCall {
     fn response(
         &mut self,
         parts: &mut http::response::Parts,
-        span: &tracing::Span,
-        method: Option<&MethodMetrics>,
+        _span: &tracing::Span,
+        _method: Option<&MethodMetrics>,
     ) {
-        if let Some(ids) = &self.ids {
-            if let Some(id) = header_of(&ids.context) {
-                parts.headers.insert(api::TRACE_ID, id);
-            }
-            if ids.context.is_sampled() {
-                self.describe(span, method);
-            }
+        if let Some(id) = header_of(&self.ids.context) {
+            parts.headers.insert(api::TRACE_ID, id);
         }
     }
 
@@ -175,27 +169,26 @@ impl CallObserver for ServerCall {
         }
     }
 
+    /// No `tracing` span: the SERVER span is built from the record (see `finished`).
     fn sampled(&self) -> bool {
-        self.ids.as_ref().is_some_and(|i| i.context.is_sampled())
+        false
     }
 
+    /// The end of the call decides what its spans become: exported when head sampling
+    /// chose it or its outcome keeps it (an error, a slow call), kept in memory when its
+    /// outcome or the in-memory sample keeps it, else nothing (nothing was built).
     fn finished(&mut self, code: Code, start: Instant, took: Duration) {
         self.metrics.in_flight().decrement(1.0);
         self.window.record(code, took);
-        let Some(ids) = &self.ids else {
-            return;
-        };
+        let ids = &self.ids;
         let exporting = otel::exporting();
         let sampled = ids.context.is_sampled();
-        if sampled && exporting {
-            self.keep.head.increment(1);
-        }
         let work = self.children.take();
         let policy = &self.keep.policy;
-        let reason = policy
-            .reason(code, took, &work.children)
-            .or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
-        if reason.is_some() || (sampled && exporting) {
+        let kept = policy.reason(code, took, &work.children);
+        let export = exporting && (sampled || kept.is_some());
+        let memory = kept.or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
+        if export || memory.is_some() {
             // A trace that can be found (exported, or kept here): the latency bucket's
             // exemplar.
             self.metrics.exemplars().record(
@@ -205,16 +198,19 @@ impl CallObserver for ServerCall {
                 took,
             );
         }
-        let Some(reason) = reason else {
-            return;
+        // Why the spans exist: the head sample (the caller's or the sampler's choice) when
+        // exported as such, else why the outcome kept it.
+        let reason = match (export && sampled, kept.or(memory)) {
+            (true, _) => "head",
+            (false, Some(reason)) => reason,
+            (false, None) => return,
         };
         let call = KeptCall {
             ids,
             code,
             start,
             took,
-            reason,
-            attributes: self.attributes(ids, code, reason, work.subject),
+            attributes: self.attributes(ids, code, reason, work.subject, work.authz),
             child_ids: work
                 .children
                 .iter()
@@ -226,13 +222,15 @@ impl CallObserver for ServerCall {
             children: work.children,
             dropped: work.dropped,
         };
-        if reason != "sample" && exporting && !sampled && otel::keep(call.span_data()) {
+        if export && (otel::keep(call.span_data()) || sampled) {
             self.keep.counter(reason).increment(1);
         }
-        self.keep
-            .debug
-            .recent
-            .insert(call.record(self.message.as_deref()));
+        if let Some(memory) = memory {
+            self.keep
+                .debug
+                .recent
+                .insert(call.record(memory, self.message.as_deref()));
+        }
     }
 }
 
@@ -242,7 +240,6 @@ struct KeptCall<'a> {
     code: Code,
     start: Instant,
     took: Duration,
-    reason: &'static str,
     /// The SERVER span's attributes.
     attributes: Vec<KeyValue>,
     children: Vec<Child>,
@@ -309,6 +306,7 @@ impl ServerCall {
         code: Code,
         reason: &'static str,
         subject: Option<String>,
+        authz: Option<(bool, Arc<str>)>,
     ) -> Vec<KeyValue> {
         let mut a = vec![
             KeyValue::new("rpc.system", "grpc"),
@@ -335,6 +333,13 @@ impl ServerCall {
         if let Some(subject) = subject {
             a.push(KeyValue::new("enduser.id", recent::bounded(subject)));
         }
+        if let Some((allowed, rule)) = authz {
+            a.push(KeyValue::new(
+                "jisu.authz.decision",
+                if allowed { "allow" } else { "deny" },
+            ));
+            a.push(KeyValue::new("jisu.authz.rule", rule.to_string()));
+        }
         if let Some(m) = &self.message {
             a.push(KeyValue::new("rpc.grpc.status_message", m.clone()));
         }
@@ -348,7 +353,7 @@ impl KeptCall<'_> {
     }
 
     /// The call as kept in memory: its SERVER span and the spans inside it.
-    fn record(self, message: Option<&str>) -> TraceRecord {
+    fn record(self, kept_by: &'static str, message: Option<&str>) -> TraceRecord {
         let micros = |d: Duration| d.as_micros() as u64;
         let ids = self.ids;
         let server_id = ids.context.span_id().to_string();
@@ -383,7 +388,7 @@ impl KeptCall<'_> {
         let started = SystemTime::now() - self.took;
         TraceRecord {
             trace_id: ids.context.trace_id().to_string(),
-            kept_by: self.reason.into(),
+            kept_by: kept_by.into(),
             method: name,
             code: code_label(self.code).to_owned(),
             message: message.unwrap_or_default().to_owned(),
@@ -461,66 +466,37 @@ impl KeptCall<'_> {
     }
 }
 
-impl ServerCall {
-    /// Records the RPC attributes of a sampled SERVER span.
-    fn describe(&self, span: &tracing::Span, method: Option<&MethodMetrics>) {
-        let (service, name) = method.map_or((UNKNOWN, UNKNOWN), |m| (m.service, m.name));
-        span.record("rpc.system", "grpc");
-        span.record("rpc.service", service);
-        span.record("rpc.method", name);
-        span.record("jisu.sampled_by", "head");
-        if let Some(p) = &self.peer {
-            span.record("server.address", tracing::field::display(p.local_addr.ip()));
-            span.record("server.port", p.local_addr.port());
-            span.record(
-                "network.peer.address",
-                tracing::field::display(p.remote_addr.ip()),
-            );
-            span.record("tls.client.identity", p.identity.as_str());
-        }
-    }
-}
-
-/// The SERVER span of one call. Only its name and kind are set here: the OTel RPC
-/// semantic-convention attributes are recorded when the call ends, and only when the span
-/// is sampled (see [`CallRecord::describe`]), because converting a dozen attributes for
-/// every call that is never exported was the largest cost of tracing.
-fn server_span<B>(req: &Request<B>) -> (tracing::Span, Option<opentelemetry::trace::SpanId>) {
+/// The SERVER span context of a call, decided before anything else happens: the
+/// caller's trace continued (W3C `traceparent`) or a new one, a new span id, and the
+/// sampler's decision. No span object is created: a call that is neither sampled nor
+/// kept costs two random numbers. Also the caller's span id, and its context when it sent
+/// one (for baggage).
+fn trace_context<B>(
+    req: &Request<B>,
+) -> (
+    opentelemetry::trace::SpanContext,
+    Option<SpanId>,
+    Option<opentelemetry::Context>,
+) {
     let path = req.uri().path();
-    let span = tracing::info_span!(
-        "rpc",
-        otel.name = path.trim_start_matches('/'),
-        otel.kind = "server",
-        otel.status_code = tracing::field::Empty,
-        rpc.system = tracing::field::Empty,
-        rpc.service = tracing::field::Empty,
-        rpc.method = tracing::field::Empty,
-        rpc.grpc.status_code = tracing::field::Empty,
-        server.address = tracing::field::Empty,
-        server.port = tracing::field::Empty,
-        network.peer.address = tracing::field::Empty,
-        tls.client.identity = tracing::field::Empty,
-        enduser.id = tracing::field::Empty,
-        jisu.authz.decision = tracing::field::Empty,
-        jisu.authz.rule = tracing::field::Empty,
-        jisu.sampled_by = tracing::field::Empty,
-    );
     // Most calls carry no context: skip the propagator (a global lock) for them.
     let headers = req.headers();
-    let mut parent_id = None;
-    if headers.contains_key("traceparent") || headers.contains_key("baggage") {
-        let parent = otel::extract(headers);
-        let parent_span = parent.span().span_context().clone();
-        if parent_span.is_valid() {
-            parent_id = Some(parent_span.span_id());
-            let _ = span.set_parent(parent);
-        }
-    }
-    (span, parent_id)
-}
-
-fn span_context(span: &tracing::Span) -> opentelemetry::trace::SpanContext {
-    span.context().span().span_context().clone()
+    let parent = (headers.contains_key("traceparent") || headers.contains_key("baggage"))
+        .then(|| otel::extract(headers));
+    let remote = parent
+        .as_ref()
+        .map(|p| p.span().span_context().clone())
+        .filter(|sc| sc.is_valid());
+    let trace_id = remote
+        .as_ref()
+        .map_or_else(jisu_client::children::new_trace_id, |sc| sc.trace_id());
+    let context = otel::sample(
+        remote.as_ref().and(parent.as_ref()),
+        trace_id,
+        jisu_client::children::new_span_id(),
+        path.trim_start_matches('/'),
+    );
+    (context, remote.map(|sc| sc.span_id()), parent)
 }
 
 fn header_of(sc: &opentelemetry::trace::SpanContext) -> Option<http::HeaderValue> {
@@ -596,22 +572,16 @@ where
         });
         self.metrics.in_flight().increment(1.0);
         let window = self.keep.debug.rpcz.method(req.uri().path()).clone();
-        let (span, parent) = server_span(&req);
-        let context = span_context(&span);
-        let ids = context.is_valid().then(|| Ids {
-            context,
+        let (context, parent, propagated) = trace_context(&req);
+        let ids = Ids {
+            context: context.clone(),
             parent,
             service: method.service,
             method: method.name,
-        });
+        };
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
-        let children = Arc::new(Children::new(
-            ids.as_ref().is_some_and(|i| i.context.is_sampled()),
-        ));
-        let inner = jisu_client::children::enter(&children, || {
-            let _entered = span.enter();
-            self.inner.call(req)
-        });
+        let children = Arc::new(Children::new(context, propagated));
+        let inner = jisu_client::children::enter(&children, || self.inner.call(req));
         let start = Instant::now();
         MeteredFuture::new(
             InCall::new(inner, children.clone()),
@@ -619,7 +589,7 @@ where
                 method: Some(method),
                 side: Side::Server,
                 start,
-                span,
+                span: tracing::Span::none(),
                 observer: ServerCall {
                     peer,
                     metrics: self.metrics.clone(),

@@ -1,10 +1,10 @@
-//! A [`Store`] wrapper that gives every storage operation its own span, a child of the
-//! call's SERVER span (`store get_user`, with `db.operation.name`), and its duration in
+//! A [`Store`] wrapper that records every storage operation in the call's buffer (it
+//! becomes a child span of the call's SERVER span, `store get_user` with
+//! `db.operation.name`, when the call is exported or kept), and its duration in
 //! `jisu_store_operation_seconds{operation,system}`, whatever the backend.
 use std::sync::Arc;
 
 use jisu_client::children::{Child, ChildKind};
-use tracing::Instrument as _;
 
 use super::{Change, NewOrder, NewUser, PoolStats, Store, StoreError, UserPage, UserPatch};
 use crate::pb::{Order, User};
@@ -73,43 +73,19 @@ impl TracedStore {
     }
 }
 
-/// The operation's span, only when the call's trace is sampled: an unsampled call's
-/// spans are never exported, and its work is in the call's buffer anyway (a span per
-/// operation through the OpenTelemetry layer was most of what tracing cost such calls).
-macro_rules! op_span {
-    ($self:ident, $op:literal) => {
-        if jisu_client::children::sampled() {
-            tracing::info_span!(
-                "store",
-                otel.name = concat!("store ", $op),
-                otel.kind = "internal",
-                db.system.name = $self.system,
-                db.operation.name = $op,
-                otel.status_code = tracing::field::Empty,
-            )
-        } else {
-            tracing::Span::none()
-        }
-    };
-}
-
-/// Runs `fut` in the operation's span, times it, and marks the span as failed on an
-/// unexpected error.
+/// Runs `fut`, times it, and records it in the call's buffer: it becomes a child span of
+/// the call's SERVER span if the call is exported or kept (no span object per operation;
+/// work outside any call is timed only).
 async fn traced<T>(
     store: &TracedStore,
     op: &'static str,
-    span: tracing::Span,
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     let started = std::time::Instant::now();
-    let result = fut.instrument(span.clone()).await;
+    let result = fut.await;
     let took = started.elapsed();
     store.observe(op, took);
     let failed = matches!(&result, Err(StoreError::Unavailable(_)));
-    if failed {
-        span.record("otel.status_code", "ERROR");
-    }
-    // The call's own record of its work, for when it is kept after the fact.
     jisu_client::children::record(|| Child {
         what: ChildKind::Store {
             system: store.system,
@@ -125,40 +101,16 @@ async fn traced<T>(
 #[async_trait::async_trait]
 impl Store for TracedStore {
     async fn create_user(&self, user: NewUser, now: i64) -> Result<User, StoreError> {
-        traced(
-            self,
-            "create_user",
-            op_span!(self, "create_user"),
-            self.inner.create_user(user, now),
-        )
-        .await
+        traced(self, "create_user", self.inner.create_user(user, now)).await
     }
     async fn user(&self, id: &str) -> Result<User, StoreError> {
-        traced(
-            self,
-            "get_user",
-            op_span!(self, "get_user"),
-            self.inner.user(id),
-        )
-        .await
+        traced(self, "get_user", self.inner.user(id)).await
     }
     async fn update_user(&self, id: &str, patch: UserPatch, now: i64) -> Result<User, StoreError> {
-        traced(
-            self,
-            "update_user",
-            op_span!(self, "update_user"),
-            self.inner.update_user(id, patch, now),
-        )
-        .await
+        traced(self, "update_user", self.inner.update_user(id, patch, now)).await
     }
     async fn delete_user(&self, id: &str) -> Result<(), StoreError> {
-        traced(
-            self,
-            "delete_user",
-            op_span!(self, "delete_user"),
-            self.inner.delete_user(id),
-        )
-        .await
+        traced(self, "delete_user", self.inner.delete_user(id)).await
     }
     async fn list_users(
         &self,
@@ -169,37 +121,18 @@ impl Store for TracedStore {
         traced(
             self,
             "list_users",
-            op_span!(self, "list_users"),
             self.inner.list_users(after, status, limit),
         )
         .await
     }
     async fn users(&self, ids: &[String]) -> Result<Vec<User>, StoreError> {
-        traced(
-            self,
-            "batch_get_users",
-            op_span!(self, "batch_get_users"),
-            self.inner.users(ids),
-        )
-        .await
+        traced(self, "batch_get_users", self.inner.users(ids)).await
     }
     async fn create_order(&self, order: NewOrder, now: i64) -> Result<Order, StoreError> {
-        traced(
-            self,
-            "create_order",
-            op_span!(self, "create_order"),
-            self.inner.create_order(order, now),
-        )
-        .await
+        traced(self, "create_order", self.inner.create_order(order, now)).await
     }
     async fn order(&self, id: &str) -> Result<Order, StoreError> {
-        traced(
-            self,
-            "get_order",
-            op_span!(self, "get_order"),
-            self.inner.order(id),
-        )
-        .await
+        traced(self, "get_order", self.inner.order(id)).await
     }
     async fn transition_order(
         &self,
@@ -212,30 +145,17 @@ impl Store for TracedStore {
         traced(
             self,
             "transition_order",
-            op_span!(self, "transition_order"),
             self.inner
                 .transition_order(id, from, to, cancel_reason, now),
         )
         .await
     }
     async fn user_count(&self) -> Result<usize, StoreError> {
-        traced(
-            self,
-            "count_users",
-            op_span!(self, "count_users"),
-            self.inner.user_count(),
-        )
-        .await
+        traced(self, "count_users", self.inner.user_count()).await
     }
 
     async fn seed_users(&self, users: Vec<NewUser>, now: i64) -> Result<usize, StoreError> {
-        traced(
-            self,
-            "seed_users",
-            op_span!(self, "seed_users"),
-            self.inner.seed_users(users, now),
-        )
-        .await
+        traced(self, "seed_users", self.inner.seed_users(users, now)).await
     }
 
     // Health probes and the change feed are the server's own upkeep, not callers' work:

@@ -218,6 +218,7 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
     let resource = resource.build();
     let off = |why: &'static str, warnings: Vec<String>| {
         // Ids for every span; recorded only when the caller sampled, exported nowhere.
+        let _ = SAMPLER.set(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
         let provider = SdkTracerProvider::builder()
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
             .with_resource(resource.clone())
@@ -265,6 +266,7 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
     exporter.set_resource(&resource);
     let batch = BatchSettings::from_env(env, &mut warnings);
     let (sampler, sampler_name) = sampler(env, &mut warnings);
+    let _ = SAMPLER.set(sampler.clone());
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
         .with_span_processor(QueueProcessor::start(exporter, batch))
@@ -276,6 +278,45 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
         warnings,
     };
     (provider, state)
+}
+
+/// The sampler of the process's pipeline, for the calls whose spans are built from their
+/// record rather than through the `tracing` layer (the SERVER spans; see [`sample`]).
+static SAMPLER: std::sync::OnceLock<Sampler> = std::sync::OnceLock::new();
+
+/// The span context of a new SERVER span in trace `trace_id` (the caller's, or a new
+/// one) under `parent` (the caller's context, when it sent one), sampled or not as the
+/// pipeline's sampler (`OTEL_TRACES_SAMPLER`) decides — before any span exists, so an
+/// unsampled call costs no span at all. Without a pipeline (no [`pipeline`] in this
+/// process), sampled only when the caller sampled it.
+pub fn sample(
+    parent: Option<&Context>,
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    name: &str,
+) -> opentelemetry::trace::SpanContext {
+    use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
+    use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
+    let (sampled, state) = match SAMPLER.get() {
+        Some(sampler) => {
+            let result = sampler.should_sample(parent, trace_id, name, &SpanKind::Server, &[], &[]);
+            (
+                result.decision == SamplingDecision::RecordAndSample,
+                result.trace_state,
+            )
+        }
+        None => parent.map_or((false, Default::default()), |p| {
+            let span = p.span();
+            let sc = span.span_context();
+            (sc.is_sampled(), sc.trace_state().clone())
+        }),
+    };
+    let flags = if sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    SpanContext::new(trace_id, span_id, flags, false, state)
 }
 
 /// The `tracing` layer that turns spans into OpenTelemetry spans.

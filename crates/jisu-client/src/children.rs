@@ -18,6 +18,7 @@ use std::{
 
 use http::Response;
 use http_body::{Body, Frame};
+use opentelemetry::trace::{SpanContext, SpanId, TraceId};
 use parking_lot::Mutex;
 use tonic::Code;
 
@@ -75,31 +76,62 @@ impl Child {
     }
 }
 
-/// The children of one call.
-#[derive(Debug, Default)]
+/// The children of one call, and the call's own trace context: the ids its spans get
+/// if it is exported or kept, which its log lines carry, and which calls it makes to
+/// other services continue (no span object exists while the call runs).
+#[derive(Debug)]
 pub struct Children {
     inner: Mutex<Recorded>,
-    /// Whether the call's trace is sampled: only then is work inside it worth a span of
-    /// its own (see [`sampled`]).
-    sampled: bool,
+    /// The call's own span context (trace id, its span id, sampled flag, trace state).
+    trace: SpanContext,
+    /// What the caller propagated besides the span context (baggage), passed on to the
+    /// calls this one makes; `None` when the caller sent none.
+    propagated: Option<opentelemetry::Context>,
 }
 
-/// What a call recorded: its children, how many more were left out, and who made it
-/// (the token's `sub`, once authenticated).
+/// What a call recorded: its children, how many more were left out, who made it (the
+/// token's `sub`, once authenticated), and the authorization decision.
 #[derive(Debug, Default)]
 pub struct Recorded {
     pub children: Vec<Child>,
     pub dropped: u32,
     pub subject: Option<String>,
+    /// Allowed or not, and by which rule.
+    pub authz: Option<(bool, Arc<str>)>,
 }
 
 impl Children {
-    /// The buffer of a call whose trace is `sampled` or not.
-    pub fn new(sampled: bool) -> Self {
+    /// The buffer of a call whose own span context is `trace`; `propagated` is the
+    /// caller's context (baggage), when it sent one.
+    pub fn new(trace: SpanContext, propagated: Option<opentelemetry::Context>) -> Self {
         Self {
             inner: Mutex::default(),
-            sampled,
+            trace,
+            propagated,
         }
+    }
+
+    /// The call's own span context.
+    pub fn trace(&self) -> &SpanContext {
+        &self.trace
+    }
+
+    /// The context a call made from this one propagates: this call's trace, under the
+    /// new span id `span_id` (the CLIENT span's), with the caller's baggage.
+    pub fn outgoing(&self, span_id: SpanId) -> opentelemetry::Context {
+        use opentelemetry::trace::TraceContextExt as _;
+        let t = &self.trace;
+        let sc = SpanContext::new(
+            t.trace_id(),
+            span_id,
+            t.trace_flags(),
+            false,
+            t.trace_state().clone(),
+        );
+        self.propagated
+            .clone()
+            .unwrap_or_default()
+            .with_remote_span_context(sc)
     }
 
     pub fn push(&self, child: Child) {
@@ -114,6 +146,11 @@ impl Children {
     /// Notes who made the call, for a kept call's `enduser.id`.
     pub fn set_subject(&self, subject: &str) {
         self.inner.lock().subject = Some(subject.to_owned());
+    }
+
+    /// Notes the authorization decision, for the call's span.
+    pub fn set_authz(&self, allowed: bool, rule: &Arc<str>) {
+        self.inner.lock().authz = Some((allowed, rule.clone()));
     }
 
     /// Takes what was recorded.
@@ -131,12 +168,23 @@ pub fn current() -> Option<Arc<Children>> {
     CURRENT.with(|c| c.borrow().clone())
 }
 
-/// Whether work on this thread is worth a span of its own: inside a call, only when the
-/// call's trace is sampled (an unsampled call's spans are never exported; its work is
-/// recorded in the buffer instead, and becomes spans only if the call is kept); outside
-/// any call, yes.
-pub fn sampled() -> bool {
-    CURRENT.with(|c| c.borrow().as_ref().is_none_or(|c| c.sampled))
+/// The trace id and span id of the call being polled on this thread (for log lines).
+pub fn current_ids() -> Option<(TraceId, SpanId)> {
+    CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .map(|c| (c.trace.trace_id(), c.trace.span_id()))
+    })
+}
+
+/// A new random span id (never the invalid all-zero one).
+pub fn new_span_id() -> SpanId {
+    SpanId::from(rand::random::<u64>().max(1))
+}
+
+/// A new random trace id (never the invalid all-zero one).
+pub fn new_trace_id() -> TraceId {
+    TraceId::from(rand::random::<u128>().max(1))
 }
 
 /// Runs `f` on the current call's buffer, if any.
@@ -262,11 +310,20 @@ mod tests {
 
     #[tokio::test]
     async fn work_inside_the_call_lands_in_its_buffer_and_nowhere_else() {
-        let mine = Arc::new(Children::new(false));
-        let other = Arc::new(Children::new(true));
+        let trace = |id: u128| {
+            SpanContext::new(
+                TraceId::from(id),
+                SpanId::from(1),
+                Default::default(),
+                false,
+                Default::default(),
+            )
+        };
+        let mine = Arc::new(Children::new(trace(1), None));
+        let other = Arc::new(Children::new(trace(2), None));
         let fut = InCall::new(
             async {
-                assert!(!sampled());
+                assert_eq!(current_ids().unwrap().0, TraceId::from(1));
                 record(|| store("get_user"));
                 tokio::task::yield_now().await;
                 record(|| store("list_users"));
@@ -277,7 +334,7 @@ mod tests {
         // Between polls, on the same thread, another call's work goes to its own buffer.
         let second = InCall::new(
             async {
-                assert!(sampled());
+                assert_eq!(current_ids().unwrap().0, TraceId::from(2));
                 record(|| store("create_order"));
                 Ok::<_, ()>(Response::new(http_body_util::Empty::<bytes::Bytes>::new()))
             },
@@ -288,7 +345,7 @@ mod tests {
         b.unwrap();
         record(|| store("outside"));
         assert!(current().is_none());
-        assert!(sampled());
+        assert!(current_ids().is_none());
         let names = |c: &Children| {
             c.take()
                 .children
@@ -302,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_call_keeps_at_most_max_children() {
-        let c = Children::new(false);
+        let c = Children::new(SpanContext::empty_context(), None);
         for _ in 0..MAX_CHILDREN + 5 {
             c.push(store("get_user"));
         }

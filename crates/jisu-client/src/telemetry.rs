@@ -172,15 +172,26 @@ where
                 }
             }
         }
-        let span = client_span(&req, &self.peer);
-        let cx = span.context();
-        inject(&cx, req.headers_mut());
         let parent = children::current();
-        let (span_id, sampled) = {
-            use opentelemetry::trace::TraceContextExt as _;
-            let span = cx.span();
-            let sc = span.span_context();
-            (sc.span_id().to_bytes(), sc.is_sampled())
+        // Inside a served call, the call's own context is continued under a new span id
+        // and the CLIENT span is built from the call's record if the call is exported or
+        // kept; no span object per call. Outside one, a `tracing` span as usual.
+        let (span, span_id, sampled) = match &parent {
+            Some(call) => {
+                let span_id = children::new_span_id();
+                inject(&call.outgoing(span_id), req.headers_mut());
+                (tracing::Span::none(), span_id.to_bytes(), false)
+            }
+            None => {
+                let span = client_span(&req, &self.peer);
+                let cx = span.context();
+                inject(&cx, req.headers_mut());
+                use opentelemetry::trace::TraceContextExt as _;
+                let s = cx.span();
+                let sc = s.span_context();
+                let (id, sampled) = (sc.span_id().to_bytes(), sc.is_sampled());
+                (span, id, sampled)
+            }
         };
         let (service, name) = match &method {
             Some(m) => (m.service, m.name),
