@@ -7,6 +7,7 @@ import sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 NAMES = {
     "bare": "bare tonic handlers (plaintext, no auth, no telemetry)",
+    "bare-tls": "bare handlers over Jisu's mTLS listener (no auth, no telemetry)",
     "full10": "Jisu full stack, 10% parent-based sampling",
     "full100": "Jisu full stack, 100% sampling",
     "python": "Python grpcio (asyncio, plaintext, no auth)",
@@ -53,7 +54,7 @@ print("|---|---|---|---|---|---|---|---|---|---|")
 p99 = {}
 cpu_at = {}
 for run, label in (("rate70", "70% of full-stack max"), ("rate4k", "4,000/s")):
-    for v in ("bare", "full10", "full100"):
+    for v in ("bare", "bare-tls", "full10", "full100"):
         rs = pick(run, v)
         if not rs:
             continue
@@ -69,7 +70,7 @@ print("\n## One call at a time (concurrency 1)\n")
 print("| variant | calls/s | p50 ms | p99 ms | server CPU µs/call |")
 print("|---|---|---|---|---|")
 p50_1 = {}
-for v in ("bare", "full10"):
+for v in ("bare", "bare-tls", "full10"):
     rs = pick("conc1", v)
     if rs:
         p50_1[v] = lat(rs, "p50")
@@ -88,7 +89,7 @@ print("| call | variant | calls/s | p50 ms | p99 ms | server CPU µs/call | vs b
 print("|---|---|---|---|---|---|---|")
 for run, label in (("max", "GetUser"), ("batch100", "BatchGetUsers, 100 users"), ("list100", "ListUsers stream, 100 users")):
     base = None
-    for v in ("bare", "full10"):
+    for v in ("bare", "bare-tls", "full10"):
         rs = pick(run, v)
         if not rs:
             continue
@@ -129,6 +130,14 @@ if have("bare", "full10", "full100"):
         target(c <= limit * bcpu, f"server CPU per call, {NAMES[v]}, each at its own max: ≤ {limit}× bare: {c / bcpu:.2f}×")
 for s_ in spans:
     target(s_["dropped"] == 0, f"{NAMES[s_['variant']]}: no span dropped at the rates measured: {s_['dropped']}")
+# Where the cost is: TLS alone (bare-tls vs bare) and everything else (full vs bare-tls).
+for run, label in (("rate70", "at 70% of the full stack's max"), ("rate4k", "at 4,000/s")):
+    b, t = cpu_at.get((run, "bare")), cpu_at.get((run, "bare-tls"))
+    for v in ("full10", "full100"):
+        c = cpu_at.get((run, v))
+        if b and t and c:
+            print(f"- (breakdown) {NAMES[v]}, {label}: mTLS alone {t / b:.2f}× bare; auth, policy, "
+                  f"metrics and tracing on top {c / t:.2f}× bare-tls ({c - t:+.1f} µs per call)")
 if ("rate70", "full10") in p99:
     f, b = p99[("rate70", "full10")], p99[("rate70", "bare")]
     target(f <= 2.0 and f <= 2 * b, f"p99 at 70% of the full stack's max ≤ 2 ms and ≤ 2× bare: {f:.3f} ms vs bare {b:.3f} ms ({f / b:.2f}×)")

@@ -1,5 +1,8 @@
 //! The servers the benchmark suite compares Jisu with, built from the same handlers:
 //! - **bare**: UserService and OrderService over plaintext h2, no auth, no telemetry;
+//! - **bare-tls**: the same over Jisu's own mutual-TLS listener (the same acceptor and
+//!   rustls configuration as `jisu serve`), still no auth and no telemetry: the full
+//!   stack minus the middleware, so the cost of TLS and the cost of the rest show apart;
 //! - **rest**: GetUser as REST/JSON over HTTPS/1.1 (axum), with the same mutual TLS and the
 //!   same JWT check, calling the very same `UserService` handler;
 //! - **otlp-sink**: an OTLP/gRPC trace receiver that counts spans, so the full stack can
@@ -53,6 +56,34 @@ pub async fn serve_bare(listener: TcpListener, store: Arc<dyn Store>) -> std::io
         .add_service(users)
         .add_service(orders)
         .serve_with_incoming(incoming(listener))
+        .await
+        .map_err(std::io::Error::other)
+}
+
+/// The same handlers behind Jisu's own mutual-TLS listener, nothing else around them.
+pub async fn serve_bare_tls(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    store: Arc<dyn Store>,
+) -> std::io::Result<()> {
+    let users = UserServiceServer::new(UserApi::new(store.clone()));
+    let orders = OrderServiceServer::new(OrderApi::new(
+        store,
+        UserDirectory::Local,
+        OrderEvents::new(metrics::Gauge::noop()),
+    ));
+    let acceptor = Arc::new(parking_lot::RwLock::new(TlsAcceptor::from(tls)));
+    let incoming = crate::transport::tls_incoming(
+        listener,
+        acceptor,
+        std::time::Duration::from_secs(10),
+        64,
+        crate::telemetry::metrics::Metrics::new(),
+    );
+    Server::builder()
+        .add_service(users)
+        .add_service(orders)
+        .serve_with_incoming(incoming)
         .await
         .map_err(std::io::Error::other)
 }

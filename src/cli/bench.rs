@@ -212,10 +212,25 @@ async fn driver(args: &BenchArgs, endpoint: &str, token: Option<String>) -> anyh
 enum TargetKind {
     /// UserService + OrderService over plaintext h2, no auth, no telemetry.
     Bare,
+    /// The same over Jisu's mutual-TLS listener, still no auth, no telemetry.
+    BareTls,
     /// GetUser as REST/JSON over HTTPS with mTLS and the same JWT check.
     Rest,
     /// An OTLP/gRPC receiver that counts spans.
     OtlpSink,
+}
+
+/// The server's TLS configuration from a certificates directory, as `jisu serve` builds it.
+fn server_tls(certs: &std::path::Path) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    Ok(tls::server_config(
+        &tls::ServerTlsFiles {
+            cert: &certs.join("server.pem"),
+            key: &certs.join("server.key"),
+            client_ca: &certs.join("ca.pem"),
+            crl: None,
+        },
+        false,
+    )?)
 }
 
 /// Comparison servers for the benchmark suite (not for production use).
@@ -225,7 +240,7 @@ pub struct TargetArgs {
     kind: TargetKind,
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
-    /// Certificates directory (rest).
+    /// Certificates directory (bare-tls, rest).
     #[arg(long, default_value = "certs")]
     certs: PathBuf,
     /// Runtime worker threads (default: all cores).
@@ -245,16 +260,11 @@ pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         println!("jisu: serving {:?} on {addr}", args.kind);
         match args.kind {
             TargetKind::Bare => targets::serve_bare(listener, store).await?,
+            TargetKind::BareTls => {
+                targets::serve_bare_tls(listener, server_tls(&args.certs)?, store).await?
+            }
             TargetKind::Rest => {
-                let tls = tls::server_config(
-                    &tls::ServerTlsFiles {
-                        cert: &args.certs.join("server.pem"),
-                        key: &args.certs.join("server.key"),
-                        client_ca: &args.certs.join("ca.pem"),
-                        crl: None,
-                    },
-                    false,
-                )?;
+                let tls = server_tls(&args.certs)?;
                 let verifier = TokenVerifier::from_file(
                     &args.certs.join("jwt.pub"),
                     &VerifierSettings {

@@ -157,7 +157,10 @@ impl CallObserver for ServerCall {
         _span: &tracing::Span,
         _method: Option<&MethodMetrics>,
     ) {
-        if let Some(id) = header_of(&self.ids.context) {
+        if let Some(mut id) = header_of(&self.ids.context) {
+            // Unique per response: never worth a slot in the HPACK dynamic table, where
+            // it would push out the headers every response repeats.
+            id.set_sensitive(true);
             parts.headers.insert(api::TRACE_ID, id);
         }
     }

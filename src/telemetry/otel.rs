@@ -295,9 +295,19 @@ pub fn sample(
     span_id: opentelemetry::trace::SpanId,
     name: &str,
 ) -> opentelemetry::trace::SpanContext {
+    decide(SAMPLER.get(), parent, trace_id, span_id, name)
+}
+
+fn decide(
+    sampler: Option<&Sampler>,
+    parent: Option<&Context>,
+    trace_id: opentelemetry::trace::TraceId,
+    span_id: opentelemetry::trace::SpanId,
+    name: &str,
+) -> opentelemetry::trace::SpanContext {
     use opentelemetry::trace::{SpanContext, SpanKind, TraceContextExt as _, TraceFlags};
     use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
-    let (sampled, state) = match SAMPLER.get() {
+    let (sampled, state) = match sampler {
         Some(sampler) => {
             let result = sampler.should_sample(parent, trace_id, name, &SpanKind::Server, &[], &[]);
             (
@@ -614,6 +624,47 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    /// The SERVER span's sampling is decided before any span exists, by the pipeline's own
+    /// sampler: the caller's choice under the parent-based samplers (with its trace
+    /// state), the ratio by trace id for a new trace, and without a pipeline the
+    /// caller's choice only.
+    #[test]
+    fn sampling_is_decided_by_the_pipelines_sampler_before_any_span_exists() {
+        use opentelemetry::trace::{
+            SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        };
+        let state = TraceState::from_key_value([("vendor", "x")]).unwrap();
+        let caller = |flags| {
+            Context::new().with_remote_span_context(SpanContext::new(
+                TraceId::from(7u128),
+                SpanId::from(9u64),
+                flags,
+                true,
+                state.clone(),
+            ))
+        };
+        let (sampled, unsampled) = (caller(TraceFlags::SAMPLED), caller(TraceFlags::default()));
+        let id = TraceId::from(7u128);
+        let span = SpanId::from(3u64);
+        let never = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0)));
+        let always = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(1.0)));
+        let d = decide(Some(&never), Some(&sampled), id, span, "m");
+        assert!(d.is_sampled(), "the caller sampled it");
+        assert_eq!((d.trace_id(), d.span_id()), (id, span));
+        assert_eq!(d.trace_state().get("vendor"), Some("x"));
+        assert!(!decide(Some(&always), Some(&unsampled), id, span, "m").is_sampled());
+        assert!(!decide(Some(&never), None, id, span, "m").is_sampled());
+        assert!(decide(Some(&always), None, id, span, "m").is_sampled());
+        // A ratio splits new traces by id: ids below the ratio's bound are sampled.
+        let half = Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.5)));
+        assert!(decide(Some(&half), None, TraceId::from(1u128), span, "m").is_sampled());
+        assert!(!decide(Some(&half), None, TraceId::from(u128::MAX), span, "m").is_sampled());
+        // Without a pipeline: what the caller said.
+        assert!(decide(None, Some(&sampled), id, span, "m").is_sampled());
+        assert!(!decide(None, Some(&unsampled), id, span, "m").is_sampled());
+        assert!(!decide(None, None, id, span, "m").is_sampled());
     }
 
     #[test]

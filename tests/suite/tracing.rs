@@ -195,6 +195,8 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
         Some(Value::IntValue(0))
     );
     assert_eq!(attr(&span, "enduser.id"), s("tracer"));
+    assert_eq!(attr(&span, "jisu.authz.decision"), s("allow"));
+    assert!(attr(&span, "jisu.authz.rule").is_some());
     assert_eq!(attr(&span, "tls.client.identity"), s("client"));
     assert_eq!(attr(&span, "server.address"), s("127.0.0.1"));
     assert!(attr(&span, "network.peer.address").is_some());
