@@ -106,6 +106,21 @@ pub struct Plan {
     pub stream_messages: u32,
     /// Deadline of each call.
     pub timeout: Duration,
+    /// A server process on this machine whose CPU time is read over the measured window
+    /// (Linux `/proc`), so its CPU per call counts neither the warm-up nor set-up.
+    pub server_pid: Option<u32>,
+}
+
+/// The CPU time (user + system, in clock ticks) process `pid` has used, from
+/// `/proc/PID/stat`; `None` where that cannot be read.
+fn process_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split(' ').skip(11);
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 /// Latency figures in milliseconds.
@@ -140,6 +155,10 @@ pub struct Report {
     pub client_cpu_us_per_call: f64,
     /// The generator used (nearly) all the CPU it had: the figures describe the client.
     pub client_bound: bool,
+    /// The CPU the server process (`--server-pid`) used over the measured window, in
+    /// clock ticks (`getconf CLK_TCK`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_ticks: Option<u64>,
     /// GetUser only: bytes of one request and one response body on the wire (gRPC: the
     /// protobuf message plus its 5-byte frame prefix; REST: the JSON body and the path).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -452,7 +471,7 @@ pub async fn run(
     let slots = Arc::new(AtomicU64::new(0));
     let tickets = Arc::new(AtomicU64::new(0));
     let end = plan.total.is_none().then(|| measure_from + plan.duration);
-    let cpu_start = Arc::new(parking_lot::Mutex::new(None::<f64>));
+    let cpu_start = Arc::new(parking_lot::Mutex::new(None::<(f64, Option<u64>)>));
 
     let mut tasks = Vec::with_capacity(plan.concurrency);
     for worker in 0..plan.concurrency {
@@ -504,7 +523,7 @@ pub async fn run(
                 {
                     let mut cpu = cpu_start.lock();
                     if cpu.is_none() {
-                        *cpu = Some(cpu_seconds());
+                        *cpu = Some((cpu_seconds(), plan.server_pid.and_then(process_ticks)));
                     }
                 }
                 let latency = Instant::now() - due;
@@ -553,7 +572,11 @@ pub async fn run(
     }
     ticker.abort();
     let finished = Instant::now();
-    let cpu = cpu_seconds() - cpu_start.lock().unwrap_or_else(cpu_seconds);
+    let (cpu_from, server_from) = cpu_start.lock().unwrap_or_else(|| (cpu_seconds(), None));
+    let cpu = cpu_seconds() - cpu_from;
+    let server_cpu_ticks = server_from
+        .zip(plan.server_pid.and_then(process_ticks))
+        .map(|(from, to)| to.saturating_sub(from));
     let seconds = (finished - measure_from.min(finished))
         .as_secs_f64()
         .max(1e-9);
@@ -596,6 +619,7 @@ pub async fn run(
             0.0
         },
         client_bound: cpu / seconds >= 0.9 * worker_threads as f64,
+        server_cpu_ticks,
         late_sends: plan.rps.map(|_| total.late),
         payload_bytes,
     }

@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// Generator threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// A server process on this machine (Linux) whose CPU time over the measured window
+    /// goes in the JSON report (`server_cpu_ticks`): warm-up and set-up not counted.
+    #[arg(long)]
+    server_pid: Option<u32>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -119,6 +123,7 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         rps: args.rps,
         stream_messages: args.stream_messages,
         timeout: args.timeout,
+        server_pid: args.server_pid,
     };
     plan.check().map_err(anyhow::Error::msg)?;
     if args.rest && call != Call::GetUser {

@@ -1,5 +1,5 @@
 //! `jisu bench` against the real binary: closed and open loop, the JSON report, the status
-//! distribution, and the comparison targets of the benchmark suite (bare, REST).
+//! distribution, and the comparison targets of the benchmark suite (bare, bare-tls, REST).
 
 use std::process::{Command, Stdio};
 
@@ -177,7 +177,28 @@ fn the_comparison_targets_serve_the_same_answers() {
     ]);
     assert_eq!(r["status"], serde_json::json!({"OK": 100}));
     assert_eq!(r["payload_bytes"]["response"], 73);
+    assert!(r.get("server_cpu_ticks").is_none(), "no --server-pid: {r}");
     let _ = bare.kill();
+
+    // The same handlers behind the mTLS listener; the generator reads the server's CPU
+    // over the measured window when told its pid.
+    let (mut bare_tls, addr) = target("bare-tls", certs(&server));
+    let port = addr.rsplit(':').next().unwrap();
+    let pid = bare_tls.id().to_string();
+    let r = bench(&[
+        "--endpoint",
+        &format!("https://localhost:{port}"),
+        "--certs",
+        certs(&server),
+        "--total",
+        "1000",
+        "--server-pid",
+        &pid,
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 1000}));
+    assert_eq!(r["payload_bytes"]["response"], 73);
+    assert!(r["server_cpu_ticks"].is_u64(), "{r}");
+    let _ = bare_tls.kill();
 
     let (mut rest, addr) = target("rest", certs(&server));
     let port = addr.rsplit(':').next().unwrap();
