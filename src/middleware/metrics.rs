@@ -123,10 +123,11 @@ impl Default for KeepPolicy {
     }
 }
 
-/// The server's part of a call's record: the trace id header, the span's RPC attributes
-/// (only when sampled), the in-flight gauge, the last minute's per-method statistics,
-/// and — when the call's outcome says so (an error, a slow call, the sample) — its spans
-/// kept in memory and, if head sampling dropped them, exported after all.
+/// The server's part of a call's record: the trace id header, the in-flight gauge, the
+/// last minute's per-method statistics, and the call's spans — built from the record
+/// when the call ends, exported when head sampling chose the call or its outcome keeps it
+/// (an error, a slow call), kept in memory when its outcome or the in-memory sample does.
+/// No span object exists while the call runs.
 #[derive(Debug)]
 pub struct ServerCall {
     peer: Option<Arc<Peer>>,
@@ -237,7 +238,8 @@ impl CallObserver for ServerCall {
     }
 }
 
-/// A call kept after the fact, with everything its spans are built from.
+/// A call whose spans are built (exported or kept in memory), with everything they are
+/// built from.
 struct KeptCall<'a> {
     ids: &'a Ids,
     code: Code,
@@ -404,9 +406,9 @@ impl KeptCall<'_> {
         }
     }
 
-    /// The spans of a call head sampling dropped, rebuilt from what the record knows:
-    /// the SERVER span with its ids (the trace id the caller got in `x-trace-id`), times,
-    /// RPC attributes, the status and why it was kept (`jisu.sampled_by`), and a child
+    /// The spans of the call, built from what the record knows: the SERVER span with its
+    /// ids (the trace id the caller got in `x-trace-id`), times, RPC attributes, the
+    /// status and why it exists (`jisu.sampled_by`: head, error, slow), and a child
     /// span for each piece of work inside it (store operations; calls to other services
     /// under the span id they were propagated with, so the callee's spans hang below).
     fn span_data(&self) -> Vec<SpanData> {

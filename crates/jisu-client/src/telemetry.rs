@@ -1,7 +1,9 @@
-//! The client's side of observability: a CLIENT span per call (child of whatever span is
-//! current, e.g. the SERVER span of the call that makes it), the W3C context injected into
-//! the request headers so the server continues the trace, and the `grpc_client_*` twins
-//! of the server metrics when the client is given [`ClientMetrics`].
+//! The client's side of observability: a CLIENT span per call, the W3C context injected
+//! into the request headers so the server continues the trace, and the `grpc_client_*`
+//! twins of the server metrics when the client is given [`ClientMetrics`]. A call made
+//! while serving another (orders asking users) continues that call's context under a new
+//! span id and becomes a child in its record (the server builds the CLIENT span from it
+//! if the call is exported or kept); any other call gets a `tracing` span.
 use std::{
     sync::Arc,
     task::{Context, Poll},
