@@ -293,7 +293,9 @@ fn with_metadata<T>(message: T, plan: &Plan) -> Request<T> {
 pub enum Driver {
     /// gRPC through the Jisu client (one HTTP/2 connection per client).
     Grpc(JisuClient),
-    /// GetUser as `GET {base}/v1/users/{id}` (REST/JSON over HTTPS, for comparison).
+    /// REST/JSON over HTTPS, for comparison: GetUser as `GET {base}/v1/users/{id}`,
+    /// BatchGetUsers as `POST {base}/v1/users:batchGet`, ListUsers as one page from
+    /// `GET {base}/v1/users?page_size=N`.
     Rest {
         http: reqwest::Client,
         base: String,
@@ -309,12 +311,28 @@ async fn rest_call(
     worker: usize,
     n: u64,
 ) -> Result<u64, tonic::Status> {
-    let req: GetUserRequest = request(&plan.data).unwrap_or_else(|| GetUserRequest {
-        user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
-    });
-    let mut call = http
-        .get(format!("{base}/v1/users/{}", req.user_id))
-        .timeout(plan.timeout);
+    let call = match plan.call {
+        Call::BatchGetUsers => {
+            let req = request(&plan.data).unwrap_or_else(|| BatchGetUsersRequest {
+                user_ids: (1..=10).map(|i| format!("USER{i:04}")).collect(),
+            });
+            http.post(format!("{base}/v1/users:batchGet")).json(&req)
+        }
+        Call::ListUsers => {
+            let req = request(&plan.data).unwrap_or(ListUsersRequest {
+                page_size: plan.stream_messages as i32,
+                ..Default::default()
+            });
+            http.get(format!("{base}/v1/users?page_size={}", req.page_size))
+        }
+        _ => {
+            let req: GetUserRequest = request(&plan.data).unwrap_or_else(|| GetUserRequest {
+                user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
+            });
+            http.get(format!("{base}/v1/users/{}", req.user_id))
+        }
+    };
+    let mut call = call.timeout(plan.timeout);
     if let Some(a) = authorization {
         call = call.header("authorization", a);
     }
@@ -327,13 +345,31 @@ async fn rest_call(
         .bytes()
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let decoded = |e: serde_json::Error| tonic::Status::internal(e.to_string());
     match status.as_u16() {
-        200 => {
-            serde_json::from_slice::<crate::pb::User>(&body)
-                .map_err(|e| tonic::Status::internal(e.to_string()))?;
-            Ok(1)
-        }
+        // Decoded as a client would, and counted in users (a page's users are its
+        // messages, as a stream's are).
+        200 => match plan.call {
+            Call::BatchGetUsers => {
+                serde_json::from_slice::<crate::pb::BatchGetUsersResponse>(&body)
+                    .map_err(decoded)?;
+                Ok(1)
+            }
+            Call::ListUsers => {
+                #[derive(serde::Deserialize)]
+                struct Page {
+                    users: Vec<crate::pb::User>,
+                }
+                let page = serde_json::from_slice::<Page>(&body).map_err(decoded)?;
+                Ok(page.users.len() as u64)
+            }
+            _ => {
+                serde_json::from_slice::<crate::pb::User>(&body).map_err(decoded)?;
+                Ok(1)
+            }
+        },
         404 => Err(tonic::Status::not_found("404")),
+        400 => Err(tonic::Status::invalid_argument("400")),
         401 => Err(tonic::Status::unauthenticated("401")),
         403 => Err(tonic::Status::permission_denied("403")),
         code => Err(tonic::Status::unknown(format!("HTTP {code}"))),

@@ -3,8 +3,9 @@
 //! - **bare-tls**: the same over Jisu's own mutual-TLS listener (the same acceptor and
 //!   rustls configuration as `jisu serve`), still no auth and no telemetry: the full
 //!   stack minus the middleware, so the cost of TLS and the cost of the rest show apart;
-//! - **rest**: GetUser as REST/JSON over HTTPS/1.1 (axum), with the same mutual TLS and the
-//!   same JWT check, calling the very same `UserService` handler;
+//! - **rest**: GetUser, BatchGetUsers and a ListUsers page as REST/JSON over HTTPS/1.1
+//!   (axum), with the same mutual TLS and the same JWT check, calling the very same
+//!   `UserService` handlers;
 //! - **otlp-sink**: an OTLP/gRPC trace receiver that counts spans, so the full stack can
 //!   export for real without a collector installed.
 //!
@@ -19,10 +20,10 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{Path, State},
+    extract::{Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::IntoResponse,
-    routing::get,
+    routing::{get, post},
 };
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -35,7 +36,7 @@ use tonic::transport::Server;
 use crate::{
     middleware::auth::authorize,
     pb::{
-        GetUserRequest,
+        BatchGetUsersRequest, GetUserRequest, ListUsersRequest,
         order_service_server::OrderServiceServer,
         user_service_server::{UserService, UserServiceServer},
     },
@@ -94,6 +95,8 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
 }
 
 const GET_USER_PATH: &str = "/jisucloud.v1.UserService/GetUser";
+const BATCH_GET_USERS_PATH: &str = "/jisucloud.v1.UserService/BatchGetUsers";
+const LIST_USERS_PATH: &str = "/jisucloud.v1.UserService/ListUsers";
 
 #[derive(Clone)]
 struct Rest {
@@ -102,38 +105,107 @@ struct Rest {
     policy: crate::security::authz::PolicyHandle,
 }
 
+impl Rest {
+    /// The very check the gRPC stack makes, for the method a route stands for, and the
+    /// request the handler gets (with the caller's principal, as the auth layer passes
+    /// it). No peer: the benchmark's tokens are not certificate-bound, so the check is
+    /// the same.
+    fn request<T>(
+        &self,
+        path: &str,
+        headers: &HeaderMap,
+        message: T,
+    ) -> Result<tonic::Request<T>, axum::response::Response> {
+        match authorize(&self.verifier, &self.policy, path, headers, None) {
+            Ok(principal) => {
+                let mut req = tonic::Request::new(message);
+                if let Some(p) = principal {
+                    req.extensions_mut().insert(p);
+                }
+                Ok(req)
+            }
+            Err((err, _)) => {
+                let code = match err {
+                    crate::Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
+                    _ => StatusCode::UNAUTHORIZED,
+                };
+                Err((code, err.to_string()).into_response())
+            }
+        }
+    }
+}
+
+/// A handler's failure as an HTTP status and a JSON error.
+fn rest_error(status: &tonic::Status) -> axum::response::Response {
+    let code = match status.code() {
+        tonic::Code::NotFound => StatusCode::NOT_FOUND,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        tonic::Code::PermissionDenied => StatusCode::FORBIDDEN,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    (code, Json(serde_json::json!({"error": status.message()}))).into_response()
+}
+
 async fn rest_get_user(
     State(rest): State<Rest>,
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> axum::response::Response {
-    // The very check the gRPC stack makes, for the method this route stands for.
-    // (No peer: the benchmark's tokens are not certificate-bound, so the check is the same.)
-    if let Err((err, _)) = authorize(&rest.verifier, &rest.policy, GET_USER_PATH, &headers, None) {
-        let code = match err {
-            crate::Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
-            _ => StatusCode::UNAUTHORIZED,
-        };
-        return (code, err.to_string()).into_response();
-    }
-    match rest
-        .users
-        .get_user(tonic::Request::new(GetUserRequest { user_id: id }))
-        .await
-    {
+    let req = match rest.request(GET_USER_PATH, &headers, GetUserRequest { user_id: id }) {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    match rest.users.get_user(req).await {
         Ok(user) => Json(user.into_inner()).into_response(),
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::NotFound => StatusCode::NOT_FOUND,
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            (code, Json(serde_json::json!({"error": status.message()}))).into_response()
-        }
+        Err(status) => rest_error(&status),
     }
 }
 
-/// `GET /v1/users/{id}` over HTTPS with client certificates (HTTP/1.1, keep-alive).
+/// `POST /v1/users:batchGet` with `{"user_ids": [...]}`: BatchGetUsers as one JSON answer.
+async fn rest_batch_get_users(
+    State(rest): State<Rest>,
+    headers: HeaderMap,
+    Json(body): Json<BatchGetUsersRequest>,
+) -> axum::response::Response {
+    let req = match rest.request(BATCH_GET_USERS_PATH, &headers, body) {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    match rest.users.batch_get_users(req).await {
+        Ok(users) => Json(users.into_inner()).into_response(),
+        Err(status) => rest_error(&status),
+    }
+}
+
+/// `GET /v1/users?page_size=N`: the ListUsers stream's first page as one JSON answer
+/// (`{"users": [...]}`), as a REST API would page it.
+async fn rest_list_users(
+    State(rest): State<Rest>,
+    Query(query): Query<ListUsersRequest>,
+    headers: HeaderMap,
+) -> axum::response::Response {
+    use futures::StreamExt as _;
+    let req = match rest.request(LIST_USERS_PATH, &headers, query) {
+        Ok(req) => req,
+        Err(refused) => return refused,
+    };
+    let mut stream = match rest.users.list_users(req).await {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return rest_error(&status),
+    };
+    let mut users = Vec::new();
+    while let Some(user) = stream.next().await {
+        match user {
+            Ok(user) => users.push(user),
+            Err(status) => return rest_error(&status),
+        }
+    }
+    Json(serde_json::json!({ "users": users })).into_response()
+}
+
+/// GetUser (`GET /v1/users/{id}`), BatchGetUsers (`POST /v1/users:batchGet`) and a page
+/// of ListUsers (`GET /v1/users?page_size=N`) over HTTPS with client certificates
+/// (HTTP/1.1, keep-alive).
 pub async fn serve_rest(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -145,6 +217,8 @@ pub async fn serve_rest(
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let app = Router::new()
         .route("/v1/users/{id}", get(rest_get_user))
+        .route("/v1/users:batchGet", post(rest_batch_get_users))
+        .route("/v1/users", get(rest_list_users))
         .with_state(Rest {
             users: Arc::new(UserApi::new(store)),
             verifier,

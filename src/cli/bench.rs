@@ -44,7 +44,8 @@ pub struct BenchArgs {
     /// Bearer token; minted from <certs>/jwt.key (with just the call's scope) when absent.
     #[arg(long, env = "JISU_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// Drive GetUser as REST/JSON (`GET /v1/users/{id}` over HTTPS) instead of gRPC.
+    /// Drive the call as REST/JSON over HTTPS instead of gRPC (the `rest` bench target):
+    /// GetUser, BatchGetUsers or a ListUsers page.
     #[arg(long)]
     rest: bool,
     /// Calls in flight (closed loop), or the most in flight (open loop).
@@ -126,8 +127,8 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         server_pid: args.server_pid,
     };
     plan.check().map_err(anyhow::Error::msg)?;
-    if args.rest && call != Call::GetUser {
-        bail!("--rest drives users.GetUser only");
+    if args.rest && !matches!(call, Call::GetUser | Call::BatchGetUsers | Call::ListUsers) {
+        bail!("--rest drives users.GetUser, users.BatchGetUsers and users.ListUsers only");
     }
     let token = match (&args.token, args.insecure) {
         (Some(t), _) => Some(t.clone()),

@@ -225,5 +225,36 @@ fn the_comparison_targets_serve_the_same_answers() {
         r#"{"user_id": "USER0404"}"#,
     ]);
     assert_eq!(r["status"], serde_json::json!({"NotFound": 10}));
+    // The realistic payloads as REST: a batch of 100 as one POST, a page of 100 users.
+    let ids: Vec<String> = (1..=100).map(|i| format!("USER{i:04}")).collect();
+    let r = bench(&[
+        "--endpoint",
+        &format!("https://localhost:{port}"),
+        "--rest",
+        "--certs",
+        certs(&server),
+        "--total",
+        "20",
+        "--call",
+        "users.BatchGetUsers",
+        "--data",
+        &serde_json::json!({ "user_ids": ids }).to_string(),
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 20}), "{r}");
+    let r = bench(&[
+        "--endpoint",
+        &format!("https://localhost:{port}"),
+        "--rest",
+        "--certs",
+        certs(&server),
+        "--total",
+        "20",
+        "--call",
+        "users.ListUsers",
+        "--stream-messages",
+        "100",
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 20}), "{r}");
+    assert_eq!(r["messages"], 2000, "100 users a page: {r}");
     let _ = rest.kill();
 }
