@@ -115,7 +115,7 @@ impl Rest {
         path: &str,
         headers: &HeaderMap,
         message: T,
-    ) -> Result<tonic::Request<T>, axum::response::Response> {
+    ) -> Result<tonic::Request<T>, (StatusCode, String)> {
         match authorize(&self.verifier, &self.policy, path, headers, None) {
             Ok(principal) => {
                 let mut req = tonic::Request::new(message);
@@ -129,7 +129,7 @@ impl Rest {
                     crate::Error::PermissionDenied { .. } => StatusCode::FORBIDDEN,
                     _ => StatusCode::UNAUTHORIZED,
                 };
-                Err((code, err.to_string()).into_response())
+                Err((code, err.to_string()))
             }
         }
     }
@@ -153,7 +153,7 @@ async fn rest_get_user(
 ) -> axum::response::Response {
     let req = match rest.request(GET_USER_PATH, &headers, GetUserRequest { user_id: id }) {
         Ok(req) => req,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match rest.users.get_user(req).await {
         Ok(user) => Json(user.into_inner()).into_response(),
@@ -169,7 +169,7 @@ async fn rest_batch_get_users(
 ) -> axum::response::Response {
     let req = match rest.request(BATCH_GET_USERS_PATH, &headers, body) {
         Ok(req) => req,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     match rest.users.batch_get_users(req).await {
         Ok(users) => Json(users.into_inner()).into_response(),
@@ -187,7 +187,7 @@ async fn rest_list_users(
     use futures::StreamExt as _;
     let req = match rest.request(LIST_USERS_PATH, &headers, query) {
         Ok(req) => req,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let mut stream = match rest.users.list_users(req).await {
         Ok(stream) => stream.into_inner(),
