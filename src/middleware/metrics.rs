@@ -35,7 +35,7 @@ use crate::{
     api::{self, CallType},
     telemetry::{
         debug::DebugState,
-        metrics::{MethodMetrics, Metrics, Side},
+        metrics::{Metrics, Side},
         otel,
         recent::{self, SpanRecord, TraceRecord},
         rpcz::MethodWindow,
@@ -152,12 +152,7 @@ struct Ids {
 }
 
 impl CallObserver for ServerCall {
-    fn response(
-        &mut self,
-        parts: &mut http::response::Parts,
-        _span: &tracing::Span,
-        _method: Option<&MethodMetrics>,
-    ) {
+    fn response(&mut self, parts: &mut http::response::Parts) {
         if let Some(mut id) = header_of(&self.ids.context) {
             // Unique per response: never worth a slot in the HPACK dynamic table, where
             // it would push out the headers every response repeats.
@@ -220,7 +215,7 @@ impl CallObserver for ServerCall {
                 .iter()
                 .map(|c| match &c.what {
                     ChildKind::Call { span_id, .. } => SpanId::from_bytes(*span_id),
-                    ChildKind::Store { .. } => SpanId::from_bytes(rand::random()),
+                    ChildKind::Store { .. } => jisu_client::children::new_span_id(),
                 })
                 .collect(),
             children: work.children,

@@ -227,26 +227,23 @@ fn the_comparison_targets_serve_the_same_answers() {
     assert_eq!(r["status"], serde_json::json!({"NotFound": 10}));
     // The realistic payloads as REST: a batch of 100 as one POST, a page of 100 users.
     let ids: Vec<String> = (1..=100).map(|i| format!("USER{i:04}")).collect();
-    let r = bench(&[
-        "--endpoint",
-        &format!("https://localhost:{port}"),
-        "--rest",
-        "--certs",
-        certs(&server),
+    let endpoint = format!("https://localhost:{port}");
+    let rest_bench = |args: &[&str]| {
+        let mut all = vec!["--endpoint", &endpoint, "--rest", "--certs", certs(&server)];
+        all.extend_from_slice(args);
+        bench(&all)
+    };
+    let batch = serde_json::json!({ "user_ids": ids }).to_string();
+    let r = rest_bench(&[
         "--total",
         "20",
         "--call",
         "users.BatchGetUsers",
         "--data",
-        &serde_json::json!({ "user_ids": ids }).to_string(),
+        &batch,
     ]);
     assert_eq!(r["status"], serde_json::json!({"OK": 20}), "{r}");
-    let r = bench(&[
-        "--endpoint",
-        &format!("https://localhost:{port}"),
-        "--rest",
-        "--certs",
-        certs(&server),
+    let r = rest_bench(&[
         "--total",
         "20",
         "--call",

@@ -22,15 +22,8 @@ use crate::metrics::{MethodMetrics, Side};
 
 /// What one end of a call adds to the shared record.
 pub trait CallObserver: Send + 'static {
-    /// The response head is known (before the body): a server adds headers here and
-    /// describes its span.
-    fn response(
-        &mut self,
-        _parts: &mut http::response::Parts,
-        _span: &tracing::Span,
-        _method: Option<&MethodMetrics>,
-    ) {
-    }
+    /// The response head is known (before the body): a server adds headers here.
+    fn response(&mut self, _parts: &mut http::response::Parts) {}
 
     /// The final status arrived in `headers` (the trailers, or the headers of a
     /// trailers-only response), just before [`CallObserver::finished`].
@@ -165,8 +158,7 @@ where
             Ok(response) => {
                 let header_code = status_of(response.headers());
                 let (mut parts, body) = response.into_parts();
-                call.observer
-                    .response(&mut parts, &call.span, call.method.as_deref());
+                call.observer.response(&mut parts);
                 let record = match header_code {
                     // Trailers-only: the call is over already.
                     Some(code) => {
