@@ -5,7 +5,17 @@ mod cli;
 
 use clap::Parser;
 
+/// `--features alloc-count` (scripts/allocs): every allocation counted, with where it was
+/// made; written to `$JISU_DHAT_OUT` (default `dhat-heap.json`) when the process exits.
+#[cfg(feature = "alloc-count")]
+#[global_allocator]
+static ALLOC: dhat::Alloc = dhat::Alloc;
+
 fn main() -> std::process::ExitCode {
+    #[cfg(feature = "alloc-count")]
+    let _profiler = dhat::Profiler::builder()
+        .file_name(std::env::var("JISU_DHAT_OUT").unwrap_or_else(|_| "dhat-heap.json".into()))
+        .build();
     let args = cli::Cli::parse();
     match cli::run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -48,6 +48,33 @@ pub struct Peer {
     pub resets: Arc<StreamResets>,
     /// The last bearer token this connection presented, verified.
     pub token: Arc<TokenMemo>,
+    /// The connection's part of an exported SERVER span's attributes, built by the first
+    /// call that needs them (see [`Peer::span_attributes`]).
+    pub attributes: std::sync::OnceLock<Box<[opentelemetry::KeyValue]>>,
+}
+
+impl Peer {
+    /// `server.address`, `server.port`, `network.peer.address` and `tls.client.identity`:
+    /// the same for every call on the connection, so formatted once; the strings are
+    /// shared, so a call's copy costs reference counts, not allocations.
+    pub fn span_attributes(&self) -> &[opentelemetry::KeyValue] {
+        use opentelemetry::{KeyValue, StringValue};
+        let shared = |s: String| StringValue::from(Arc::<str>::from(s));
+        self.attributes.get_or_init(|| {
+            Box::new([
+                KeyValue::new("server.address", shared(self.local_addr.ip().to_string())),
+                KeyValue::new("server.port", i64::from(self.local_addr.port())),
+                KeyValue::new(
+                    "network.peer.address",
+                    shared(self.remote_addr.ip().to_string()),
+                ),
+                KeyValue::new(
+                    "tls.client.identity",
+                    shared(crate::telemetry::recent::bounded(self.identity.clone())),
+                ),
+            ])
+        })
+    }
 }
 
 /// A mutual-TLS connection that has completed its handshake.
@@ -280,6 +307,7 @@ async fn handshake(
         cert_sha256: cert_thumbprint(cert),
         resets,
         token: Arc::default(),
+        attributes: Default::default(),
     });
     tracing::debug!(%remote_addr, identity = %peer.identity, "mTLS connection established");
     let deadline = Box::pin(tokio::time::sleep(handshake_timeout));

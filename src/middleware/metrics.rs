@@ -134,18 +134,19 @@ pub struct ServerCall {
     metrics: Metrics,
     keep: Arc<Keeping>,
     window: Arc<MethodWindow>,
-    /// The call's span context, decided at the start, and its parent.
+    /// The call's parent span and method names.
     ids: Ids,
-    /// The work inside the call (store operations, calls to other services).
+    /// The call's span context (decided at the start) and the work inside it (store
+    /// operations, calls to other services).
     children: Arc<Children>,
     /// The status message of a failed call.
     message: Option<String>,
 }
 
-/// What a kept call needs of its span that the record does not hold already.
+/// What a kept call needs of its span that the record does not hold already (its span
+/// context is the record's: [`Children::trace`]).
 #[derive(Debug)]
 struct Ids {
-    context: opentelemetry::trace::SpanContext,
     parent: Option<SpanId>,
     service: &'static str,
     method: &'static str,
@@ -153,7 +154,7 @@ struct Ids {
 
 impl CallObserver for ServerCall {
     fn response(&mut self, parts: &mut http::response::Parts) {
-        if let Some(mut id) = header_of(&self.ids.context) {
+        if let Some(mut id) = header_of(self.children.trace()) {
             // Unique per response: never worth a slot in the HPACK dynamic table, where
             // it would push out the headers every response repeats.
             id.set_sensitive(true);
@@ -178,22 +179,23 @@ impl CallObserver for ServerCall {
     /// outcome or the in-memory sample keeps it, else nothing (nothing was built).
     fn finished(&mut self, code: Code, start: Instant, took: Duration) {
         self.metrics.in_flight().decrement(1.0);
-        self.window.record(code, took);
+        self.window.record(code, start + took, took);
         let ids = &self.ids;
+        let context = self.children.trace();
         let exporting = otel::exporting();
-        let sampled = ids.context.is_sampled();
+        let sampled = context.is_sampled();
         let work = self.children.take();
         let policy = &self.keep.policy;
         let kept = policy.reason(code, took, &work.children);
         let export = exporting && (sampled || kept.is_some());
-        let memory = kept.or_else(|| policy.samples(ids.context.trace_id()).then_some("sample"));
+        let memory = kept.or_else(|| policy.samples(context.trace_id()).then_some("sample"));
         if export || memory.is_some() {
             // A trace that can be found (exported, or kept here): the latency bucket's
             // exemplar.
             self.metrics.exemplars().record(
                 ids.service,
                 ids.method,
-                ids.context.trace_id().to_string(),
+                context.trace_id().to_string(),
                 took,
             );
         }
@@ -206,6 +208,7 @@ impl CallObserver for ServerCall {
         };
         let call = KeptCall {
             ids,
+            context,
             code,
             start,
             took,
@@ -237,6 +240,7 @@ impl CallObserver for ServerCall {
 /// built from.
 struct KeptCall<'a> {
     ids: &'a Ids,
+    context: &'a opentelemetry::trace::SpanContext,
     code: Code,
     start: Instant,
     took: Duration,
@@ -305,40 +309,35 @@ impl ServerCall {
         ids: &Ids,
         code: Code,
         reason: &'static str,
-        subject: Option<String>,
+        subject: Option<Arc<str>>,
         authz: Option<(bool, Arc<str>)>,
     ) -> Vec<KeyValue> {
-        let mut a = vec![
+        let mut a = Vec::with_capacity(12);
+        a.extend([
             KeyValue::new("rpc.system", "grpc"),
             KeyValue::new("rpc.service", ids.service),
             KeyValue::new("rpc.method", ids.method),
             KeyValue::new("rpc.grpc.status_code", code as i64),
             KeyValue::new("jisu.sampled_by", reason),
-        ];
+        ]);
         if let Some(p) = &self.peer {
-            a.push(KeyValue::new(
-                "server.address",
-                p.local_addr.ip().to_string(),
-            ));
-            a.push(KeyValue::new("server.port", i64::from(p.local_addr.port())));
-            a.push(KeyValue::new(
-                "network.peer.address",
-                p.remote_addr.ip().to_string(),
-            ));
-            a.push(KeyValue::new(
-                "tls.client.identity",
-                recent::bounded(p.identity.clone()),
-            ));
+            a.extend_from_slice(p.span_attributes());
         }
         if let Some(subject) = subject {
-            a.push(KeyValue::new("enduser.id", recent::bounded(subject)));
+            a.push(KeyValue::new(
+                "enduser.id",
+                recent::bounded(String::from(&*subject)),
+            ));
         }
         if let Some((allowed, rule)) = authz {
             a.push(KeyValue::new(
                 "jisu.authz.decision",
                 if allowed { "allow" } else { "deny" },
             ));
-            a.push(KeyValue::new("jisu.authz.rule", rule.to_string()));
+            a.push(KeyValue::new(
+                "jisu.authz.rule",
+                opentelemetry::StringValue::from(rule),
+            ));
         }
         if let Some(m) = &self.message {
             a.push(KeyValue::new("rpc.grpc.status_message", m.clone()));
@@ -356,7 +355,7 @@ impl KeptCall<'_> {
     fn record(self, kept_by: &'static str, message: Option<&str>) -> TraceRecord {
         let micros = |d: Duration| d.as_micros() as u64;
         let ids = self.ids;
-        let server_id = ids.context.span_id().to_string();
+        let server_id = self.context.span_id().to_string();
         let name = self.name();
         let mut spans = Vec::with_capacity(self.children.len() + 1);
         spans.push(SpanRecord {
@@ -387,7 +386,7 @@ impl KeptCall<'_> {
         }
         let started = SystemTime::now() - self.took;
         TraceRecord {
-            trace_id: ids.context.trace_id().to_string(),
+            trace_id: self.context.trace_id().to_string(),
             kept_by: kept_by.into(),
             method: name,
             code: code_label(self.code).to_owned(),
@@ -408,7 +407,7 @@ impl KeptCall<'_> {
     /// under the span id they were propagated with, so the callee's spans hang below).
     fn span_data(&self) -> Vec<SpanData> {
         use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceFlags};
-        let c = &self.ids.context;
+        let c = self.context;
         let context = |id: SpanId| {
             SpanContext::new(
                 c.trace_id(),
@@ -499,10 +498,14 @@ fn trace_context<B>(
     (context, remote.map(|sc| sc.span_id()), parent)
 }
 
+/// The trace id as `x-trace-id` sends it: 32 lowercase hex digits, formatted in place.
 fn header_of(sc: &opentelemetry::trace::SpanContext) -> Option<http::HeaderValue> {
-    sc.is_valid()
-        .then(|| http::HeaderValue::from_str(&sc.trace_id().to_string()).ok())
-        .flatten()
+    if !sc.is_valid() {
+        return None;
+    }
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(sc.trace_id().to_bytes(), &mut hex).ok()?;
+    http::HeaderValue::from_bytes(&hex).ok()
 }
 
 #[derive(Debug, Clone)]
@@ -574,7 +577,6 @@ where
         let window = self.keep.debug.rpcz.method(req.uri().path()).clone();
         let (context, parent, propagated) = trace_context(&req);
         let ids = Ids {
-            context: context.clone(),
             parent,
             service: method.service,
             method: method.name,

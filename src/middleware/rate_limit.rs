@@ -104,7 +104,7 @@ fn caller_key<B>(req: &Request<B>) -> u64 {
         .hash(&mut h);
     req.extensions()
         .get::<Arc<Principal>>()
-        .map(|p| p.subject.as_str())
+        .map(|p| &*p.subject)
         .hash(&mut h);
     h.finish()
 }

@@ -297,6 +297,7 @@ mod tests {
             cert_sha256: [0; 32],
             resets: Arc::default(),
             token: Arc::default(),
+            attributes: Default::default(),
         })
     }
 

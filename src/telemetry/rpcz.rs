@@ -64,9 +64,10 @@ impl MethodWindow {
         }
     }
 
-    /// Counts a call that ended with `code` after `took`.
-    pub fn record(&self, code: Code, took: Duration) {
-        let index = slot_of(Instant::now());
+    /// Counts a call that ended at `ended` with `code` after `took` (the caller's clock
+    /// reading: no second one).
+    pub fn record(&self, code: Code, ended: Instant, took: Duration) {
+        let index = slot_of(ended);
         let mut slots = self.slots.lock();
         let slot = &mut slots[(index % SLOTS as u64) as usize];
         if slot.index != index {
@@ -194,12 +195,23 @@ mod tests {
         let rpcz = Rpcz::default();
         let get = rpcz.method("/jisucloud.v1.UserService/GetUser");
         for ms in 1..=100 {
-            get.record(Code::Ok, Duration::from_millis(ms));
+            get.record(Code::Ok, Instant::now(), Duration::from_millis(ms));
         }
-        get.record(Code::PermissionDenied, Duration::from_millis(1));
-        get.record(Code::PermissionDenied, Duration::from_millis(1));
-        rpcz.method("/nope/Nope")
-            .record(Code::Unimplemented, Duration::from_micros(3));
+        get.record(
+            Code::PermissionDenied,
+            Instant::now(),
+            Duration::from_millis(1),
+        );
+        get.record(
+            Code::PermissionDenied,
+            Instant::now(),
+            Duration::from_millis(1),
+        );
+        rpcz.method("/nope/Nope").record(
+            Code::Unimplemented,
+            Instant::now(),
+            Duration::from_micros(3),
+        );
         let stats = rpcz.snapshot();
         assert_eq!(stats.len(), 2, "{stats:?}");
         let s = &stats[0];
@@ -213,7 +225,7 @@ mod tests {
     #[test]
     fn a_slot_from_an_earlier_minute_is_not_counted() {
         let w = MethodWindow::new("s", "m");
-        w.record(Code::Ok, Duration::from_millis(1));
+        w.record(Code::Ok, Instant::now(), Duration::from_millis(1));
         // The same slot position, one whole window later.
         let later = Instant::now() + WINDOW;
         assert!(w.snapshot(later).is_none());

@@ -95,7 +95,7 @@ pub struct Children {
 pub struct Recorded {
     pub children: Vec<Child>,
     pub dropped: u32,
-    pub subject: Option<String>,
+    pub subject: Option<Arc<str>>,
     /// Allowed or not, and by which rule.
     pub authz: Option<(bool, Arc<str>)>,
 }
@@ -144,8 +144,8 @@ impl Children {
     }
 
     /// Notes who made the call, for a kept call's `enduser.id`.
-    pub fn set_subject(&self, subject: &str) {
-        self.inner.lock().subject = Some(subject.to_owned());
+    pub fn set_subject(&self, subject: &Arc<str>) {
+        self.inner.lock().subject = Some(subject.clone());
     }
 
     /// Notes the authorization decision, for the call's span.

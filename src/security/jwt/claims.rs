@@ -1,5 +1,7 @@
 //! What a token says (its claims, the `cnf` binding) and what a verified one means to the
 //! server (the [`Principal`]), and why a token is refused ([`AuthFailure`]).
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 /// The claims Jisu reads. `scope` is space-separated (RFC 8693 style).
@@ -42,7 +44,8 @@ pub fn thumbprint_b64(sha256: &[u8; 32]) -> String {
 /// A verified caller, as handlers and logs see it.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    pub subject: String,
+    /// Shared, so a call's record can note it without a copy.
+    pub subject: Arc<str>,
     pub issuer: String,
     pub audiences: Vec<String>,
     pub scopes: Vec<String>,

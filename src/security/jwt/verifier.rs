@@ -178,7 +178,7 @@ impl TokenVerifier {
             _ => Vec::new(),
         };
         let principal = Arc::new(Principal {
-            subject: claims.sub,
+            subject: claims.sub.into(),
             issuer: claims.iss,
             audiences,
             scopes: claims.scope.split_whitespace().map(str::to_owned).collect(),
@@ -306,7 +306,8 @@ mod tests {
             verifier
                 .verify_memoized(&memo, &token, now)
                 .unwrap()
-                .subject,
+                .subject
+                .as_ref(),
             "alice"
         );
         assert!(memo.get(&token, 0).is_some(), "remembered");
@@ -324,7 +325,8 @@ mod tests {
             verifier
                 .verify_memoized(&memo, &other, now)
                 .unwrap()
-                .subject,
+                .subject
+                .as_ref(),
             "bob"
         );
         // A key rotation makes the memo a miss: the retired key stops working.
@@ -341,7 +343,7 @@ mod tests {
         let (issuer, verifier) = pair();
         let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
         let now = unix_now();
-        assert_eq!(verifier.verify(&token, now).unwrap().subject, "alice");
+        assert_eq!(&*verifier.verify(&token, now).unwrap().subject, "alice");
         // Second call is served from the cache, and the clock is still enforced.
         assert!(verifier.verify(&token, now).is_ok());
         assert_eq!(
