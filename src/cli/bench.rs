@@ -264,6 +264,24 @@ pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
         let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
         store::load_demo_users(store.as_ref(), jisu::service::now()).await?;
         println!("jisu: serving {:?} on {addr}", args.kind);
+        let serving = async move {
+            serve_target(args, listener, store).await?;
+            anyhow::Ok(())
+        };
+        // SIGTERM ends the process through `main` (an alloc-count build writes its counts).
+        tokio::select! {
+            served = serving => served,
+            () = super::serve::shutdown_signal() => Ok(()),
+        }
+    })
+}
+
+async fn serve_target(
+    args: TargetArgs,
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+) -> anyhow::Result<()> {
+    {
         match args.kind {
             TargetKind::Bare => targets::serve_bare(listener, store).await?,
             TargetKind::BareTls => {
@@ -302,5 +320,5 @@ pub fn run_target(args: TargetArgs) -> anyhow::Result<()> {
             }
         }
         Ok(())
-    })
+    }
 }

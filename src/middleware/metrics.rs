@@ -560,7 +560,9 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let method = self.metrics.method(req.uri().path()).clone();
+        // One lookup of the path for both per-method tables.
+        let index = api::served_index(req.uri().path());
+        let method = self.metrics.method_at(index).clone();
         method.started.increment(1);
         // Unary and server-streaming calls carry exactly one request message; the
         // messages of client and bidi streams are counted as their frames arrive.
@@ -574,7 +576,7 @@ where
             }
         });
         self.metrics.in_flight().increment(1.0);
-        let window = self.keep.debug.rpcz.method(req.uri().path()).clone();
+        let window = self.keep.debug.rpcz.at(index).clone();
         let (context, parent, propagated) = trace_context(&req);
         let ids = Ids {
             parent,
@@ -660,6 +662,23 @@ mod tests {
             policy(0, 0.0).reason(Code::Ok, Duration::from_secs(60), &none),
             None
         );
+    }
+
+    #[test]
+    fn x_trace_id_is_the_trace_id_in_lowercase_hex() {
+        use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+        let id = TraceId::from(0x0123_4567_89ab_cdef_0011_2233_4455_66ffu128);
+        let sc = SpanContext::new(
+            id,
+            SpanId::from(7u64),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        let header = header_of(&sc).expect("a valid context has a header");
+        assert_eq!(header.to_str().unwrap(), id.to_string());
+        assert_eq!(header.to_str().unwrap(), "0123456789abcdef00112233445566ff");
+        assert!(header_of(&SpanContext::empty_context()).is_none());
     }
 
     #[test]

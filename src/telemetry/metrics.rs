@@ -250,10 +250,11 @@ impl Metrics {
         }
     }
 
-    /// The server-side series of the method at `path`; unknown paths share one set of
-    /// series, so random paths cannot grow the series count.
-    pub fn method(&self, path: &str) -> &Arc<MethodMetrics> {
-        self.inner.server.get(path)
+    /// The server-side series of the method at `index` ([`crate::api::served_index`]);
+    /// paths nothing serves share one set of series, so random paths cannot grow the
+    /// series count.
+    pub fn method_at(&self, index: Option<usize>) -> &Arc<MethodMetrics> {
+        self.inner.server.at(index)
     }
 
     /// The `grpc_client_*` series of the calls this process makes (give it to a client).

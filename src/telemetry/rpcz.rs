@@ -6,7 +6,6 @@
 //! created on first use); a slot older than the window is cleared when reused, and a
 //! snapshot merges the slots still inside the last minute.
 use std::{
-    collections::HashMap,
     sync::{Arc, LazyLock},
     time::{Duration, Instant},
 };
@@ -139,11 +138,11 @@ pub struct MethodStats {
     pub max_ms: f64,
 }
 
-/// Every served method's window, keyed by request path (one lookup per call, like the
-/// metrics table); paths nothing serves share `unknown`.
+/// Every served method's window, in [`api::all_methods`] order (indexed by
+/// [`api::served_index`], like the metrics table); paths nothing serves share `unknown`.
 #[derive(Debug)]
 pub struct Rpcz {
-    methods: HashMap<String, Arc<MethodWindow>>,
+    methods: Vec<Arc<MethodWindow>>,
     unknown: Arc<MethodWindow>,
 }
 
@@ -151,12 +150,7 @@ impl Default for Rpcz {
     fn default() -> Self {
         Self {
             methods: api::all_methods()
-                .map(|m| {
-                    (
-                        format!("/{}/{}", m.service, m.name),
-                        Arc::new(MethodWindow::new(m.service, m.name)),
-                    )
-                })
+                .map(|m| Arc::new(MethodWindow::new(m.service, m.name)))
                 .collect(),
             unknown: Arc::new(MethodWindow::new("unknown", "unknown")),
         }
@@ -165,7 +159,14 @@ impl Default for Rpcz {
 
 impl Rpcz {
     pub fn method(&self, path: &str) -> &Arc<MethodWindow> {
-        self.methods.get(path).unwrap_or(&self.unknown)
+        self.at(api::served_index(path))
+    }
+
+    /// The window of the method at `index` ([`api::served_index`]; `None`: unknown).
+    pub fn at(&self, index: Option<usize>) -> &Arc<MethodWindow> {
+        index
+            .and_then(|i| self.methods.get(i))
+            .unwrap_or(&self.unknown)
     }
 
     /// The methods called in the last minute, busiest first.
@@ -173,7 +174,7 @@ impl Rpcz {
         let now = Instant::now();
         let mut stats: Vec<MethodStats> = self
             .methods
-            .values()
+            .iter()
             .chain([&self.unknown])
             .filter_map(|m| m.snapshot(now))
             .collect();

@@ -17,7 +17,11 @@
 
 pub mod pb;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    collections::HashMap,
+    sync::LazyLock,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// `authorization: Bearer <token>` on every call.
 pub const AUTHORIZATION: &str = "authorization";
@@ -253,35 +257,42 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
+/// Every served method by request path (`/package.Service/Method`), with its position in
+/// [`all_methods`]: one hash lookup per call instead of parsing the path and scanning the
+/// tables.
+static BY_PATH: LazyLock<HashMap<String, (usize, &'static Method)>> = LazyLock::new(|| {
+    all_methods()
+        .enumerate()
+        .map(|(i, m)| (format!("/{}/{}", m.service, m.name), (i, m)))
+        .collect()
+});
+
+/// The position of a request path's method in [`all_methods`] (Jisu's methods first,
+/// then the public ones), if this server serves it: tables of per-method state are
+/// indexed by it.
+pub fn served_index(path: &str) -> Option<usize> {
+    BY_PATH.get(path).map(|&(i, _)| i)
+}
+
 /// The table entry for a request path, if it is a Jisu method.
 pub fn method(path: &str) -> Option<&'static Method> {
-    let (service, name) = split_path(path)?;
-    METHODS
-        .iter()
-        .find(|m| m.service == service && m.name == name)
+    BY_PATH
+        .get(path)
+        .filter(|&&(i, _)| i < METHODS.len())
+        .map(|&(_, m)| m)
 }
 
 /// The table entry for any served path: a Jisu method or a public one.
 pub fn served_method(path: &str) -> Option<&'static Method> {
-    let (service, name) = split_path(path)?;
-    all_methods().find(|m| m.service == service && m.name == name)
+    BY_PATH.get(path).map(|&(_, m)| m)
 }
 
 /// What a request path requires.
 pub fn access(path: &str) -> Access {
-    if let Some(m) = method(path) {
-        return Access::Scope(m.scope);
-    }
-    let Some((service, name)) = split_path(path) else {
-        return Access::Unknown;
-    };
-    if PUBLIC_METHODS
-        .iter()
-        .any(|m| m.service == service && m.name == name)
-    {
-        Access::Public
-    } else {
-        Access::Unknown
+    match BY_PATH.get(path) {
+        Some(&(i, m)) if i < METHODS.len() => Access::Scope(m.scope),
+        Some(_) => Access::Public,
+        None => Access::Unknown,
     }
 }
 
@@ -330,6 +341,13 @@ mod tests {
         assert_eq!(access("/jisucloud.v1.UserService/Nope"), Access::Unknown);
         assert_eq!(access("/grpc.health.v1.Health/Nope"), Access::Unknown);
         assert_eq!(access("/grpc.health.v1.Health"), Access::Unknown);
+        // Positions index per-method tables: each path finds its own.
+        for (i, m) in all_methods().enumerate() {
+            let path = format!("/{}/{}", m.service, m.name);
+            assert_eq!(served_index(&path), Some(i), "{path}");
+            assert!(std::ptr::eq(served_method(&path).unwrap(), m));
+        }
+        assert_eq!(served_index("/jisucloud.v1.UserService/Nope"), None);
         assert_eq!(access("garbage"), Access::Unknown);
         let idempotent: Vec<&str> = METHODS
             .iter()

@@ -1,7 +1,7 @@
 //! The per-method RPC series with go-grpc-prometheus names (`grpc_{server,client}_*`),
 //! registered once on any `metrics` recorder, and the client's own series. The server
 //! registers its side on the same types; the exporter (Prometheus) is the caller's choice.
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use jisu_api::CallType;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Level, Metadata, Recorder};
@@ -92,7 +92,8 @@ impl MethodMetrics {
 /// paths cannot grow the series count.
 #[derive(Debug)]
 pub struct MethodTable {
-    methods: HashMap<String, Arc<MethodMetrics>>,
+    /// In [`jisu_api::all_methods`] order (see [`jisu_api::served_index`]).
+    methods: Vec<Arc<MethodMetrics>>,
     unknown: Arc<MethodMetrics>,
 }
 
@@ -102,10 +103,9 @@ impl MethodTable {
         Self {
             methods: jisu_api::all_methods()
                 .map(|m| {
-                    let path = format!("/{}/{}", m.service, m.name);
                     let series =
                         MethodMetrics::register(recorder, side, m.service, m.name, m.call_type);
-                    (path, Arc::new(series))
+                    Arc::new(series)
                 })
                 .collect(),
             unknown: Arc::new(MethodMetrics::register(
@@ -119,7 +119,14 @@ impl MethodTable {
     }
 
     pub fn get(&self, path: &str) -> &Arc<MethodMetrics> {
-        self.methods.get(path).unwrap_or(&self.unknown)
+        self.at(jisu_api::served_index(path))
+    }
+
+    /// The series of the method at `index` ([`jisu_api::served_index`]; `None`: unknown).
+    pub fn at(&self, index: Option<usize>) -> &Arc<MethodMetrics> {
+        index
+            .and_then(|i| self.methods.get(i))
+            .unwrap_or(&self.unknown)
     }
 }
 
