@@ -11,12 +11,6 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
-/// mimalloc: per-thread free lists, so memory freed on another thread (spans built on a
-/// worker, dropped by the export thread) costs no lock (BENCHMARKS.md, session 7).
-#[cfg(not(feature = "alloc-count"))]
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "alloc-count")]
     let _profiler = dhat::Profiler::builder()
