@@ -141,8 +141,18 @@ if have("bare", "full10", "full100"):
     for v, limit in (("full10", 1.25), ("full100", 1.6)):
         c = med(pick("max", v), lambda r: r["server_cpu_us_per_call"])
         target(c <= limit * bcpu, f"server CPU per call, {NAMES[v]}, each at its own max: ≤ {limit}× bare: {c / bcpu:.2f}×")
+RUN_NAMES = {"max": "closed-loop max", "rate70": "70% of the 10% stack's max",
+             "rate4k": "4,000/s", "conc1": "one at a time"}
 for s_ in spans:
-    target(s_["dropped"] == 0, f"{NAMES[s_['variant']]}: no span dropped at the rates measured: {s_['dropped']}")
+    v = s_["variant"]
+    # Where they were dropped: per kind of run (the count is read around each run).
+    where = {}
+    for r in rows:
+        if r["variant"] == v and "spans_dropped" in r:
+            where[r["run"]] = where.get(r["run"], 0) + r["spans_dropped"]
+    detail = ", ".join(f"{RUN_NAMES.get(k, k)} {n}" for k, n in where.items())
+    target(s_["dropped"] == 0, f"{NAMES[v]}: no span dropped at the rates measured: {s_['dropped']}"
+           + (f" (by run: {detail})" if detail else ""))
 # Where the cost is: TLS alone (bare-tls vs bare) and everything else (full vs bare-tls).
 for run, label in (("rate70", "at 70% of the full stack's max"), ("rate4k", "at 4,000/s")):
     b, t = cpu_at.get((run, "bare")), cpu_at.get((run, "bare-tls"))
