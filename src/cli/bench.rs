@@ -281,44 +281,42 @@ async fn serve_target(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
 ) -> anyhow::Result<()> {
-    {
-        match args.kind {
-            TargetKind::Bare => targets::serve_bare(listener, store).await?,
-            TargetKind::BareTls => {
-                targets::serve_bare_tls(listener, server_tls(&args.certs)?, store).await?
-            }
-            TargetKind::Rest => {
-                let tls = server_tls(&args.certs)?;
-                let verifier = TokenVerifier::from_file(
-                    &args.certs.join("jwt.pub"),
-                    &VerifierSettings {
-                        issuer: "jisu".into(),
-                        audience: "jisucloud".into(),
-                        leeway: Duration::from_secs(30),
-                        max_token_bytes: 8192,
-                        cache_capacity: 10_000,
-                    },
-                )?;
-                targets::serve_rest(listener, tls, verifier, store).await?
-            }
-            TargetKind::OtlpSink => {
-                let sink = targets::OtlpSink::default();
-                let spans = sink.spans.clone();
-                tokio::spawn(async move {
-                    let mut tick = tokio::time::interval(Duration::from_secs(1));
-                    let mut last = 0;
-                    loop {
-                        tick.tick().await;
-                        let now = spans.load(std::sync::atomic::Ordering::Relaxed);
-                        if now != last {
-                            eprintln!("otlp-sink: {now} spans received");
-                            last = now;
-                        }
-                    }
-                });
-                targets::serve_otlp_sink(listener, sink).await?
-            }
+    match args.kind {
+        TargetKind::Bare => targets::serve_bare(listener, store).await?,
+        TargetKind::BareTls => {
+            targets::serve_bare_tls(listener, server_tls(&args.certs)?, store).await?
         }
-        Ok(())
+        TargetKind::Rest => {
+            let tls = server_tls(&args.certs)?;
+            let verifier = TokenVerifier::from_file(
+                &args.certs.join("jwt.pub"),
+                &VerifierSettings {
+                    issuer: "jisu".into(),
+                    audience: "jisucloud".into(),
+                    leeway: Duration::from_secs(30),
+                    max_token_bytes: 8192,
+                    cache_capacity: 10_000,
+                },
+            )?;
+            targets::serve_rest(listener, tls, verifier, store).await?
+        }
+        TargetKind::OtlpSink => {
+            let sink = targets::OtlpSink::default();
+            let spans = sink.spans.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                let mut last = 0;
+                loop {
+                    tick.tick().await;
+                    let now = spans.load(std::sync::atomic::Ordering::Relaxed);
+                    if now != last {
+                        eprintln!("otlp-sink: {now} spans received");
+                        last = now;
+                    }
+                }
+            });
+            targets::serve_otlp_sink(listener, sink).await?
+        }
     }
+    Ok(())
 }

@@ -130,7 +130,9 @@ pub fn authorize(
     headers: &HeaderMap,
     peer: Option<&Peer>,
 ) -> Result<Option<Arc<Principal>>, (Error, &'static str)> {
-    let scope = match api::access(path) {
+    // One lookup of the path: what it requires, and its policy rules.
+    let index = api::served_index(path);
+    let scope = match api::access_at(index) {
         Access::Public => return Ok(None),
         Access::Scope(scope) => scope,
         // Fail closed: no token, policy or handler is consulted for a path outside the
@@ -166,14 +168,17 @@ pub fn authorize(
         return Err(refuse(AuthFailure::CertificateMismatch));
     }
     let policy = policy.current();
-    let decision = policy.decide(&Call {
-        method: path.trim_start_matches('/'),
-        caller: peer.map_or("", |p| p.identity.as_str()),
-        subject: &principal.subject,
-        issuer: &principal.issuer,
-        audiences: &principal.audiences,
-        scopes: &principal.scopes,
-    });
+    let decision = policy.decide_at(
+        index,
+        &Call {
+            method: path.trim_start_matches('/'),
+            caller: peer.map_or("", |p| p.identity.as_str()),
+            subject: &principal.subject,
+            issuer: &principal.issuer,
+            audiences: &principal.audiences,
+            scopes: &principal.scopes,
+        },
+    );
     jisu_client::children::with_current(|c| c.set_authz(decision.allowed, &decision.rule));
     if decision.allowed {
         return Ok(Some(principal));

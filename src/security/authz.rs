@@ -22,7 +22,7 @@
 //! matches any value of it. Every decision is counted in
 //! `jisu_authz_decisions_total{decision,rule}` and recorded on the call's span; a deny
 //! names its rule in the log, never in the response.
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{path::Path, sync::Arc};
 
 use metrics::Counter;
 use serde::Deserialize;
@@ -144,10 +144,11 @@ pub struct Decision {
 #[derive(Debug)]
 pub struct Policy {
     rules: Vec<Rule>,
-    /// For each method of the table (`package.Service/Method`), the rules whose method
-    /// patterns match it, in order: matched once at load, so a call tests only the rules
-    /// that can apply to it, and no method pattern (see [`Policy::decide`]).
-    by_method: HashMap<String, Box<[usize]>>,
+    /// For each method of the table ([`METHODS`] order, the position
+    /// [`crate::api::served_index`] gives), the rules whose method patterns match it, in
+    /// order: matched once at load, so a call tests only the rules that can apply to it,
+    /// and no method pattern (see [`Policy::decide_at`]).
+    by_method: Vec<Box<[usize]>>,
     /// Where it came from, for the logs (`built-in` or the file).
     pub source: String,
     /// The built-in scope table: a deny can then name the missing scope.
@@ -258,10 +259,9 @@ impl Policy {
             .iter()
             .map(|m| {
                 let method = format!("{}/{}", m.service, m.name);
-                let applicable = (0..rules.len())
+                (0..rules.len())
                     .filter(|&i| rules[i].methods.any(&method))
-                    .collect();
-                (method, applicable)
+                    .collect()
             })
             .collect();
         Self {
@@ -273,16 +273,28 @@ impl Policy {
         }
     }
 
-    /// Decides `call` and counts the decision. A method of the table is looked up once
-    /// and only its rules are tested; any other name is matched against every rule.
+    /// Decides `call` by testing every rule in order, and counts the decision.
     pub fn decide(&self, call: &Call<'_>) -> Decision {
-        let rule = match self.by_method.get(call.method) {
-            Some(applicable) => applicable
-                .iter()
-                .map(|&i| &self.rules[i])
-                .find(|r| r.matches_caller(call)),
-            None => self.rules.iter().find(|r| r.matches(call)),
-        };
+        self.decided(self.rules.iter().find(|r| r.matches(call)))
+    }
+
+    /// Decides `call` to the method at `method` in the table
+    /// ([`crate::api::served_index`]): only the rules matched to it at load are tested.
+    /// Any other position (`None`, a public method) is decided by [`Policy::decide`].
+    pub fn decide_at(&self, method: Option<usize>, call: &Call<'_>) -> Decision {
+        match method.and_then(|i| self.by_method.get(i)) {
+            Some(applicable) => self.decided(
+                applicable
+                    .iter()
+                    .map(|&i| &self.rules[i])
+                    .find(|r| r.matches_caller(call)),
+            ),
+            None => self.decide(call),
+        }
+    }
+
+    /// The decision of `rule` (none matched: the default deny), counted.
+    fn decided(&self, rule: Option<&Rule>) -> Decision {
         match rule {
             Some(rule) => {
                 rule.counter.increment(1);
@@ -436,7 +448,7 @@ mod tests {
         .unwrap();
         let scopes = [vec![], vec!["r".to_owned()]];
         let mut decided = std::collections::BTreeSet::new();
-        for m in METHODS {
+        for (index, m) in METHODS.iter().enumerate() {
             let method = format!("{}/{}", m.service, m.name);
             for caller in ["spiffe://partner/a", "c"] {
                 for subject in ["svc-a", "alice"] {
@@ -444,7 +456,7 @@ mod tests {
                         let c = call(&method, caller, subject, scopes);
                         let full = policy.rules.iter().find(|r| r.matches(&c));
                         let full = full.map_or("default", |r| &*r.name);
-                        assert_eq!(&*policy.decide(&c).rule, full, "{c:?}");
+                        assert_eq!(&*policy.decide_at(Some(index), &c).rule, full, "{c:?}");
                         decided.insert(full.to_owned());
                     }
                 }

@@ -158,10 +158,6 @@ impl Default for Rpcz {
 }
 
 impl Rpcz {
-    pub fn method(&self, path: &str) -> &Arc<MethodWindow> {
-        self.at(api::served_index(path))
-    }
-
     /// The window of the method at `index` ([`api::served_index`]; `None`: unknown).
     pub fn at(&self, index: Option<usize>) -> &Arc<MethodWindow> {
         index
@@ -194,7 +190,7 @@ mod tests {
     #[test]
     fn counts_codes_and_percentiles_per_method() {
         let rpcz = Rpcz::default();
-        let get = rpcz.method("/jisucloud.v1.UserService/GetUser");
+        let get = rpcz.at(api::served_index("/jisucloud.v1.UserService/GetUser"));
         for ms in 1..=100 {
             get.record(Code::Ok, Instant::now(), Duration::from_millis(ms));
         }
@@ -208,7 +204,7 @@ mod tests {
             Instant::now(),
             Duration::from_millis(1),
         );
-        rpcz.method("/nope/Nope").record(
+        rpcz.at(api::served_index("/nope/Nope")).record(
             Code::Unimplemented,
             Instant::now(),
             Duration::from_micros(3),

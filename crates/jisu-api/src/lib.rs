@@ -289,8 +289,13 @@ pub fn served_method(path: &str) -> Option<&'static Method> {
 
 /// What a request path requires.
 pub fn access(path: &str) -> Access {
-    match BY_PATH.get(path) {
-        Some(&(i, m)) if i < METHODS.len() => Access::Scope(m.scope),
+    access_at(served_index(path))
+}
+
+/// What the method at `index` ([`served_index`]) requires.
+pub fn access_at(index: Option<usize>) -> Access {
+    match index {
+        Some(i) if i < METHODS.len() => Access::Scope(METHODS[i].scope),
         Some(_) => Access::Public,
         None => Access::Unknown,
     }
