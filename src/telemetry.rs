@@ -19,6 +19,7 @@ pub mod exemplars;
 pub mod metrics;
 pub mod metrics_endpoint;
 pub mod otel;
+pub mod otlp;
 pub mod recent;
 pub mod rpcz;
 

@@ -224,7 +224,7 @@ impl CallObserver for ServerCall {
             children: work.children,
             dropped: work.dropped,
         };
-        if export && (otel::keep(call.span_data()) || sampled) {
+        if export && (call.export() || sampled) {
             self.keep.counter(reason).increment(1);
         }
         if let Some(memory) = memory {
@@ -284,13 +284,24 @@ fn child_attributes(child: &Child) -> Vec<KeyValue> {
     }
 }
 
-/// A child's status: a call's code label, `ERROR` for a store failure, else `OK`.
-fn child_status(child: &Child) -> Option<String> {
+/// A child's failure: a call's code label, `ERROR` for a store failure; `None` for
+/// success (status `OK` in memory, unset in OTLP).
+fn child_error(child: &Child) -> Option<&'static str> {
     match &child.what {
-        ChildKind::Store { failed: true, .. } => Some("ERROR".into()),
+        ChildKind::Store { failed: true, .. } => Some("ERROR"),
         ChildKind::Store { .. } => None,
         ChildKind::Call { code: Code::Ok, .. } => None,
-        ChildKind::Call { code, .. } => Some(code_label(*code).to_owned()),
+        ChildKind::Call { code, .. } => Some(code_label(*code)),
+    }
+}
+
+/// A child span's name in pieces, as [`Child::name`] formats it.
+fn child_name(child: &Child) -> [&str; 3] {
+    match &child.what {
+        ChildKind::Store { operation, .. } => ["store ", operation, ""],
+        ChildKind::Call {
+            service, method, ..
+        } => [service, "/", method],
     }
 }
 
@@ -380,7 +391,7 @@ impl KeptCall<'_> {
                 .into(),
                 offset_micros: micros(child.start.saturating_duration_since(self.start)),
                 duration_micros: micros(child.took),
-                status: child_status(child).unwrap_or_else(|| "OK".into()),
+                status: child_error(child).unwrap_or("OK").to_owned(),
                 attributes: strings(child_attributes(child)),
             });
         }
@@ -398,6 +409,60 @@ impl KeptCall<'_> {
             spans,
             dropped_spans: self.dropped,
         }
+    }
+
+    /// Queues the call's spans for export, encoded where the pipeline takes them so,
+    /// else as `SpanData`; whether the SERVER span was queued.
+    fn export(&self) -> bool {
+        use crate::telemetry::otlp::{Kind, Span};
+        use opentelemetry::trace::TraceState;
+        if !otel::encodes() {
+            return otel::keep(self.span_data());
+        }
+        let nanos = |t: SystemTime| {
+            t.duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        };
+        let c = self.context;
+        let trace_state = (c.trace_state() != &TraceState::NONE).then(|| c.trace_state().header());
+        let trace_state = trace_state.as_deref().unwrap_or_default();
+        let end = SystemTime::now();
+        let started = end - self.took;
+        let server = Span {
+            trace_id: c.trace_id().to_bytes(),
+            span_id: c.span_id().to_bytes(),
+            trace_state,
+            parent: self.ids.parent.map(|p| p.to_bytes()),
+            parent_is_remote: self.ids.parent.is_some(),
+            name: [self.ids.service, "/", self.ids.method],
+            kind: Kind::Server,
+            start_unix_nanos: nanos(started),
+            end_unix_nanos: nanos(end),
+            attributes: &self.attributes,
+            error: (self.code != Code::Ok).then(|| code_label(self.code)),
+        };
+        let queued = otel::keep_encoded(std::slice::from_ref(&server)) == Some(true);
+        for (child, id) in self.children.iter().zip(&self.child_ids) {
+            let start = started + child.start.saturating_duration_since(self.start);
+            let attributes = child_attributes(child);
+            let span = Span {
+                span_id: id.to_bytes(),
+                parent: Some(c.span_id().to_bytes()),
+                parent_is_remote: false,
+                name: child_name(child),
+                kind: match child.what {
+                    ChildKind::Store { .. } => Kind::Internal,
+                    ChildKind::Call { .. } => Kind::Client,
+                },
+                start_unix_nanos: nanos(start),
+                end_unix_nanos: nanos(start + child.took),
+                attributes: &attributes,
+                error: child_error(child),
+                ..server
+            };
+            otel::keep_encoded(std::slice::from_ref(&span));
+        }
+        queued
     }
 
     /// The spans of the call, built from what the record knows: the SERVER span with its
@@ -457,7 +522,7 @@ impl KeptCall<'_> {
                 dropped_attributes_count: 0,
                 events: Default::default(),
                 links: Default::default(),
-                status: status(child_status(child)),
+                status: status(child_error(child).map(str::to_owned)),
                 instrumentation_scope: scope.clone(),
             });
         }

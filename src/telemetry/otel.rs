@@ -42,6 +42,11 @@ use opentelemetry_sdk::{
 };
 use parking_lot::Mutex;
 
+use super::otlp;
+
+/// The instrumentation scope of the spans Jisu builds from a call's record.
+pub const SCOPE: &str = "jisu";
+
 /// Counts of spans handed to the exporter, process-wide (one pipeline per process).
 #[derive(Debug)]
 pub struct SpanStats {
@@ -264,12 +269,20 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
         }
     };
     exporter.set_resource(&resource);
+    // The SERVER spans go encoded by hand over OTLP/gRPC where that path applies; the
+    // SDK's exporter takes the rest (and all of them where it does not).
+    let encoded = (protocol == "grpc")
+        .then(|| {
+            let framing = otlp::Framing::new(&resource, SCOPE);
+            otlp::GrpcExporter::new(&endpoint, env, framing, &mut warnings).ok()
+        })
+        .flatten();
     let batch = BatchSettings::from_env(env, &mut warnings);
     let (sampler, sampler_name) = sampler(env, &mut warnings);
     let _ = SAMPLER.set(sampler.clone());
     let provider = SdkTracerProvider::builder()
         .with_sampler(sampler)
-        .with_span_processor(QueueProcessor::start(exporter, batch))
+        .with_span_processor(QueueProcessor::start(exporter, encoded, batch))
         .with_resource(resource)
         .build();
     let state = TracingState {
@@ -413,36 +426,91 @@ impl std::fmt::Debug for Msg {
 /// sampling under full load.
 #[derive(Debug)]
 struct Queue {
-    spans: Mutex<Vec<SpanData>>,
+    pending: Mutex<Pending>,
     control: SyncSender<Msg>,
     max_queue: usize,
     max_batch: usize,
+    /// Whether spans built from a call's record are queued encoded ([`keep_encoded`]).
+    encodes: bool,
+}
+
+/// Spans waiting: the SDK's, and those encoded by [`otlp::Span::put`] one after the
+/// other (with where each ends, to cut batches). The export thread swaps in its emptied
+/// buffers, so they keep their capacity and pushing allocates nothing once warm.
+#[derive(Debug, Default)]
+struct Pending {
+    sdk: Vec<SpanData>,
+    encoded: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Pending {
+    fn len(&self) -> usize {
+        self.sdk.len() + self.ends.len()
+    }
 }
 
 impl Queue {
-    /// Queues `span`; false (counted as a drop) when the queue is full.
-    fn push(&self, span: SpanData) -> bool {
-        let len = {
-            let mut spans = self.spans.lock();
-            if spans.len() >= self.max_queue {
-                drop(spans);
-                SPAN_STATS
-                    .dropped_queue_full
-                    .fetch_add(1, Ordering::Relaxed);
-                return false;
-            }
-            spans.push(span);
-            spans.len()
-        };
+    fn dropped(n: usize) {
+        SPAN_STATS
+            .dropped_queue_full
+            .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    fn wake_at(&self, len: usize) {
         if len == self.max_batch {
             // Full or busy channel: the thread is awake already, or will be at the schedule.
             let _ = self.control.try_send(Msg::Wake);
         }
+    }
+
+    /// Queues `span`; false (counted as a drop) when the queue is full.
+    fn push(&self, span: SpanData) -> bool {
+        let len = {
+            let mut pending = self.pending.lock();
+            if pending.len() >= self.max_queue {
+                drop(pending);
+                Self::dropped(1);
+                return false;
+            }
+            pending.sdk.push(span);
+            pending.len()
+        };
+        self.wake_at(len);
         true
     }
 
-    fn take(&self) -> Vec<SpanData> {
-        std::mem::take(&mut *self.spans.lock())
+    /// Queues `spans` encoded, as many as there is room for (the rest counted as drops);
+    /// false when there was no room for the first.
+    fn push_encoded(&self, spans: &[otlp::Span<'_>]) -> bool {
+        let bytes: usize = spans.iter().map(otlp::Span::encoded_len).sum();
+        let (queued, len) = {
+            let mut pending = self.pending.lock();
+            let room = self
+                .max_queue
+                .saturating_sub(pending.len())
+                .min(spans.len());
+            let p = &mut *pending;
+            p.encoded.reserve(bytes);
+            for span in &spans[..room] {
+                span.put(&mut p.encoded);
+                p.ends.push(p.encoded.len());
+            }
+            (room, p.len())
+        };
+        if queued < spans.len() {
+            Self::dropped(spans.len() - queued);
+        }
+        // Several spans at once may step over the batch size: wake at the first push past it.
+        if len >= self.max_batch && len - queued < self.max_batch {
+            let _ = self.control.try_send(Msg::Wake);
+        }
+        queued > 0
+    }
+
+    /// Swaps what is waiting for `into`'s (emptied) buffers.
+    fn take(&self, into: &mut Pending) {
+        std::mem::swap(&mut *self.pending.lock(), into);
     }
 }
 
@@ -480,28 +548,50 @@ pub fn keep(spans: Vec<SpanData>) -> bool {
     first
 }
 
+/// Like [`keep`], for spans the pipeline takes encoded (an OTLP/gRPC endpoint, see
+/// [`otlp`]): `None` when it does not (build `SpanData` for [`keep`] instead), else
+/// whether the first span (the SERVER span) was queued.
+pub fn keep_encoded(spans: &[otlp::Span<'_>]) -> Option<bool> {
+    let queue = KEEP.get().filter(|q| q.encodes)?;
+    Some(queue.push_encoded(spans))
+}
+
+/// Whether [`keep_encoded`] takes spans.
+pub fn encodes() -> bool {
+    KEEP.get().is_some_and(|q| q.encodes)
+}
+
 impl QueueProcessor {
     /// Starts the export thread; this queue also takes the spans kept after the fact
     /// ([`keep`]) when it is the process's first.
-    pub fn start<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
-        let processor = Self::spawn(exporter, settings);
+    pub fn start<E: SpanExporter + 'static>(
+        exporter: E,
+        encoded: Option<otlp::GrpcExporter>,
+        settings: BatchSettings,
+    ) -> Self {
+        let processor = Self::spawn(exporter, encoded, settings);
         let _ = KEEP.set(processor.queue.clone());
         processor
     }
 
-    fn spawn<E: SpanExporter + 'static>(exporter: E, settings: BatchSettings) -> Self {
+    fn spawn<E: SpanExporter + 'static>(
+        exporter: E,
+        encoded: Option<otlp::GrpcExporter>,
+        settings: BatchSettings,
+    ) -> Self {
         let (control, rx) = mpsc::sync_channel(16);
         let queue = std::sync::Arc::new(Queue {
-            spans: Mutex::new(Vec::with_capacity(settings.max_batch)),
+            pending: Mutex::new(Pending::default()),
             control,
             max_queue: settings.max_queue,
             max_batch: settings.max_batch,
+            encodes: encoded.is_some(),
         });
         let worker = {
             let queue = queue.clone();
             std::thread::Builder::new()
                 .name("jisu-otlp-export".into())
-                .spawn(move || export_loop(exporter, &queue, rx, settings))
+                .spawn(move || export_loop(exporter, encoded, &queue, rx, settings))
                 .expect("spawning the span export thread")
         };
         Self {
@@ -547,44 +637,83 @@ impl SpanProcessor for QueueProcessor {
     }
 }
 
+/// Counts a batch's outcome, and says once when export starts failing and when it
+/// recovers.
+#[derive(Debug, Default)]
+struct Outcome {
+    failing: bool,
+}
+
+impl Outcome {
+    fn record(&mut self, n: u64, result: Result<u64, String>) -> OTelSdkResult {
+        match result {
+            Ok(rejected) => {
+                SPAN_STATS
+                    .exported
+                    .fetch_add(n - rejected.min(n), Ordering::Relaxed);
+                if rejected > 0 {
+                    SPAN_STATS
+                        .dropped_export_failed
+                        .fetch_add(rejected.min(n), Ordering::Relaxed);
+                    tracing::warn!(spans = rejected, "the collector rejected spans");
+                }
+                if self.failing {
+                    tracing::info!("span export recovered");
+                    self.failing = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                SPAN_STATS
+                    .dropped_export_failed
+                    .fetch_add(n, Ordering::Relaxed);
+                if !self.failing {
+                    tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
+                    self.failing = true;
+                }
+                Err(OTelSdkError::InternalFailure(e))
+            }
+        }
+    }
+}
+
 fn export_loop<E: SpanExporter>(
     exporter: E,
+    encoded: Option<otlp::GrpcExporter>,
     queue: &Queue,
     rx: mpsc::Receiver<Msg>,
     settings: BatchSettings,
 ) {
-    let mut failing = false;
+    let mut outcome = Outcome::default();
+    let mut batch = Pending::default();
     // Exports what is queued, in batches of at most `max_batch`.
     let mut export = || {
-        let mut pending = queue.take();
+        queue.take(&mut batch);
         let mut result = Ok(());
+        let mut pending = std::mem::take(&mut batch.sdk);
         while !pending.is_empty() {
             let rest = pending.split_off(pending.len().min(settings.max_batch));
-            let batch = std::mem::replace(&mut pending, rest);
-            let n = batch.len() as u64;
-            let r = futures::executor::block_on(exporter.export(batch));
-            match &r {
-                Ok(()) => {
-                    SPAN_STATS.exported.fetch_add(n, Ordering::Relaxed);
-                    if failing {
-                        tracing::info!("span export recovered");
-                        failing = false;
-                    }
-                }
-                Err(e) => {
-                    SPAN_STATS
-                        .dropped_export_failed
-                        .fetch_add(n, Ordering::Relaxed);
-                    if !failing {
-                        tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
-                        failing = true;
-                    }
-                }
-            }
-            if r.is_err() {
-                result = r;
+            let spans = std::mem::replace(&mut pending, rest);
+            let n = spans.len() as u64;
+            let r = futures::executor::block_on(exporter.export(spans)).map(|()| 0);
+            if let Err(e) = outcome.record(n, r.map_err(|e| e.to_string())) {
+                result = Err(e);
             }
         }
+        if let Some(client) = &encoded {
+            let mut start = 0;
+            for ends in batch.ends.chunks(settings.max_batch) {
+                let end = ends[ends.len() - 1];
+                let request = client.framing.request(&batch.encoded[start..end]);
+                start = end;
+                let r = client.export(request).map_err(|s| s.message().to_owned());
+                if let Err(e) = outcome.record(ends.len() as u64, r) {
+                    result = Err(e);
+                }
+            }
+        }
+        batch.encoded.clear();
+        batch.ends.clear();
         result
     };
     let mut deadline = Instant::now() + settings.schedule_delay;
@@ -714,7 +843,7 @@ mod tests {
         }
     }
 
-    fn span() -> SpanData {
+    fn span_data() -> SpanData {
         use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId};
         SpanData {
             span_context: SpanContext::new(
@@ -744,6 +873,7 @@ mod tests {
         let (tx, batches) = std::sync::mpsc::channel();
         let processor = QueueProcessor::spawn(
             Batches(tx),
+            None,
             BatchSettings {
                 // Never, within the test: only a full batch triggers an export.
                 schedule_delay: Duration::from_secs(3600),
@@ -752,22 +882,70 @@ mod tests {
             },
         );
         for _ in 0..3 {
-            processor.on_end(span());
+            processor.on_end(span_data());
         }
         assert_eq!(batches.recv_timeout(Duration::from_secs(10)), Ok(3));
         // The queue holds 6: the 7th is dropped and counted; a flush sends the rest in
         // batches of at most 3.
         let dropped = SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed);
         let queue = &processor.queue;
-        queue.spans.lock().extend((0..5).map(|_| span()));
-        assert!(queue.push(span()));
-        assert!(!queue.push(span()));
+        queue.pending.lock().sdk.extend((0..5).map(|_| span_data()));
+        assert!(queue.push(span_data()));
+        assert!(!queue.push(span_data()));
         assert!(SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed) > dropped);
         processor.force_flush().unwrap();
         assert_eq!(batches.try_iter().collect::<Vec<_>>(), [3, 3]);
         processor
             .shutdown_with_timeout(Duration::from_secs(10))
             .unwrap();
+    }
+
+    /// Encoded spans share the bound and the batch wake-up with the SDK's: the push that
+    /// reaches a batch wakes the thread once, spans past the bound are dropped and
+    /// counted, and each queued span's bytes end where the queue says.
+    #[test]
+    fn encoded_spans_are_bounded_and_batched_like_the_sdks() {
+        let (control, rx) = mpsc::sync_channel(16);
+        let queue = Queue {
+            pending: Mutex::new(Pending::default()),
+            control,
+            max_queue: 5,
+            max_batch: 3,
+            encodes: true,
+        };
+        let span = |i: u8| otlp::Span {
+            trace_id: [i; 16],
+            span_id: [i; 8],
+            trace_state: "",
+            parent: None,
+            parent_is_remote: false,
+            name: ["s", "/", "m"],
+            kind: otlp::Kind::Server,
+            start_unix_nanos: 1,
+            end_unix_nanos: 2,
+            attributes: &[],
+            error: None,
+        };
+        assert!(queue.push_encoded(&[span(1), span(2)]));
+        assert!(rx.try_recv().is_err(), "2 of a batch of 3: no wake-up");
+        queue.push(span_data());
+        assert!(matches!(rx.try_recv(), Ok(Msg::Wake)), "3: a batch");
+        let dropped = SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed);
+        // Room for 2 of 3.
+        assert!(queue.push_encoded(&[span(3), span(4), span(5)]));
+        assert!(rx.try_recv().is_err(), "one wake-up per batch");
+        assert!(SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed) > dropped);
+        assert!(
+            !queue.push_encoded(&[span(6)]),
+            "full: the first is not queued"
+        );
+        let mut taken = Pending::default();
+        queue.take(&mut taken);
+        assert_eq!((taken.sdk.len(), taken.ends.len()), (1, 4));
+        let one = span(1).encoded_len();
+        assert_eq!(taken.ends, [one, 2 * one, 3 * one, 4 * one]);
+        assert_eq!(taken.encoded.len(), 4 * one);
+        assert_eq!(queue.pending.lock().len(), 0);
     }
 
     #[test]
