@@ -192,12 +192,9 @@ impl CallObserver for ServerCall {
         if export || memory.is_some() {
             // A trace that can be found (exported, or kept here): the latency bucket's
             // exemplar.
-            self.metrics.exemplars().record(
-                ids.service,
-                ids.method,
-                context.trace_id().to_string(),
-                took,
-            );
+            self.metrics
+                .exemplars()
+                .record(ids.service, ids.method, context.trace_id(), took);
         }
         // Why the spans exist: the head sample (the caller's or the sampler's choice) when
         // exported as such, else why the outcome kept it.

@@ -24,7 +24,8 @@ const BUCKETS: usize = LATENCY_BUCKETS.len() + 1;
 
 #[derive(Debug, Clone, PartialEq)]
 struct Exemplar {
-    trace_id: String,
+    /// Formatted (32 lowercase hex digits) only when scraped.
+    trace_id: opentelemetry::trace::TraceId,
     seconds: f64,
     unix_seconds: f64,
 }
@@ -52,7 +53,7 @@ impl Exemplars {
         &self,
         service: &'static str,
         method: &'static str,
-        trace_id: String,
+        trace_id: opentelemetry::trace::TraceId,
         took: Duration,
     ) {
         let seconds = took.as_secs_f64();
@@ -207,7 +208,7 @@ grpc_server_handling_seconds_count{grpc_type=\"unary\",grpc_service=\"jisucloud.
         e.record(
             "jisucloud.v1.UserService",
             "GetUser",
-            "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
             Duration::from_micros(4200),
         );
         let om = openmetrics(TEXT, &e);

@@ -15,6 +15,10 @@
 //! line a `trace_id`); with export off, only calls whose caller sampled them are recorded,
 //! and nothing is sent anywhere.
 //!
+//! The SERVER spans built from a call's record go to an uncompressed OTLP/gRPC endpoint
+//! encoded by hand ([`otlp`]: no `SpanData`, no per-span allocation); everything else takes
+//! the SDK's exporter.
+//!
 //! The queue between the request path and the exporter is bounded: when it is full a span
 //! is dropped (never waited for) and counted, as are spans whose export failed; both show
 //! on `/metrics` as `jisu_otel_spans_dropped_total{reason}`.

@@ -10,10 +10,10 @@
 //! request's. The bytes decode to exactly what the SDK's conversion builds (test
 //! `encoded_spans_decode_like_the_sdks_conversion`).
 //!
-//! Used when traces go to an OTLP/gRPC endpoint over plain HTTP/2 (a local collector,
-//! Jaeger's 4317); other set-ups (`http/protobuf`, `https://`) keep the SDK's exporter.
-//! Reads the standard `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS`, `_TIMEOUT` and `_COMPRESSION`
-//! (`gzip`, `zstd`).
+//! Used when traces go uncompressed to an OTLP/gRPC endpoint over plain HTTP/2 (a local
+//! collector, Jaeger's 4317); other set-ups (`http/protobuf`, `https://`,
+//! `OTEL_EXPORTER_OTLP_COMPRESSION`) keep the SDK's exporter. Reads the standard
+//! `OTEL_EXPORTER_OTLP_[TRACES_]HEADERS` and `_TIMEOUT`.
 use std::{collections::HashMap, time::Duration};
 
 use bytes::{BufMut, Bytes};
@@ -21,7 +21,7 @@ use opentelemetry::{Array, KeyValue, Value};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
 use prost::Message as _;
 use tonic::{
-    codec::{Codec, CompressionEncoding, EncodeBuf, Encoder},
+    codec::{Codec, EncodeBuf, Encoder},
     metadata::{MetadataKey, MetadataMap, MetadataValue},
     transport::{Channel, Endpoint},
 };
@@ -407,7 +407,15 @@ impl GrpcExporter {
         if !endpoint.starts_with("http://") {
             return Err("not a plain http:// endpoint");
         }
+        if setting(env, "COMPRESSION").is_some_and(|c| c != "none") {
+            return Err("compression asked for (the SDK's exporter compresses)");
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| "no tokio runtime")?;
+        // The export thread blocks on this handle: only a multi-thread runtime drives its
+        // I/O and timers without the thread that built it.
+        if runtime.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+            return Err("not a multi-thread tokio runtime");
+        }
         let timeout = setting(env, "TIMEOUT")
             .and_then(|t| t.parse::<u64>().ok())
             .map_or(Duration::from_secs(10), Duration::from_millis);
@@ -416,15 +424,7 @@ impl GrpcExporter {
             .connect_timeout(timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        let mut grpc = tonic::client::Grpc::new(channel);
-        match setting(env, "COMPRESSION") {
-            None | Some("none") => {}
-            Some("gzip") => grpc = grpc.send_compressed(CompressionEncoding::Gzip),
-            Some("zstd") => grpc = grpc.send_compressed(CompressionEncoding::Zstd),
-            Some(other) => warnings.push(format!(
-                "OTEL_EXPORTER_OTLP_COMPRESSION={other:?} is not supported (gzip, zstd): sent uncompressed"
-            )),
-        }
+        let grpc = tonic::client::Grpc::new(channel);
         Ok(Self {
             grpc,
             headers: setting(env, "HEADERS")
@@ -508,7 +508,16 @@ mod tests {
         let attrs = attributes();
         let start = SystemTime::now();
         let end = start + Duration::from_micros(1234);
-        let cases: Vec<(Option<[u8; 8]>, bool, Option<&str>, SpanKind, Kind, &str)> = vec![
+        // (parent, parent is remote, error, kind in the SDK, kind here, tracestate)
+        type Case<'a> = (
+            Option<[u8; 8]>,
+            bool,
+            Option<&'a str>,
+            SpanKind,
+            Kind,
+            &'a str,
+        );
+        let cases: Vec<Case> = vec![
             (Some([9; 8]), true, None, SpanKind::Server, Kind::Server, ""),
             (
                 None,

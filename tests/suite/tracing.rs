@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::common::{
     Binary, Calls, MANIFEST, assert_status, jisu_trace, samples, scrape, tool, trace_of, value,
 };
+use axum::response::IntoResponse as _;
 use jisu::{
     client::{ClientConfig, JisuClient},
     pb::{CreateOrderRequest, GetUserRequest, OrderItem},
@@ -31,13 +32,10 @@ struct Received {
 
 struct Receiver(mpsc::UnboundedSender<Received>);
 
-#[tonic::async_trait]
-impl TraceService for Receiver {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        for rs in request.into_inner().resource_spans {
+impl Receiver {
+    /// Passes on each span with its process's `service.name`.
+    fn forward(&self, request: ExportTraceServiceRequest) {
+        for rs in request.resource_spans {
             let service = rs
                 .resource
                 .iter()
@@ -59,6 +57,16 @@ impl TraceService for Receiver {
                 }
             }
         }
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.forward(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
@@ -79,6 +87,36 @@ impl Collector {
                 .add_service(TraceServiceServer::new(Receiver(tx)))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
+        Self {
+            endpoint: format!("http://{addr}"),
+            spans,
+        }
+    }
+
+    /// An OTLP/HTTP (protobuf) receiver on a loopback port: `POST /v1/traces`.
+    async fn start_http() -> Self {
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, spans) = mpsc::unbounded_channel();
+        let receiver = std::sync::Arc::new(Receiver(tx));
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| async move {
+                match ExportTraceServiceRequest::decode(body) {
+                    Ok(request) => {
+                        receiver.forward(request);
+                        (
+                            [("content-type", "application/x-protobuf")],
+                            ExportTraceServiceResponse::default().encode_to_vec(),
+                        )
+                            .into_response()
+                    }
+                    Err(e) => (http::StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
         Self {
             endpoint: format!("http://{addr}"),
             spans,
@@ -705,4 +743,42 @@ async fn errors_are_traced_even_when_head_sampling_drops_them() {
         tree[2].starts_with("   └─ jisucloud.v1.UserService/GetUser  [server]"),
         "{text}"
     );
+}
+
+/// With `OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf` the SERVER spans take the SDK's
+/// exporter (not the hand-encoded OTLP/gRPC path) and arrive the same: the caller's
+/// trace continued, the store's span below the SERVER span, the RPC attributes.
+#[tokio::test]
+async fn http_protobuf_export_carries_the_same_server_spans() {
+    let mut collector = Collector::start_http().await;
+    let server = collector
+        .binary("jisu-http-export")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .start();
+    let client = server.client("users:read").await;
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "10f067aa0ba902b7";
+    let mut req = tonic::Request::new(GetUserRequest {
+        user_id: "USER0001".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    client.users().get_user(req).await.unwrap();
+    let got = collector
+        .trace(trace_id, |got| {
+            named(got, "jisucloud.v1.UserService/GetUser").is_some()
+                && named(got, "store get_user").is_some()
+        })
+        .await;
+    let span = named(&got, "jisucloud.v1.UserService/GetUser").unwrap();
+    let store = named(&got, "store get_user").unwrap();
+    assert_eq!(got[0].service, "jisu-http-export");
+    assert_eq!(span.kind, 2, "SPAN_KIND_SERVER");
+    assert_eq!(hex(&span.parent_span_id), parent_id);
+    assert_eq!(store.parent_span_id, span.span_id);
+    assert_eq!(attr(span, "rpc.method"), s("GetUser"));
+    assert_eq!(attr(span, "jisu.sampled_by"), s("head"));
+    assert_eq!(attr(store, "db.operation.name"), s("get_user"));
 }
