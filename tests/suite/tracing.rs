@@ -148,6 +148,18 @@ impl Collector {
     }
 }
 
+/// GetUser(USER0001) sent as a sampled child of `parent_id` in `trace_id`.
+fn in_trace(trace_id: &str, parent_id: &str) -> tonic::Request<GetUserRequest> {
+    let mut req = tonic::Request::new(GetUserRequest {
+        user_id: "USER0001".into(),
+    });
+    req.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
+    );
+    req
+}
+
 fn attr(span: &Span, key: &str) -> Option<Value> {
     span.attributes
         .iter()
@@ -179,14 +191,11 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
 
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "00f067aa0ba902b7";
-    let mut req = tonic::Request::new(GetUserRequest {
-        user_id: "USER0001".into(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
-    );
-    let reply = client.users().get_user(req).await.unwrap();
+    let reply = client
+        .users()
+        .get_user(in_trace(trace_id, parent_id))
+        .await
+        .unwrap();
     assert_eq!(reply.metadata().get("x-trace-id").unwrap(), trace_id);
 
     // An error carries its trace id too, and marks the span as an error.
@@ -758,14 +767,11 @@ async fn http_protobuf_export_carries_the_same_server_spans() {
     let client = server.client("users:read").await;
     let trace_id = "5bf92f3577b34da6a3ce929d0e0e4736";
     let parent_id = "10f067aa0ba902b7";
-    let mut req = tonic::Request::new(GetUserRequest {
-        user_id: "USER0001".into(),
-    });
-    req.metadata_mut().insert(
-        "traceparent",
-        format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
-    );
-    client.users().get_user(req).await.unwrap();
+    client
+        .users()
+        .get_user(in_trace(trace_id, parent_id))
+        .await
+        .unwrap();
     let got = collector
         .trace(trace_id, |got| {
             named(got, "jisucloud.v1.UserService/GetUser").is_some()
