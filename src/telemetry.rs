@@ -77,8 +77,12 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
         tracing::warn!("{warning}");
     }
     match &state.export {
-        otel::Export::On { endpoint, protocol } => {
-            tracing::info!(%endpoint, %protocol, sampler = %state.sampler, "exporting traces over OTLP");
+        otel::Export::On {
+            endpoint,
+            protocol,
+            server_spans,
+        } => {
+            tracing::info!(%endpoint, %protocol, sampler = %state.sampler, server_spans, "exporting traces over OTLP");
         }
         otel::Export::Off(why) => tracing::info!(
             reason = why,

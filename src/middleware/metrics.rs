@@ -438,7 +438,7 @@ impl KeptCall<'_> {
             attributes: &self.attributes,
             error: (self.code != Code::Ok).then(|| code_label(self.code)),
         };
-        let queued = otel::keep_encoded(std::slice::from_ref(&server)) == Some(true);
+        let queued = otel::keep_encoded(&server);
         for (child, id) in self.children.iter().zip(&self.child_ids) {
             let start = started + child.start.saturating_duration_since(self.start);
             let attributes = child_attributes(child);
@@ -457,7 +457,7 @@ impl KeptCall<'_> {
                 error: child_error(child),
                 ..server
             };
-            otel::keep_encoded(std::slice::from_ref(&span));
+            otel::keep_encoded(&span);
         }
         queued
     }
@@ -483,7 +483,7 @@ impl KeptCall<'_> {
             Some(label) => Status::error(label),
             None => Status::Unset,
         };
-        let scope = opentelemetry::InstrumentationScope::builder("jisu").build();
+        let scope = opentelemetry::InstrumentationScope::builder(otel::SCOPE).build();
         let end = SystemTime::now();
         let started = end - self.took;
         let mut spans = Vec::with_capacity(self.children.len() + 1);

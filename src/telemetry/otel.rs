@@ -91,7 +91,13 @@ pub struct TracingState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Export {
-    On { endpoint: String, protocol: String },
+    On {
+        endpoint: String,
+        protocol: String,
+        /// How the SERVER spans are exported: encoded by Jisu, or why the SDK's exporter
+        /// takes them (see [`otlp::GrpcExporter::new`]).
+        server_spans: &'static str,
+    },
     Off(&'static str),
 }
 
@@ -275,12 +281,17 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
     exporter.set_resource(&resource);
     // The SERVER spans go encoded by hand over OTLP/gRPC where that path applies; the
     // SDK's exporter takes the rest (and all of them where it does not).
-    let encoded = (protocol == "grpc")
-        .then(|| {
-            let framing = otlp::Framing::new(&resource, SCOPE);
-            otlp::GrpcExporter::new(&endpoint, env, framing, &mut warnings).ok()
-        })
-        .flatten();
+    let encoded = if protocol == "grpc" {
+        let framing = otlp::Framing::new(&resource, SCOPE);
+        otlp::GrpcExporter::new(&endpoint, env, framing, &mut warnings)
+    } else {
+        Err("not OTLP/gRPC")
+    };
+    let server_spans = match &encoded {
+        Ok(_) => "encoded by Jisu (OTLP/gRPC)",
+        Err(why) => why,
+    };
+    let encoded = encoded.ok();
     let batch = BatchSettings::from_env(env, &mut warnings);
     let (sampler, sampler_name) = sampler(env, &mut warnings);
     let _ = SAMPLER.set(sampler.clone());
@@ -290,7 +301,11 @@ pub fn pipeline(env: &HashMap<String, String>) -> (SdkTracerProvider, TracingSta
         .with_resource(resource)
         .build();
     let state = TracingState {
-        export: Export::On { endpoint, protocol },
+        export: Export::On {
+            endpoint,
+            protocol,
+            server_spans,
+        },
         sampler: sampler_name,
         warnings,
     };
@@ -455,61 +470,39 @@ impl Pending {
 }
 
 impl Queue {
-    fn dropped(n: usize) {
-        SPAN_STATS
-            .dropped_queue_full
-            .fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    fn wake_at(&self, len: usize) {
-        if len == self.max_batch {
-            // Full or busy channel: the thread is awake already, or will be at the schedule.
-            let _ = self.control.try_send(Msg::Wake);
-        }
-    }
-
-    /// Queues `span`; false (counted as a drop) when the queue is full.
-    fn push(&self, span: SpanData) -> bool {
+    /// Adds one span with `add` unless the queue is full (then counted as a drop and
+    /// false); wakes the export thread when a whole batch is waiting.
+    fn admit(&self, add: impl FnOnce(&mut Pending)) -> bool {
         let len = {
             let mut pending = self.pending.lock();
             if pending.len() >= self.max_queue {
                 drop(pending);
-                Self::dropped(1);
+                SPAN_STATS
+                    .dropped_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
                 return false;
             }
-            pending.sdk.push(span);
+            add(&mut pending);
             pending.len()
         };
-        self.wake_at(len);
+        if len == self.max_batch {
+            // Full or busy channel: the thread is awake already, or will be at the schedule.
+            let _ = self.control.try_send(Msg::Wake);
+        }
         true
     }
 
-    /// Queues `spans` encoded, as many as there is room for (the rest counted as drops);
-    /// false when there was no room for the first.
-    fn push_encoded(&self, spans: &[otlp::Span<'_>]) -> bool {
-        let bytes: usize = spans.iter().map(otlp::Span::encoded_len).sum();
-        let (queued, len) = {
-            let mut pending = self.pending.lock();
-            let room = self
-                .max_queue
-                .saturating_sub(pending.len())
-                .min(spans.len());
-            let p = &mut *pending;
-            p.encoded.reserve(bytes);
-            for span in &spans[..room] {
-                span.put(&mut p.encoded);
-                p.ends.push(p.encoded.len());
-            }
-            (room, p.len())
-        };
-        if queued < spans.len() {
-            Self::dropped(spans.len() - queued);
-        }
-        // Several spans at once may step over the batch size: wake at the first push past it.
-        if len >= self.max_batch && len - queued < self.max_batch {
-            let _ = self.control.try_send(Msg::Wake);
-        }
-        queued > 0
+    /// Queues `span`; false (counted as a drop) when the queue is full.
+    fn push(&self, span: SpanData) -> bool {
+        self.admit(|p| p.sdk.push(span))
+    }
+
+    /// Queues `span` encoded; false (counted as a drop) when the queue is full.
+    fn push_encoded(&self, span: &otlp::Span<'_>) -> bool {
+        self.admit(|p| {
+            span.put(&mut p.encoded);
+            p.ends.push(p.encoded.len());
+        })
     }
 
     /// Swaps what is waiting for `into`'s (emptied) buffers.
@@ -552,15 +545,17 @@ pub fn keep(spans: Vec<SpanData>) -> bool {
     first
 }
 
-/// Like [`keep`], for spans the pipeline takes encoded (an OTLP/gRPC endpoint, see
-/// [`otlp`]): `None` when it does not (build `SpanData` for [`keep`] instead), else
-/// whether the first span (the SERVER span) was queued.
-pub fn keep_encoded(spans: &[otlp::Span<'_>]) -> Option<bool> {
-    let queue = KEEP.get().filter(|q| q.encodes)?;
-    Some(queue.push_encoded(spans))
+/// Like [`keep`], one span at a time, for a pipeline that takes spans encoded (see
+/// [`encodes`]): whether it was queued (false when export is off, the pipeline does not
+/// encode, or the queue is full).
+pub fn keep_encoded(span: &otlp::Span<'_>) -> bool {
+    KEEP.get()
+        .filter(|q| q.encodes)
+        .is_some_and(|q| q.push_encoded(span))
 }
 
-/// Whether [`keep_encoded`] takes spans.
+/// Whether the pipeline takes the spans built from a call's record encoded
+/// ([`keep_encoded`]) rather than as `SpanData` ([`keep`]).
 pub fn encodes() -> bool {
     KEEP.get().is_some_and(|q| q.encodes)
 }
@@ -708,9 +703,10 @@ fn export_loop<E: SpanExporter>(
             let mut start = 0;
             for ends in batch.ends.chunks(settings.max_batch) {
                 let end = ends[ends.len() - 1];
-                let request = client.framing.request(&batch.encoded[start..end]);
+                let r = client
+                    .export(&batch.encoded[start..end])
+                    .map_err(|s| s.to_string());
                 start = end;
-                let r = client.export(request).map_err(|s| s.message().to_owned());
                 if let Err(e) = outcome.record(ends.len() as u64, r) {
                     result = Err(e);
                 }
@@ -930,17 +926,19 @@ mod tests {
             attributes: &[],
             error: None,
         };
-        assert!(queue.push_encoded(&[span(1), span(2)]));
+        assert!(queue.push_encoded(&span(1)) && queue.push_encoded(&span(2)));
         assert!(rx.try_recv().is_err(), "2 of a batch of 3: no wake-up");
         queue.push(span_data());
         assert!(matches!(rx.try_recv(), Ok(Msg::Wake)), "3: a batch");
         let dropped = SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed);
         // Room for 2 of 3.
-        assert!(queue.push_encoded(&[span(3), span(4), span(5)]));
+        let pushed = [3, 4, 5].map(|i| queue.push_encoded(&span(i)));
+        assert!(pushed[0]);
+        assert_eq!(pushed, [true, true, false]);
         assert!(rx.try_recv().is_err(), "one wake-up per batch");
         assert!(SPAN_STATS.dropped_queue_full.load(Ordering::Relaxed) > dropped);
         assert!(
-            !queue.push_encoded(&[span(6)]),
+            !queue.push_encoded(&span(6)),
             "full: the first is not queued"
         );
         let mut taken = Pending::default();

@@ -220,6 +220,7 @@ impl Span<'_> {
     }
 
     /// How many bytes [`Span::put`] writes.
+    #[cfg(test)]
     pub fn encoded_len(&self) -> usize {
         field_len(2, self.len())
     }
@@ -301,7 +302,7 @@ impl Framing {
     }
 
     /// An `ExportTraceServiceRequest` holding `spans` (entries written by [`Span::put`]).
-    pub fn request(&self, spans: &[u8]) -> Bytes {
+    fn request(&self, spans: &[u8]) -> Bytes {
         let scope_spans = field_len(1, self.scope.len()) + spans.len();
         let schema = self.resource_schema.len();
         let resource_spans = field_len(1, self.resource.len())
@@ -356,11 +357,8 @@ pub struct GrpcExporter {
     headers: MetadataMap,
     timeout: Duration,
     runtime: tokio::runtime::Handle,
-    pub framing: Framing,
+    framing: Framing,
 }
-
-/// Why the encoded path is not used (the SDK's exporter is), when it is not.
-pub type NotUsed = &'static str;
 
 /// `OTEL_EXPORTER_OTLP_TRACES_<name>`, else `OTEL_EXPORTER_OTLP_<name>`.
 fn setting<'a>(env: &'a HashMap<String, String>, name: &str) -> Option<&'a str> {
@@ -397,13 +395,14 @@ pub fn headers(raw: &str, warnings: &mut Vec<String>) -> MetadataMap {
 }
 
 impl GrpcExporter {
-    /// The client for `endpoint`, or why the SDK's exporter is used instead.
+    /// The client for `endpoint`, or why the SDK's exporter is used instead (said at
+    /// start-up as `server_spans`).
     pub fn new(
         endpoint: &str,
         env: &HashMap<String, String>,
         framing: Framing,
         warnings: &mut Vec<String>,
-    ) -> Result<Self, NotUsed> {
+    ) -> Result<Self, &'static str> {
         if !endpoint.starts_with("http://") {
             return Err("not a plain http:// endpoint");
         }
@@ -435,11 +434,12 @@ impl GrpcExporter {
         })
     }
 
-    /// Sends one request, from a thread outside the runtime (the export thread); the
-    /// spans the collector rejected (a partial success) are returned as a count.
-    pub fn export(&self, request: Bytes) -> Result<u64, tonic::Status> {
+    /// Sends `spans` (entries written by [`Span::put`]) as one request, from a thread
+    /// outside the runtime (the export thread); the spans the collector rejected (a
+    /// partial success) are returned as a count.
+    pub fn export(&self, spans: &[u8]) -> Result<u64, tonic::Status> {
         let mut grpc = self.grpc.clone();
-        let mut req = tonic::Request::new(request);
+        let mut req = tonic::Request::new(self.framing.request(spans));
         *req.metadata_mut() = self.headers.clone();
         req.set_timeout(self.timeout);
         let timeout = self.timeout;

@@ -160,6 +160,12 @@ fn in_trace(trace_id: &str, parent_id: &str) -> tonic::Request<GetUserRequest> {
     req
 }
 
+/// Whether a GetUser's SERVER span and its store span have both arrived.
+fn get_user_with_store(got: &[Received]) -> bool {
+    named(got, "jisucloud.v1.UserService/GetUser").is_some()
+        && named(got, "store get_user").is_some()
+}
+
 fn attr(span: &Span, key: &str) -> Option<Value> {
     span.attributes
         .iter()
@@ -210,12 +216,7 @@ async fn server_spans_continue_the_callers_trace_and_reach_the_collector() {
     assert_eq!(error_trace.len(), 32);
     assert_ne!(error_trace, trace_id);
 
-    let ok_trace = collector
-        .trace(trace_id, |got| {
-            named(got, "jisucloud.v1.UserService/GetUser").is_some()
-                && named(got, "store get_user").is_some()
-        })
-        .await;
+    let ok_trace = collector.trace(trace_id, get_user_with_store).await;
     let ok_span = named(&ok_trace, "jisucloud.v1.UserService/GetUser").cloned();
     // Store work is a child span of the call.
     let store = named(&ok_trace, "store get_user").unwrap();
@@ -772,12 +773,7 @@ async fn http_protobuf_export_carries_the_same_server_spans() {
         .get_user(in_trace(trace_id, parent_id))
         .await
         .unwrap();
-    let got = collector
-        .trace(trace_id, |got| {
-            named(got, "jisucloud.v1.UserService/GetUser").is_some()
-                && named(got, "store get_user").is_some()
-        })
-        .await;
+    let got = collector.trace(trace_id, get_user_with_store).await;
     let span = named(&got, "jisucloud.v1.UserService/GetUser").unwrap();
     let store = named(&got, "store get_user").unwrap();
     assert_eq!(got[0].service, "jisu-http-export");
