@@ -226,6 +226,20 @@ fn crl_next_update(path: &Path) -> Option<i64> {
         .min()
 }
 
+/// Whether a watcher event can mean a file changed. Opening, reading and closing a file
+/// unwritten are events too (inotify's IN_OPEN, IN_ACCESS, IN_CLOSE_NOWRITE), and a reload
+/// reads every file: taken as changes, each reload scheduled the next, five times a second
+/// for as long as the server ran. A close after writing is a change (the end of a write).
+fn may_change(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind, MetadataKind, ModifyKind};
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        _ => true,
+    }
+}
+
 /// Watches the files' directories and SIGHUP; reloads after a short quiet period (an
 /// editor or `cp` writes a file in several steps). Ends when the returned handle is
 /// aborted.
@@ -235,7 +249,7 @@ pub fn spawn(
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<()>();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change(&e.kind)) {
             let _ = tx.send(());
         }
     })
@@ -291,4 +305,60 @@ pub fn spawn(
             reloadable.reload(&mut loaded);
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use notify::Watcher as _;
+
+    use super::may_change;
+
+    /// What a reload does to the files (reads them) is not a change; a write is. Events
+    /// arrive in order, so everything before the write's first change is the read's.
+    #[test]
+    fn reading_the_files_is_not_a_change_and_writing_them_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("server.key");
+        std::fs::write(&key, "before").unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut watcher = notify::recommended_watcher(move |e| {
+            let _ = tx.send(e);
+        })
+        .unwrap();
+        watcher
+            .watch(dir.path(), notify::RecursiveMode::NonRecursive)
+            .unwrap();
+
+        std::fs::read(&key).unwrap(); // what every reload does
+        std::fs::write(&key, "after").unwrap(); // a rotation
+
+        let mut before_the_change = Vec::new();
+        loop {
+            let event = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no event for the write within a minute")
+                .unwrap();
+            if may_change(&event.kind) {
+                assert!(
+                    matches!(event.kind, notify::EventKind::Modify(_)),
+                    "the first change is not the write: {event:?}"
+                );
+                break;
+            }
+            before_the_change.push(event.kind);
+        }
+        // The read was seen (so this test can tell), and none of it counted as a change.
+        assert!(
+            !before_the_change.is_empty(),
+            "reading the file produced no watcher event"
+        );
+        assert!(
+            before_the_change
+                .iter()
+                .all(|k| matches!(k, notify::EventKind::Access(_))),
+            "{before_the_change:?}"
+        );
+    }
 }
