@@ -158,7 +158,7 @@ impl CallObserver for ServerCall {
             // Unique per response: never worth a slot in the HPACK dynamic table, where
             // it would push out the headers every response repeats.
             id.set_sensitive(true);
-            parts.headers.insert(api::TRACE_ID, id);
+            parts.headers.insert(TRACE_ID, id);
         }
     }
 
@@ -527,6 +527,11 @@ impl KeptCall<'_> {
     }
 }
 
+// Header names built once: a `&str` name is parsed (and its case checked) at every lookup.
+const TRACE_ID: http::HeaderName = http::HeaderName::from_static(api::TRACE_ID);
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const BAGGAGE: http::HeaderName = http::HeaderName::from_static("baggage");
+
 /// The SERVER span context of a call, decided before anything else happens: the
 /// caller's trace continued (W3C `traceparent`) or a new one, a new span id, and the
 /// sampler's decision. No span object is created: a call that is neither sampled nor
@@ -542,7 +547,7 @@ fn trace_context<B>(
     let path = req.uri().path();
     // Most calls carry no context: skip the propagator (a global lock) for them.
     let headers = req.headers();
-    let parent = (headers.contains_key("traceparent") || headers.contains_key("baggage"))
+    let parent = (headers.contains_key(TRACEPARENT) || headers.contains_key(BAGGAGE))
         .then(|| otel::extract(headers));
     let remote = parent
         .as_ref()

@@ -123,9 +123,13 @@ pin_project_lite::pin_project! {
     }
 }
 
-fn status_of(headers: &HeaderMap) -> Option<Code> {
+/// `grpc-status`, named once: a `&str` name is parsed again at every lookup.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// The gRPC status of a response's headers or trailers, if they carry one.
+pub(crate) fn status_of(headers: &HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(GRPC_STATUS)
         .map(|v| Code::from_bytes(v.as_bytes()))
 }
 

@@ -8,10 +8,7 @@ use tonic::{Code, body::Body};
 use jisu_api as api;
 
 pub(super) fn grpc_status(response: &Response<Body>) -> Option<Code> {
-    response
-        .headers()
-        .get("grpc-status")
-        .map(|v| Code::from_bytes(v.as_bytes()))
+    crate::call::status_of(response.headers())
 }
 
 /// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
