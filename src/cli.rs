@@ -49,11 +49,28 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Certs(cmd) => certs::run(cmd),
         Command::Token(cmd) => token::run(cmd),
         Command::Call(args) => call::run(args),
-        Command::Bench(args) => bench::run(args),
-        Command::BenchTarget(args) => bench::run_target(args),
+        Command::Bench(args) => {
+            quiet_tracing();
+            bench::run(args)
+        }
+        Command::BenchTarget(args) => {
+            quiet_tracing();
+            bench::run_target(args)
+        }
         Command::Trace(args) => trace::run(args),
         Command::Docs(cmd) => docs::run(cmd),
     }
+}
+
+/// The load generator and the comparison servers log warnings and errors only, as any
+/// service does. Without a subscriber, `tracing` hands every h2/hyper span to the `log`
+/// crate (its `log` feature, which sqlx turns on): ~9k instructions per call, counted,
+/// that inflated both bare baselines and slowed the generator.
+fn quiet_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Parses `90s`, `15m`, `1h`, `24h`, `30d`.
