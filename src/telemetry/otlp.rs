@@ -166,17 +166,23 @@ fn put_array(a: &Array, out: &mut impl BufMut) {
 }
 
 fn key_value_len(kv: &KeyValue) -> usize {
+    key_value_len_with(kv, any_len(&kv.value))
+}
+
+/// A `KeyValue`'s length when its value's is known.
+fn key_value_len_with(kv: &KeyValue, value: usize) -> usize {
     let key = kv.key.as_str().len();
-    (if key > 0 { field_len(1, key) } else { 0 }) + field_len(2, any_len(&kv.value))
+    (if key > 0 { field_len(1, key) } else { 0 }) + field_len(2, value)
 }
 
 fn put_key_value(tag: u64, kv: &KeyValue, out: &mut impl BufMut) {
-    put_len(tag, key_value_len(kv), out);
+    let value = any_len(&kv.value); // once: both lengths below need it
+    put_len(tag, key_value_len_with(kv, value), out);
     let key = kv.key.as_str();
     if !key.is_empty() {
         put_bytes(1, key.as_bytes(), out);
     }
-    put_len(2, any_len(&kv.value), out);
+    put_len(2, value, out);
     put_any(&kv.value, out);
 }
 
