@@ -165,19 +165,15 @@ fn put_array(a: &Array, out: &mut impl BufMut) {
     }
 }
 
-fn key_value_len(kv: &KeyValue) -> usize {
-    key_value_len_with(kv, any_len(&kv.value))
-}
-
-/// A `KeyValue`'s length when its value's is known.
-fn key_value_len_with(kv: &KeyValue, value: usize) -> usize {
+/// A `KeyValue`'s length, its value's (`any_len`) given: `put_key_value` needs both.
+fn key_value_len(kv: &KeyValue, value: usize) -> usize {
     let key = kv.key.as_str().len();
     (if key > 0 { field_len(1, key) } else { 0 }) + field_len(2, value)
 }
 
 fn put_key_value(tag: u64, kv: &KeyValue, out: &mut impl BufMut) {
     let value = any_len(&kv.value); // once: both lengths below need it
-    put_len(tag, key_value_len_with(kv, value), out);
+    put_len(tag, key_value_len(kv, value), out);
     let key = kv.key.as_str();
     if !key.is_empty() {
         put_bytes(1, key.as_bytes(), out);
@@ -221,7 +217,7 @@ impl Span<'_> {
             + 2 // kind
             + if self.start_unix_nanos > 0 { 9 } else { 0 }
             + if self.end_unix_nanos > 0 { 9 } else { 0 }
-            + self.attributes.iter().map(|kv| field_len(9, key_value_len(kv))).sum::<usize>()
+            + self.attributes.iter().map(|kv| field_len(9, key_value_len(kv, any_len(&kv.value)))).sum::<usize>()
             + field_len(15, self.status_len())
     }
 

@@ -24,11 +24,12 @@ mod budget;
 mod replica;
 mod retry;
 
+use crate::call::status_of;
 use budget::Budget;
 pub use replica::Replica;
 use replica::{Admission, Circuit};
 pub(crate) use retry::never_sent;
-use retry::{grpc_status, is_idempotent, pushback, unavailable};
+use retry::{is_idempotent, pushback, unavailable};
 use std::{
     future::Future,
     pin::Pin,
@@ -300,7 +301,7 @@ impl Shared {
                 return Ok(unavailable("no replica available: every circuit is open"));
             };
             let result = self.send(&admission, req).await;
-            let ok = matches!(&result, Ok(r) if grpc_status(r) != Some(Code::Unavailable));
+            let ok = matches!(&result, Ok(r) if status_of(r.headers()) != Some(Code::Unavailable));
             self.record(&mut admission, ok);
             return result;
         }
@@ -352,7 +353,7 @@ impl Shared {
                     tracing::debug!(%endpoint, error = %err, attempt, "retrying");
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
-                Ok(response) if grpc_status(&response) == Some(Code::Unavailable) => {
+                Ok(response) if status_of(response.headers()) == Some(Code::Unavailable) => {
                     self.record(&mut admission, false);
                     let wait = match pushback(&response) {
                         Some(None) => return Ok(response),

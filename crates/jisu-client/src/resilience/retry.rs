@@ -3,13 +3,9 @@
 use std::time::Duration;
 
 use http::{Request, Response};
-use tonic::{Code, body::Body};
+use tonic::body::Body;
 
 use jisu_api as api;
-
-pub(super) fn grpc_status(response: &Response<Body>) -> Option<Code> {
-    crate::call::status_of(response.headers())
-}
 
 /// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
 pub(super) fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
