@@ -50,18 +50,18 @@ pub struct Peer {
     pub token: Arc<TokenMemo>,
     /// The connection's part of an exported SERVER span's attributes, built by the first
     /// call that needs them (see [`Peer::span_attributes`]).
-    pub attributes: std::sync::OnceLock<Box<[opentelemetry::KeyValue]>>,
+    pub attributes: std::sync::OnceLock<crate::telemetry::otlp::Attributes>,
 }
 
 impl Peer {
     /// `server.address`, `server.port`, `network.peer.address` and `tls.client.identity`:
-    /// the same for every call on the connection, so formatted once; the strings are
-    /// shared, so a call's copy costs reference counts, not allocations.
-    pub fn span_attributes(&self) -> &[opentelemetry::KeyValue] {
+    /// the same for every call on the connection, so formatted and encoded once; the
+    /// strings are shared, so a call's copy costs reference counts, not allocations.
+    pub fn span_attributes(&self) -> &crate::telemetry::otlp::Attributes {
         use opentelemetry::{KeyValue, StringValue};
         let shared = |s: String| StringValue::from(Arc::<str>::from(s));
         self.attributes.get_or_init(|| {
-            Box::new([
+            crate::telemetry::otlp::Attributes::new([
                 KeyValue::new("server.address", shared(self.local_addr.ip().to_string())),
                 KeyValue::new("server.port", i64::from(self.local_addr.port())),
                 KeyValue::new(

@@ -9,7 +9,7 @@
 //! as `Canceled`. The record itself is shared with the client ([`jisu_client::call`]);
 //! what the server adds is [`ServerCall`].
 use std::{
-    sync::Arc,
+    sync::{Arc, LazyLock},
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -37,6 +37,7 @@ use crate::{
         debug::DebugState,
         metrics::{Metrics, Side},
         otel,
+        otlp::Attributes,
         recent::{self, SpanRecord, TraceRecord},
         rpcz::MethodWindow,
     },
@@ -148,8 +149,37 @@ pub struct ServerCall {
 #[derive(Debug)]
 struct Ids {
     parent: Option<SpanId>,
+    /// The method's position in [`api::served_index`]'s tables (`None`: unknown).
+    index: Option<usize>,
     service: &'static str,
     method: &'static str,
+    /// `rpc.system`, `rpc.service`, `rpc.method`.
+    attributes: &'static Attributes,
+}
+
+/// The RPC attributes of every served method's SERVER span (in [`api::served_index`]
+/// order, then `unknown`): the same on each span of a method, so encoded once.
+static METHOD_ATTRIBUTES: LazyLock<Box<[Attributes]>> = LazyLock::new(|| {
+    use jisu_client::metrics::UNKNOWN;
+    api::all_methods()
+        .map(|m| (m.service, m.name))
+        .chain([(UNKNOWN, UNKNOWN)])
+        .map(|(service, method)| {
+            Attributes::new([
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", service),
+                KeyValue::new("rpc.method", method),
+            ])
+        })
+        .collect()
+});
+
+/// The RPC attributes of the method at `index` ([`api::served_index`]; `None`: unknown).
+fn method_attributes(index: Option<usize>) -> &'static Attributes {
+    let table = &*METHOD_ATTRIBUTES;
+    index
+        .and_then(|i| table.get(i))
+        .unwrap_or(&table[table.len() - 1])
 }
 
 impl CallObserver for ServerCall {
@@ -194,7 +224,7 @@ impl CallObserver for ServerCall {
             // exemplar.
             self.metrics
                 .exemplars()
-                .record(ids.service, ids.method, context.trace_id(), took);
+                .record(ids.index, context.trace_id(), took);
         }
         // Why the spans exist: the head sample (the caller's or the sampler's choice) when
         // exported as such, else why the outcome kept it.
@@ -205,11 +235,12 @@ impl CallObserver for ServerCall {
         };
         let call = KeptCall {
             ids,
+            peer: self.peer.as_deref().map(Peer::span_attributes),
             context,
             code,
             start,
             took,
-            attributes: self.attributes(ids, code, reason, work.subject, work.authz),
+            attributes: self.attributes(code, reason, work.subject, work.authz),
             child_ids: work
                 .children
                 .iter()
@@ -237,11 +268,13 @@ impl CallObserver for ServerCall {
 /// built from.
 struct KeptCall<'a> {
     ids: &'a Ids,
+    /// The connection's attributes (none for a call without a peer: tests' in-process calls).
+    peer: Option<&'a Attributes>,
     context: &'a opentelemetry::trace::SpanContext,
     code: Code,
     start: Instant,
     took: Duration,
-    /// The SERVER span's attributes.
+    /// The SERVER span's own attributes, after its method's (`ids`) and its connection's.
     attributes: Vec<KeyValue>,
     children: Vec<Child>,
     /// The children's span ids: a call's is the one it was propagated with.
@@ -311,26 +344,20 @@ fn strings(attributes: Vec<KeyValue>) -> Vec<(String, String)> {
 }
 
 impl ServerCall {
-    /// The SERVER span's attributes: RPC, peer, caller, status and why it was kept.
+    /// The SERVER span's attributes of this call (its method's and connection's are encoded
+    /// once, see [`KeptCall::server_attributes`]): status, why it was kept, caller.
     fn attributes(
         &self,
-        ids: &Ids,
         code: Code,
         reason: &'static str,
         subject: Option<Arc<str>>,
         authz: Option<(bool, Arc<str>)>,
     ) -> Vec<KeyValue> {
-        let mut a = Vec::with_capacity(12);
+        let mut a = Vec::with_capacity(6);
         a.extend([
-            KeyValue::new("rpc.system", "grpc"),
-            KeyValue::new("rpc.service", ids.service),
-            KeyValue::new("rpc.method", ids.method),
             KeyValue::new("rpc.grpc.status_code", code as i64),
             KeyValue::new("jisu.sampled_by", reason),
         ]);
-        if let Some(p) = &self.peer {
-            a.extend_from_slice(p.span_attributes());
-        }
         if let Some(subject) = subject {
             a.push(KeyValue::new(
                 "enduser.id",
@@ -359,12 +386,24 @@ impl KeptCall<'_> {
         format!("{}/{}", self.ids.service, self.ids.method)
     }
 
+    /// All the SERVER span's attributes: RPC, peer, status, why it was kept, caller.
+    fn server_attributes(&self) -> Vec<KeyValue> {
+        let peer = self.peer.map_or(&[][..], |p| &p.values);
+        let method = &self.ids.attributes.values;
+        let mut all = Vec::with_capacity(method.len() + peer.len() + self.attributes.len());
+        all.extend_from_slice(method);
+        all.extend_from_slice(peer);
+        all.extend_from_slice(&self.attributes);
+        all
+    }
+
     /// The call as kept in memory: its SERVER span and the spans inside it.
     fn record(self, kept_by: &'static str, message: Option<&str>) -> TraceRecord {
         let micros = |d: Duration| d.as_micros() as u64;
         let ids = self.ids;
         let server_id = self.context.span_id().to_string();
         let name = self.name();
+        let attributes = strings(self.server_attributes());
         let mut spans = Vec::with_capacity(self.children.len() + 1);
         spans.push(SpanRecord {
             span_id: server_id.clone(),
@@ -374,7 +413,7 @@ impl KeptCall<'_> {
             offset_micros: 0,
             duration_micros: micros(self.took),
             status: code_label(self.code).to_owned(),
-            attributes: strings(self.attributes),
+            attributes,
         });
         for (child, id) in self.children.iter().zip(&self.child_ids) {
             spans.push(SpanRecord {
@@ -425,6 +464,10 @@ impl KeptCall<'_> {
         let trace_state = trace_state.as_deref().unwrap_or_default();
         let end = SystemTime::now();
         let started = end - self.took;
+        let shared = [
+            &*self.ids.attributes.encoded,
+            self.peer.map_or(&[][..], |p| &p.encoded),
+        ];
         let server = Span {
             trace_id: c.trace_id().to_bytes(),
             span_id: c.span_id().to_bytes(),
@@ -435,6 +478,7 @@ impl KeptCall<'_> {
             kind: Kind::Server,
             start_unix_nanos: nanos(started),
             end_unix_nanos: nanos(end),
+            encoded_attributes: &shared,
             attributes: &self.attributes,
             error: (self.code != Code::Ok).then(|| code_label(self.code)),
         };
@@ -453,6 +497,7 @@ impl KeptCall<'_> {
                 },
                 start_unix_nanos: nanos(start),
                 end_unix_nanos: nanos(start + child.took),
+                encoded_attributes: &[],
                 attributes: &attributes,
                 error: child_error(child),
                 ..server
@@ -495,7 +540,7 @@ impl KeptCall<'_> {
             name: self.name().into(),
             start_time: started,
             end_time: end,
-            attributes: self.attributes.clone(),
+            attributes: self.server_attributes(),
             dropped_attributes_count: 0,
             events: Default::default(),
             links: Default::default(),
@@ -647,8 +692,10 @@ where
         let (context, parent, propagated) = trace_context(&req);
         let ids = Ids {
             parent,
+            index,
             service: method.service,
             method: method.name,
+            attributes: method_attributes(index),
         };
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let children = Arc::new(Children::new(context, propagated));

@@ -14,7 +14,7 @@ pub use claims::{AuthFailure, Claims, Confirmation, Principal, thumbprint_b64};
 pub use issuer::TokenIssuer;
 pub use keys::{KeyError, KeySet, jwk_from_pem};
 use keys::{format_err, read_key};
-pub use verifier::{TokenMemo, TokenVerifier, VerifierSettings};
+pub use verifier::{TokenMemo, TokenVerifier, VerifierSettings, token_text};
 
 /// The verifier's clock (Unix seconds), for callers of [`TokenVerifier::verify`].
 pub use crate::api::unix_now;

@@ -11,9 +11,11 @@
 //! sample keeps `_total`), blank lines go, `"` in help text is escaped, bucket lines of
 //! `grpc_server_handling_seconds` get `# {trace_id="…"} value timestamp`, and it ends with
 //! `# EOF`. Sample names and labels do not change, so queries and rules read the same.
-use std::{collections::HashMap, fmt::Write as _, time::Duration};
+use std::{fmt::Write as _, time::Duration};
 
 use parking_lot::Mutex;
+
+use jisu_client::metrics::UNKNOWN;
 
 use super::metrics::LATENCY_BUCKETS;
 
@@ -33,10 +35,22 @@ struct Exemplar {
 /// One method's latest exemplar per bucket.
 type Slots = [Option<Exemplar>; BUCKETS];
 
-/// The latest exemplar per (service, method) and bucket.
-#[derive(Debug, Default)]
+/// The latest exemplar per method and bucket.
+#[derive(Debug)]
 pub struct Exemplars {
-    table: Mutex<HashMap<(&'static str, &'static str), Slots>>,
+    /// Per method, in [`jisu_api::served_index`] order, then `unknown`: a call finds its
+    /// method's slots by position (no hashing of names) and locks only them.
+    table: Box<[Mutex<Slots>]>,
+}
+
+impl Default for Exemplars {
+    fn default() -> Self {
+        Self {
+            table: (0..=jisu_api::all_methods().count())
+                .map(|_| Mutex::default())
+                .collect(),
+        }
+    }
 }
 
 /// The index of the first bucket whose upper bound holds `seconds` (the last is +Inf).
@@ -48,11 +62,18 @@ fn bucket(seconds: f64) -> usize {
 }
 
 impl Exemplars {
-    /// Remembers `trace_id` as the exemplar of the bucket `took` falls in.
+    /// The slots of the method at `index` ([`jisu_api::served_index`]; `None`: unknown).
+    fn slots(&self, index: Option<usize>) -> &Mutex<Slots> {
+        index
+            .and_then(|i| self.table.get(i))
+            .unwrap_or(&self.table[self.table.len() - 1])
+    }
+
+    /// Remembers `trace_id` as the exemplar of the bucket `took` falls in, for the method
+    /// at `index` ([`jisu_api::served_index`]; `None`: unknown).
     pub fn record(
         &self,
-        service: &'static str,
-        method: &'static str,
+        index: Option<usize>,
         trace_id: opentelemetry::trace::TraceId,
         took: Duration,
     ) {
@@ -60,9 +81,7 @@ impl Exemplars {
         let unix_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        let mut table = self.table.lock();
-        let slots = table.entry((service, method)).or_default();
-        slots[bucket(seconds)] = Some(Exemplar {
+        self.slots(index).lock()[bucket(seconds)] = Some(Exemplar {
             trace_id,
             seconds,
             unix_seconds,
@@ -78,11 +97,12 @@ impl Exemplars {
                 .iter()
                 .position(|b| (*b - le).abs() < 1e-12)?
         };
-        let table = self.table.lock();
-        table
-            .iter()
-            .find(|((s, m), _)| *s == service && *m == method)
-            .and_then(|(_, slots)| slots[index].clone())
+        let method = if (service, method) == (UNKNOWN, UNKNOWN) {
+            None
+        } else {
+            Some(jisu_api::all_methods().position(|m| m.service == service && m.name == method)?)
+        };
+        self.slots(method).lock()[index].clone()
     }
 }
 
@@ -206,8 +226,7 @@ grpc_server_handling_seconds_count{grpc_type=\"unary\",grpc_service=\"jisucloud.
     fn openmetrics_names_counter_families_and_carries_exemplars() {
         let e = Exemplars::default();
         e.record(
-            "jisucloud.v1.UserService",
-            "GetUser",
+            jisu_api::served_index("/jisucloud.v1.UserService/GetUser"),
             opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap(),
             Duration::from_micros(4200),
         );

@@ -923,6 +923,7 @@ mod tests {
             kind: otlp::Kind::Server,
             start_unix_nanos: 1,
             end_unix_nanos: 2,
+            encoded_attributes: &[],
             attributes: &[],
             error: None,
         };

@@ -94,6 +94,9 @@ pub struct Span<'a> {
     pub kind: Kind,
     pub start_unix_nanos: u64,
     pub end_unix_nanos: u64,
+    /// Attributes encoded once ([`encode_attributes`]: a method's, a connection's), written
+    /// first, then [`Span::attributes`].
+    pub encoded_attributes: &'a [&'a [u8]],
     pub attributes: &'a [KeyValue],
     /// `Some(description)`: status ERROR; `None`: status UNSET.
     pub error: Option<&'a str>,
@@ -182,6 +185,33 @@ fn put_key_value(tag: u64, kv: &KeyValue, out: &mut impl BufMut) {
     put_any(&kv.value, out);
 }
 
+/// `attributes` as [`Span::put`] writes them (each a `Span.attributes` entry), for
+/// [`Span::encoded_attributes`].
+fn encode_attributes(attributes: &[KeyValue]) -> Box<[u8]> {
+    let mut out = Vec::new();
+    for kv in attributes {
+        put_key_value(9, kv, &mut out);
+    }
+    out.into_boxed_slice()
+}
+
+/// Attributes that every span of a method or of a connection repeats, kept as values (for
+/// the SDK's path and the in-memory store) and encoded once (for [`Span::put`]): an
+/// exported span copies their bytes instead of encoding them again.
+#[derive(Debug, Clone)]
+pub struct Attributes {
+    pub values: Box<[KeyValue]>,
+    pub encoded: Box<[u8]>,
+}
+
+impl Attributes {
+    pub fn new(values: impl Into<Box<[KeyValue]>>) -> Self {
+        let values = values.into();
+        let encoded = encode_attributes(&values);
+        Self { values, encoded }
+    }
+}
+
 impl Span<'_> {
     fn name_len(&self) -> usize {
         self.name.iter().map(|p| p.len()).sum()
@@ -217,6 +247,7 @@ impl Span<'_> {
             + 2 // kind
             + if self.start_unix_nanos > 0 { 9 } else { 0 }
             + if self.end_unix_nanos > 0 { 9 } else { 0 }
+            + self.encoded_attributes.iter().map(|e| e.len()).sum::<usize>()
             + self.attributes.iter().map(|kv| field_len(9, key_value_len(kv, any_len(&kv.value)))).sum::<usize>()
             + field_len(15, self.status_len())
     }
@@ -256,6 +287,9 @@ impl Span<'_> {
         if self.end_unix_nanos > 0 {
             put_key(8, FIXED64, out);
             out.put_u64_le(self.end_unix_nanos);
+        }
+        for encoded in self.encoded_attributes {
+            out.put_slice(encoded);
         }
         for kv in self.attributes {
             put_key_value(9, kv, out);
@@ -552,6 +586,11 @@ mod tests {
             let trace_id = [i as u8 + 1; 16];
             let span_id = [i as u8 + 0x40; 8];
             let attributes = &attrs[..attrs.len() - i];
+            // Some attributes encoded beforehand, in two pieces (none in the first case).
+            let (before, after) = attributes.split_at((3 * i).min(attributes.len()));
+            let (one, two) = before.split_at(before.len() / 2);
+            let encoded = [encode_attributes(one), encode_attributes(two)];
+            let encoded = [&*encoded[0], &*encoded[1]];
             let span = Span {
                 trace_id,
                 span_id,
@@ -562,7 +601,8 @@ mod tests {
                 kind,
                 start_unix_nanos: nanos(start),
                 end_unix_nanos: nanos(end),
-                attributes,
+                encoded_attributes: &encoded,
+                attributes: after,
                 error,
             };
             let before = ours.len();

@@ -123,10 +123,12 @@ impl TokenVerifier {
     /// `memo`: a connection usually repeats one token, and a byte compare is cheaper than
     /// hashing the token into the shared cache. The memo obeys the same rules as the
     /// cache: the clock is checked on every use, and a key rotation makes it a miss.
+    /// `token` is the header's bytes: the memo holds only text, so only a miss needs the
+    /// check that they are ([`token_text`]).
     pub fn verify_memoized(
         &self,
         memo: &TokenMemo,
-        token: &str,
+        token: &[u8],
         now: u64,
     ) -> Result<Arc<Principal>, AuthFailure> {
         let generation = self.keys.read().0;
@@ -135,6 +137,7 @@ impl TokenVerifier {
         {
             return Ok(hit);
         }
+        let token = token_text(token)?;
         let principal = self.verify(token, now)?;
         memo.set(token, generation, principal.clone());
         Ok(principal)
@@ -229,10 +232,19 @@ struct Memo {
     principal: Arc<Principal>,
 }
 
+/// A token sent as header bytes, as text: visible ASCII (what `HeaderValue::to_str`
+/// accepts), else `Malformed`.
+pub fn token_text(token: &[u8]) -> Result<&str, AuthFailure> {
+    std::str::from_utf8(token)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)))
+        .ok_or(AuthFailure::Malformed)
+}
+
 impl TokenMemo {
-    fn get(&self, token: &str, generation: u64) -> Option<Arc<Principal>> {
+    fn get(&self, token: &[u8], generation: u64) -> Option<Arc<Principal>> {
         match &*self.0.lock() {
-            Some(m) if m.generation == generation && *m.token == *token => {
+            Some(m) if m.generation == generation && m.token.as_bytes() == token => {
                 Some(m.principal.clone())
             }
             _ => None,
@@ -304,18 +316,22 @@ mod tests {
         let now = unix_now();
         assert_eq!(
             verifier
-                .verify_memoized(&memo, &token, now)
+                .verify_memoized(&memo, token.as_bytes(), now)
                 .unwrap()
                 .subject
                 .as_ref(),
             "alice"
         );
-        assert!(memo.get(&token, 0).is_some(), "remembered");
-        assert!(verifier.verify_memoized(&memo, &token, now).is_ok());
+        assert!(memo.get(token.as_bytes(), 0).is_some(), "remembered");
+        assert!(
+            verifier
+                .verify_memoized(&memo, token.as_bytes(), now)
+                .is_ok()
+        );
         // The clock is checked on every use of the memo.
         assert_eq!(
             verifier
-                .verify_memoized(&memo, &token, now + 60 + 31)
+                .verify_memoized(&memo, token.as_bytes(), now + 60 + 31)
                 .unwrap_err(),
             AuthFailure::Expired
         );
@@ -323,7 +339,7 @@ mod tests {
         let other = issuer.issue("bob", "users:read", Duration::from_secs(60));
         assert_eq!(
             verifier
-                .verify_memoized(&memo, &other, now)
+                .verify_memoized(&memo, other.as_bytes(), now)
                 .unwrap()
                 .subject
                 .as_ref(),
@@ -333,9 +349,37 @@ mod tests {
         let next = jwt_key_pair().unwrap();
         verifier.replace_keys(KeySet::from_pem(next.cert.as_bytes()).unwrap());
         assert_eq!(
-            verifier.verify_memoized(&memo, &other, now).unwrap_err(),
+            verifier
+                .verify_memoized(&memo, other.as_bytes(), now)
+                .unwrap_err(),
             AuthFailure::BadSignature
         );
+    }
+
+    #[test]
+    fn a_token_that_is_not_visible_ascii_is_malformed_memo_or_not() {
+        let (issuer, verifier) = pair();
+        let memo = TokenMemo::default();
+        let token = issuer.issue("alice", "users:read", Duration::from_secs(60));
+        let now = unix_now();
+        assert!(
+            verifier
+                .verify_memoized(&memo, token.as_bytes(), now)
+                .is_ok()
+        );
+        // The memoized token with one byte more (obs-text, a control byte): a miss, and
+        // refused as malformed before any parsing.
+        for extra in [0x80u8, 0x7f, 0x01] {
+            let mut bytes = token.clone().into_bytes();
+            bytes.push(extra);
+            assert_eq!(
+                verifier.verify_memoized(&memo, &bytes, now).unwrap_err(),
+                AuthFailure::Malformed,
+                "{extra:#x}"
+            );
+        }
+        assert_eq!(token_text(b"a\tb c~"), Ok("a\tb c~"));
+        assert_eq!(token_text("é".as_bytes()), Err(AuthFailure::Malformed));
     }
 
     #[test]
