@@ -73,8 +73,13 @@ impl<F: Future> Future for Admitted<F> {
     }
 }
 
+/// `/grpc.health.v1.Health/<method>`: a prefix compare (every call passes here), the
+/// method part checked only for health paths.
 fn is_health_check(path: &str) -> bool {
-    crate::api::split_path(path).is_some_and(|(service, _)| service == crate::api::HEALTH_SERVICE)
+    path.strip_prefix('/')
+        .and_then(|p| p.strip_prefix(crate::api::HEALTH_SERVICE))
+        .and_then(|p| p.strip_prefix('/'))
+        .is_some_and(|method| !method.is_empty() && !method.contains('/'))
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LoadShed<S>
@@ -141,6 +146,22 @@ mod tests {
             std::future::pending::<()>().await;
             Ok::<_, std::convert::Infallible>(Response::new(String::new()))
         })
+    }
+
+    #[test]
+    fn only_health_methods_are_health_checks() {
+        assert!(is_health_check("/grpc.health.v1.Health/Check"));
+        assert!(is_health_check("/grpc.health.v1.Health/Watch"));
+        for path in [
+            "/jisucloud.v1.UserService/GetUser",
+            "/grpc.health.v1.HealthX/Check",
+            "/grpc.health.v1.Health/",
+            "/grpc.health.v1.Health/Check/x",
+            "grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health",
+        ] {
+            assert!(!is_health_check(path), "{path}");
+        }
     }
 
     #[tokio::test]
