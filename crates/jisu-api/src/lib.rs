@@ -257,19 +257,20 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
+/// Request path -> (position in [`all_methods`], method).
+type PathTable = HashMap<String, (usize, &'static Method), foldhash::fast::FixedState>;
+
 /// Every served method by request path (`/package.Service/Method`), with its position in
 /// [`all_methods`]: one hash lookup per call instead of parsing the path and scanning the
 /// tables. Looked up twice per call (metrics, auth), so with a fast fixed-seed hash
 /// instead of SipHash: the map is built once and never grows, so a path crafted to
 /// collide costs at most a compare with each of its few dozen keys.
-#[allow(clippy::type_complexity)]
-static BY_PATH: LazyLock<HashMap<String, (usize, &'static Method), foldhash::fast::FixedState>> =
-    LazyLock::new(|| {
-        all_methods()
-            .enumerate()
-            .map(|(i, m)| (format!("/{}/{}", m.service, m.name), (i, m)))
-            .collect()
-    });
+static BY_PATH: LazyLock<PathTable> = LazyLock::new(|| {
+    all_methods()
+        .enumerate()
+        .map(|(i, m)| (format!("/{}/{}", m.service, m.name), (i, m)))
+        .collect()
+});
 
 /// The position of a request path's method in [`all_methods`] (Jisu's methods first,
 /// then the public ones), if this server serves it: tables of per-method state are
