@@ -493,7 +493,8 @@ fn cpu_seconds() -> f64 {
 /// 10,000/s one per call doubled the generator's CPU per call.
 const PACE_QUANTUM: Duration = Duration::from_micros(250);
 
-/// An open loop's schedule: call `k` is due `k / rps` seconds after `start`, until `end`.
+/// An open loop's schedule: call `k` is due `k / rps` seconds after `start`; with an
+/// `end`, the calls due before it are all there are.
 struct Schedule {
     start: std::time::Instant,
     rps: f64,
@@ -501,26 +502,37 @@ struct Schedule {
     workers: usize,
 }
 
-/// Releases each call of `schedule` (a permit) at its time, from a thread of its own:
-/// tokio's timers fire on a 1 ms wheel, so a sleep per call sent calls 0-2 ms late (at
-/// 1,000/s against bare tonic: p50 1.5 ms, every call ≥ 0.5 ms late), and that lateness
-/// counted as latency. Slots that fall due while it sleeps are released together. At the
-/// end (or `stop`) every worker gets one more permit, to see that it is over.
-fn pace(schedule: &Schedule, stop: &AtomicBool, permits: &tokio::sync::Semaphore) {
-    let Schedule {
-        start,
-        rps,
-        end,
-        workers,
-    } = *schedule;
-    // Slots due strictly before `t`: k / rps < t - start.
-    let before = |t: std::time::Instant| ((t - start).as_secs_f64() * rps).ceil() as u64;
-    let last = end.map(before);
+impl Schedule {
+    fn due(&self, slot: u64) -> std::time::Instant {
+        self.start + Duration::from_secs_f64(slot as f64 / self.rps)
+    }
+
+    /// How many calls are due before the end (k / rps < end - start).
+    fn slots(&self) -> Option<u64> {
+        self.end
+            .map(|end| ((end - self.start).as_secs_f64() * self.rps).ceil() as u64)
+    }
+}
+
+/// An open loop's calls, released by [`pace`] (a permit each) for the workers to take.
+struct Pacer {
+    schedule: Schedule,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Releases each call of the schedule at its time, from a thread of its own: tokio's
+/// timers fire on a 1 ms wheel, so a sleep per call sent calls 0-2 ms late (at 1,000/s
+/// against bare tonic: p50 1.5 ms, every call ≥ 0.5 ms late), and that lateness counted as
+/// latency. Slots that fall due while it sleeps are released together. At the end (or
+/// `stop`) every worker gets one more permit, to see that it is over.
+fn pace(pacer: &Pacer, stop: &AtomicBool) {
+    let Pacer { schedule, permits } = pacer;
+    let last = schedule.slots();
     let mut released = 0u64;
     while !stop.load(Ordering::Relaxed) {
         // Every slot due by now (k / rps <= now - start).
         let now = std::time::Instant::now();
-        let due = ((now - start).as_secs_f64() * rps).floor() as u64 + 1;
+        let due = ((now - schedule.start).as_secs_f64() * schedule.rps).floor() as u64 + 1;
         let due = last.map_or(due, |last| due.min(last));
         if due > released {
             permits.add_permits((due - released) as usize);
@@ -529,11 +541,10 @@ fn pace(schedule: &Schedule, stop: &AtomicBool, permits: &tokio::sync::Semaphore
         if last.is_some_and(|last| released >= last) {
             break;
         }
-        let next = start + Duration::from_secs_f64(released as f64 / rps);
-        let next = next.max(now + PACE_QUANTUM);
+        let next = schedule.due(released).max(now + PACE_QUANTUM);
         std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
     }
-    permits.add_permits(workers);
+    permits.add_permits(schedule.workers);
 }
 
 /// Runs `plan` over `clients` (callers are spread over them round-robin). `progress` is
@@ -559,27 +570,29 @@ pub async fn run(
 
     // Open loop: one thread releases the calls on schedule (see `pace`).
     let pacer = plan.rps.map(|rps| {
-        let permits = Arc::new(tokio::sync::Semaphore::new(0));
-        let thread = {
-            let (permits, stop) = (permits.clone(), stop.clone());
-            let schedule = Schedule {
+        let pacer = Arc::new(Pacer {
+            schedule: Schedule {
                 start: start.into_std(),
                 rps,
                 end: end.map(Instant::into_std),
                 workers: plan.concurrency,
-            };
+            },
+            permits: tokio::sync::Semaphore::new(0),
+        });
+        let thread = {
+            let (pacer, stop) = (pacer.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("jisu-bench-pacer".into())
-                .spawn(move || pace(&schedule, &stop, &permits))
+                .spawn(move || pace(&pacer, &stop))
                 .expect("spawning the pacer thread")
         };
-        (permits, thread)
+        (pacer, thread)
     });
     let mut tasks = Vec::with_capacity(plan.concurrency);
     for worker in 0..plan.concurrency {
         let client = clients[worker % clients.len()].clone();
         let plan = plan.clone();
-        let pacer = pacer.as_ref().map(|(permits, _)| permits.clone());
+        let pacer = pacer.as_ref().map(|(pacer, _)| pacer.clone());
         let (stop, measured, slots, cpu_start, tickets) = (
             stop.clone(),
             measured.clone(),
@@ -592,21 +605,21 @@ pub async fn run(
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // When this call is due: now (closed loop) or its slot (open loop).
-                let due = match (plan.rps, &pacer) {
-                    (Some(rps), Some(pacer)) => {
-                        // The pacer releases each slot at its time.
-                        match pacer.acquire().await {
-                            Ok(permit) => permit.forget(),
-                            Err(_) => break,
-                        }
+                let due = match &pacer {
+                    // The pacer releases each slot at its time (never closed: a permit
+                    // always comes, one past the end included).
+                    Some(pacer) => {
+                        let Ok(permit) = pacer.permits.acquire().await else {
+                            break;
+                        };
+                        permit.forget();
                         let slot = slots.fetch_add(1, Ordering::Relaxed);
-                        let due = start + Duration::from_secs_f64(slot as f64 / rps);
-                        if end.is_some_and(|e| due >= e) {
+                        if pacer.schedule.slots().is_some_and(|last| slot >= last) {
                             break;
                         }
-                        due
+                        Instant::from_std(pacer.schedule.due(slot))
                     }
-                    _ => Instant::now(),
+                    None => Instant::now(),
                 };
                 // Closed loop runs until the end; an open loop sends every slot scheduled
                 // before the end, however late (lateness is counted, never dropped: a slow
@@ -792,27 +805,26 @@ mod tests {
     #[test]
     fn the_pacer_releases_each_slot_at_its_time_then_one_per_worker() {
         let start = std::time::Instant::now();
-        let schedule = Schedule {
-            start,
-            rps: 1000.0,
-            // Slots 0..=20 are due before the end (k ms < 20.5 ms).
-            end: Some(start + Duration::from_micros(20_500)),
-            workers: 3,
+        let pacer = |end| Pacer {
+            schedule: Schedule {
+                start,
+                rps: 1000.0,
+                end,
+                workers: 3,
+            },
+            permits: tokio::sync::Semaphore::new(0),
         };
-        let permits = tokio::sync::Semaphore::new(0);
-        pace(&schedule, &AtomicBool::new(false), &permits);
-        assert_eq!(permits.available_permits(), 21 + 3);
+        // Slots 0..=20 are due before the end (k ms < 20.5 ms).
+        let ending = pacer(Some(start + Duration::from_micros(20_500)));
+        pace(&ending, &AtomicBool::new(false));
+        assert_eq!(ending.permits.available_permits(), 21 + 3);
         // Not ahead of the schedule: slot 20 is due at 20 ms.
         assert!(start.elapsed() >= Duration::from_millis(20));
 
         // Stopped (a --total reached): nothing more is released but the workers' permits.
-        let permits = tokio::sync::Semaphore::new(0);
-        let schedule = Schedule {
-            end: None,
-            ..schedule
-        };
-        pace(&schedule, &AtomicBool::new(true), &permits);
-        assert_eq!(permits.available_permits(), 3);
+        let stopped = pacer(None);
+        pace(&stopped, &AtomicBool::new(true));
+        assert_eq!(stopped.permits.available_permits(), 3);
     }
 
     #[test]

@@ -153,33 +153,25 @@ struct Ids {
     index: Option<usize>,
     service: &'static str,
     method: &'static str,
-    /// `rpc.system`, `rpc.service`, `rpc.method`.
-    attributes: &'static Attributes,
 }
 
-/// The RPC attributes of every served method's SERVER span (in [`api::served_index`]
-/// order, then `unknown`): the same on each span of a method, so encoded once.
-static METHOD_ATTRIBUTES: LazyLock<Box<[Attributes]>> = LazyLock::new(|| {
-    use jisu_client::metrics::UNKNOWN;
-    api::all_methods()
-        .map(|m| (m.service, m.name))
-        .chain([(UNKNOWN, UNKNOWN)])
-        .map(|(service, method)| {
-            Attributes::new([
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", service),
-                KeyValue::new("rpc.method", method),
-            ])
-        })
-        .collect()
-});
-
-/// The RPC attributes of the method at `index` ([`api::served_index`]; `None`: unknown).
-fn method_attributes(index: Option<usize>) -> &'static Attributes {
-    let table = &*METHOD_ATTRIBUTES;
-    index
-        .and_then(|i| table.get(i))
-        .unwrap_or(&table[table.len() - 1])
+impl Ids {
+    /// `rpc.system`, `rpc.service` and `rpc.method`: the same on each span of a method, so
+    /// encoded once per process (looked up only for calls whose spans are built).
+    fn attributes(&self) -> &'static Attributes {
+        static TABLE: LazyLock<api::PerMethod<Attributes>> = LazyLock::new(|| {
+            api::PerMethod::new(|m| {
+                let (service, method) =
+                    m.map_or((api::UNKNOWN, api::UNKNOWN), |m| (m.service, m.name));
+                Attributes::new([
+                    KeyValue::new("rpc.system", "grpc"),
+                    KeyValue::new("rpc.service", service),
+                    KeyValue::new("rpc.method", method),
+                ])
+            })
+        });
+        TABLE.at(self.index)
+    }
 }
 
 impl CallObserver for ServerCall {
@@ -389,7 +381,7 @@ impl KeptCall<'_> {
     /// All the SERVER span's attributes: RPC, peer, status, why it was kept, caller.
     fn server_attributes(&self) -> Vec<KeyValue> {
         let peer = self.peer.map_or(&[][..], |p| &p.values);
-        let method = &self.ids.attributes.values;
+        let method = &self.ids.attributes().values;
         let mut all = Vec::with_capacity(method.len() + peer.len() + self.attributes.len());
         all.extend_from_slice(method);
         all.extend_from_slice(peer);
@@ -465,7 +457,7 @@ impl KeptCall<'_> {
         let end = SystemTime::now();
         let started = end - self.took;
         let shared = [
-            &*self.ids.attributes.encoded,
+            &*self.ids.attributes().encoded,
             self.peer.map_or(&[][..], |p| &p.encoded),
         ];
         let server = Span {
@@ -699,7 +691,6 @@ where
             index,
             service: method.service,
             method: method.name,
-            attributes: method_attributes(index),
         };
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
         let children = Arc::new(Children::new(context, propagated));

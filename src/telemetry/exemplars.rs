@@ -15,8 +15,6 @@ use std::{fmt::Write as _, time::Duration};
 
 use parking_lot::Mutex;
 
-use jisu_client::metrics::UNKNOWN;
-
 use super::metrics::LATENCY_BUCKETS;
 
 /// The histogram whose buckets carry exemplars.
@@ -38,17 +36,15 @@ type Slots = [Option<Exemplar>; BUCKETS];
 /// The latest exemplar per method and bucket.
 #[derive(Debug)]
 pub struct Exemplars {
-    /// Per method, in [`jisu_api::served_index`] order, then `unknown`: a call finds its
-    /// method's slots by position (no hashing of names) and locks only them.
-    table: Box<[Mutex<Slots>]>,
+    /// A call finds its method's slots by position (no hashing of names) and locks only
+    /// them.
+    table: jisu_api::PerMethod<Mutex<Slots>>,
 }
 
 impl Default for Exemplars {
     fn default() -> Self {
         Self {
-            table: (0..=jisu_api::all_methods().count())
-                .map(|_| Mutex::default())
-                .collect(),
+            table: jisu_api::PerMethod::new(|_| Mutex::default()),
         }
     }
 }
@@ -62,13 +58,6 @@ fn bucket(seconds: f64) -> usize {
 }
 
 impl Exemplars {
-    /// The slots of the method at `index` ([`jisu_api::served_index`]; `None`: unknown).
-    fn slots(&self, index: Option<usize>) -> &Mutex<Slots> {
-        index
-            .and_then(|i| self.table.get(i))
-            .unwrap_or(&self.table[self.table.len() - 1])
-    }
-
     /// Remembers `trace_id` as the exemplar of the bucket `took` falls in, for the method
     /// at `index` ([`jisu_api::served_index`]; `None`: unknown).
     pub fn record(
@@ -81,7 +70,7 @@ impl Exemplars {
         let unix_seconds = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        self.slots(index).lock()[bucket(seconds)] = Some(Exemplar {
+        self.table.at(index).lock()[bucket(seconds)] = Some(Exemplar {
             trace_id,
             seconds,
             unix_seconds,
@@ -97,12 +86,7 @@ impl Exemplars {
                 .iter()
                 .position(|b| (*b - le).abs() < 1e-12)?
         };
-        let method = if (service, method) == (UNKNOWN, UNKNOWN) {
-            None
-        } else {
-            Some(jisu_api::all_methods().position(|m| m.service == service && m.name == method)?)
-        };
-        self.slots(method).lock()[index].clone()
+        self.table.named(service, method).lock()[index].clone()
     }
 }
 

@@ -141,39 +141,27 @@ pub struct MethodStats {
 /// Every served method's window, in [`api::all_methods`] order (indexed by
 /// [`api::served_index`], like the metrics table); paths nothing serves share `unknown`.
 #[derive(Debug)]
-pub struct Rpcz {
-    methods: Vec<Arc<MethodWindow>>,
-    unknown: Arc<MethodWindow>,
-}
+pub struct Rpcz(api::PerMethod<Arc<MethodWindow>>);
 
 impl Default for Rpcz {
     fn default() -> Self {
-        Self {
-            methods: api::all_methods()
-                .map(|m| Arc::new(MethodWindow::new(m.service, m.name)))
-                .collect(),
-            unknown: Arc::new(MethodWindow::new("unknown", "unknown")),
-        }
+        Self(api::PerMethod::new(|m| {
+            let (service, name) = m.map_or((api::UNKNOWN, api::UNKNOWN), |m| (m.service, m.name));
+            Arc::new(MethodWindow::new(service, name))
+        }))
     }
 }
 
 impl Rpcz {
     /// The window of the method at `index` ([`api::served_index`]; `None`: unknown).
     pub fn at(&self, index: Option<usize>) -> &Arc<MethodWindow> {
-        index
-            .and_then(|i| self.methods.get(i))
-            .unwrap_or(&self.unknown)
+        self.0.at(index)
     }
 
     /// The methods called in the last minute, busiest first.
     pub fn snapshot(&self) -> Vec<MethodStats> {
         let now = Instant::now();
-        let mut stats: Vec<MethodStats> = self
-            .methods
-            .iter()
-            .chain([&self.unknown])
-            .filter_map(|m| m.snapshot(now))
-            .collect();
+        let mut stats: Vec<MethodStats> = self.0.iter().filter_map(|m| m.snapshot(now)).collect();
         stats.sort_by(|a, b| {
             b.calls
                 .cmp(&a.calls)

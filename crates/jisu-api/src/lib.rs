@@ -257,6 +257,45 @@ pub fn split_path(path: &str) -> Option<(&str, &str)> {
         .then_some((service, method))
 }
 
+/// The name a table gives the paths outside it (`grpc_method="unknown"`).
+pub const UNKNOWN: &str = "unknown";
+
+/// One `T` per served method, in [`all_methods`] order (so found by [`served_index`]), and
+/// one shared by every path outside the table: the shape of each per-method table
+/// (metrics, rpcz windows, exemplars, span attributes).
+#[derive(Debug)]
+pub struct PerMethod<T> {
+    methods: Box<[T]>,
+    unknown: T,
+}
+
+impl<T> PerMethod<T> {
+    /// Builds each entry from its method; `None` builds the unknown paths' entry.
+    pub fn new(mut entry: impl FnMut(Option<&'static Method>) -> T) -> Self {
+        Self {
+            methods: all_methods().map(|m| entry(Some(m))).collect(),
+            unknown: entry(None),
+        }
+    }
+
+    /// The entry of the method at `index` ([`served_index`]; `None`: unknown).
+    pub fn at(&self, index: Option<usize>) -> &T {
+        index
+            .and_then(|i| self.methods.get(i))
+            .unwrap_or(&self.unknown)
+    }
+
+    /// The entry of `service`/`method` by name (the unknown paths' outside the table).
+    pub fn named(&self, service: &str, method: &str) -> &T {
+        self.at(all_methods().position(|m| m.service == service && m.name == method))
+    }
+
+    /// Every entry, the unknown paths' last.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.methods.iter().chain([&self.unknown])
+    }
+}
+
 /// Request path -> (position in [`all_methods`], method).
 type PathTable = HashMap<String, (usize, &'static Method), foldhash::fast::FixedState>;
 

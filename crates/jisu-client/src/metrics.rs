@@ -10,7 +10,7 @@ use tonic::Code;
 pub use jisu_api::{CODES, code_label};
 
 /// Service/method labels for paths outside the method table.
-pub const UNKNOWN: &str = "unknown";
+pub use jisu_api::UNKNOWN;
 
 /// Where every series of ours is registered from.
 pub static METADATA: Metadata<'static> = Metadata::new("jisu", Level::INFO, Some("jisu"));
@@ -91,31 +91,19 @@ impl MethodMetrics {
 /// (as go-grpc-prometheus has them); only paths nothing serves are `unknown`, so random
 /// paths cannot grow the series count.
 #[derive(Debug)]
-pub struct MethodTable {
-    /// In [`jisu_api::all_methods`] order (see [`jisu_api::served_index`]).
-    methods: Vec<Arc<MethodMetrics>>,
-    unknown: Arc<MethodMetrics>,
-}
+pub struct MethodTable(jisu_api::PerMethod<Arc<MethodMetrics>>);
 
 impl MethodTable {
     /// Registers every method of the API (and `unknown`) for `side`.
     pub fn register(recorder: &dyn Recorder, side: Side) -> Self {
-        Self {
-            methods: jisu_api::all_methods()
-                .map(|m| {
-                    let series =
-                        MethodMetrics::register(recorder, side, m.service, m.name, m.call_type);
-                    Arc::new(series)
-                })
-                .collect(),
-            unknown: Arc::new(MethodMetrics::register(
-                recorder,
-                side,
-                UNKNOWN,
-                UNKNOWN,
-                CallType::Unary,
-            )),
-        }
+        Self(jisu_api::PerMethod::new(|m| {
+            let (service, name, call_type) = m.map_or((UNKNOWN, UNKNOWN, CallType::Unary), |m| {
+                (m.service, m.name, m.call_type)
+            });
+            Arc::new(MethodMetrics::register(
+                recorder, side, service, name, call_type,
+            ))
+        }))
     }
 
     pub fn get(&self, path: &str) -> &Arc<MethodMetrics> {
@@ -124,9 +112,7 @@ impl MethodTable {
 
     /// The series of the method at `index` ([`jisu_api::served_index`]; `None`: unknown).
     pub fn at(&self, index: Option<usize>) -> &Arc<MethodMetrics> {
-        index
-            .and_then(|i| self.methods.get(i))
-            .unwrap_or(&self.unknown)
+        self.0.at(index)
     }
 }
 
