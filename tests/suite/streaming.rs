@@ -58,11 +58,15 @@ async fn set_status(client: &JisuClient, id: &str, status: &str) -> Order {
 }
 
 async fn watch(client: &JisuClient, id: &str) -> tonic::Streaming<Order> {
+    // A watch lives as long as the test needs it: the client's default 10 s deadline
+    // would end the first of a thousand watches on a machine slow to open the rest.
+    let mut request = tonic::Request::new(StreamOrderUpdatesRequest {
+        order_id: id.into(),
+    });
+    request.set_timeout(Duration::from_secs(600));
     client
         .orders()
-        .stream_order_updates(StreamOrderUpdatesRequest {
-            order_id: id.into(),
-        })
+        .stream_order_updates(request)
         .await
         .unwrap()
         .into_inner()
