@@ -9,8 +9,8 @@ use tonic::{service::Routes, transport::Server};
 use crate::{
     config::Settings,
     middleware::{
-        AuthLayer, CatchPanicLayer, LoadShedLayer, MetricsLayer, RateLimitLayer, ResetGuardLayer,
-        metrics::KeepPolicy,
+        AuthLayer, CatchPanicLayer, DeadlineLayer, LoadShedLayer, MetricsLayer, RateLimitLayer,
+        ResetGuardLayer, metrics::KeepPolicy,
     },
     security::{authz::PolicyHandle, jwt::TokenVerifier},
     telemetry::{debug::DebugState, metrics::Metrics},
@@ -53,9 +53,6 @@ pub(super) fn serve_grpc(
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
         .max_connection_age_grace(settings.shutdown_grace())
-        // Unary calls end with DEADLINE_EXCEEDED at the caller's grpc-timeout, and at
-        // this maximum whatever the caller asked (streams: see service::streams).
-        .timeout(Duration::from_millis(limits.max_call_duration_ms))
         // Paced rapid reset: a connection whose calls are mostly cancelled by the client
         // is closed. Outermost, so it sees every call end, however early.
         .layer(ResetGuardLayer::new(metrics.clone()))
@@ -65,6 +62,12 @@ pub(super) fn serve_grpc(
             KeepPolicy::new(&settings.tracing, settings.debug.sample_ratio),
             debug,
         ))
+        // Every call answered by the caller's grpc-timeout, capped by the server's maximum
+        // (DEADLINE_EXCEEDED; streams past their start: service::streams). Inside metrics,
+        // so the answer is counted and carries x-trace-id.
+        .layer(DeadlineLayer::new(Duration::from_millis(
+            limits.max_call_duration_ms,
+        )))
         // Shed load before spending anything on a call (health checks pass).
         .layer(LoadShedLayer::new(limits.max_concurrent_calls))
         // Who is calling: the bearer token and the method's scope, before any handler;

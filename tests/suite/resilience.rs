@@ -54,6 +54,52 @@ async fn a_panicking_handler_fails_only_its_own_call() {
     );
 }
 
+/// A unary call whose handler hangs is ended by the server at its limit per call: the
+/// caller gets DEADLINE_EXCEEDED (which limit, in ErrorInfo) with the call's trace id, the
+/// metrics count it, and the handler's work is dropped (nothing stays in flight).
+#[tokio::test]
+async fn a_hung_call_ends_at_the_servers_limit_counted_and_traced() {
+    let server = TestServer::start_with_store(
+        |s| s.server.max_call_duration_ms = 300,
+        Arc::new(FaultyStore::stuck_on("USER0404")),
+    )
+    .await;
+    // The client's own deadline (10 s) is far later: the answer is the server's.
+    let client = server.client(ALL_SCOPES).await;
+    let mut users = client.users();
+    let status = assert_status(
+        users
+            .get_user(GetUserRequest {
+                user_id: "USER0404".into(),
+            })
+            .await,
+        Code::DeadlineExceeded,
+        "MAX_CALL_DURATION",
+    );
+    assert!(status.message().contains("300 ms"), "{status:?}");
+    let trace_id = status
+        .metadata()
+        .get("x-trace-id")
+        .expect("x-trace-id on a deadline error")
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(trace_id.len(), 32, "{trace_id}");
+    let m = samples(&server.scrape().await);
+    assert_eq!(
+        value(
+            &m,
+            "grpc_server_handled_total",
+            &[
+                ("grpc_method", "GetUser"),
+                ("grpc_code", "DeadlineExceeded")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(value(&m, "jisu_grpc_server_in_flight", &[]), 0.0);
+}
+
 /// A panic while a response stream is produced (after the handler returned) ends that
 /// stream with INTERNAL and the usual ErrorInfo; the connection goes on.
 #[tokio::test]

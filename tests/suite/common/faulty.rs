@@ -4,6 +4,7 @@
 pub struct FaultyStore {
     inner: jisu::store::MemoryStore,
     panic_on: Option<&'static str>,
+    stuck_on: Option<&'static str>,
     unavailable: bool,
 }
 
@@ -12,6 +13,16 @@ impl FaultyStore {
         Self {
             inner: jisu::store::MemoryStore::new(),
             panic_on: Some(id),
+            stuck_on: None,
+            unavailable: false,
+        }
+    }
+    /// Reading user `id` never completes (a hung backend).
+    pub fn stuck_on(id: &'static str) -> Self {
+        Self {
+            inner: jisu::store::MemoryStore::new(),
+            panic_on: None,
+            stuck_on: Some(id),
             unavailable: false,
         }
     }
@@ -19,6 +30,7 @@ impl FaultyStore {
         Self {
             inner: jisu::store::MemoryStore::new(),
             panic_on: None,
+            stuck_on: None,
             unavailable: true,
         }
     }
@@ -38,6 +50,9 @@ mod store_impl {
         async fn user(&self, id: &str) -> Result<User, StoreError> {
             if self.panic_on == Some(id) {
                 panic!("simulated bug reading {id}");
+            }
+            if self.stuck_on == Some(id) {
+                std::future::pending::<()>().await;
             }
             if self.unavailable {
                 return Err(StoreError::Unavailable("simulated outage".into()));
