@@ -1,5 +1,5 @@
-//! Every call is answered by its deadline: the caller's `grpc-timeout`, capped by the
-//! server's maximum (`server.max_call_duration_ms`). Past it the call ends with
+//! Every call is answered by its deadline: the caller's `grpc-timeout` (less one timer
+//! tick, see [`TICK`]), capped by the server's maximum (`server.max_call_duration_ms`). Past it the call ends with
 //! DEADLINE_EXCEEDED, reason `DEADLINE_PASSED` (the caller's deadline) or
 //! `MAX_CALL_DURATION` (the server's cap), and the handler's future is dropped: the server
 //! stops working for a caller that has given up. For a stream the deadline covers the
@@ -27,6 +27,13 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{api, error::Error};
+
+/// How much earlier than the caller's deadline the call is answered: one tick of tokio's
+/// timer. tonic's server enforces the same `grpc-timeout` outside every layer (that
+/// cannot be turned off) and answers CANCELLED "Timeout expired" when its timer fires
+/// first; a timer one tick earlier makes this layer's answer (counted, with the trace id)
+/// the one sent, whatever the order the two were started in.
+const TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
@@ -87,7 +94,7 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(api::parse_timeout)
         {
-            Some(asked) if asked < self.max => (asked, Limit::Caller),
+            Some(asked) if asked < self.max => (asked.saturating_sub(TICK), Limit::Caller),
             _ => (self.max, Limit::Server),
         };
         Expiring {
@@ -215,7 +222,7 @@ mod tests {
         let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(handler(None));
         let started = Instant::now();
         let response = svc.oneshot(request(Some("250m"))).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(250));
+        assert_eq!(started.elapsed(), Duration::from_millis(250) - TICK);
         let status = status_of(&response);
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert_eq!(reason(&status), "DEADLINE_PASSED");
@@ -236,7 +243,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_answer_in_time_passes_through_untouched() {
-        for after in [Duration::ZERO, Duration::from_millis(249)] {
+        for after in [Duration::ZERO, Duration::from_millis(248)] {
             let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(handler(Some(after)));
             let response = svc.oneshot(request(Some("250m"))).await.unwrap();
             assert_eq!(response.body(), "answered");
