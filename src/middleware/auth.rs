@@ -33,6 +33,14 @@ const UNKNOWN_METHOD_LABEL: &str = "unknown_method";
 /// Adds [`Auth`] to a service.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
+    checks: Arc<Checks>,
+}
+
+/// What every call is checked against, behind one `Arc`: hyper clones the whole service
+/// stack for each request, and a verifier's clone alone is a dozen reference counts (its
+/// key set, its cache and the cache's channels).
+#[derive(Debug)]
+struct Checks {
     verifier: TokenVerifier,
     policy: PolicyHandle,
     metrics: Metrics,
@@ -48,9 +56,11 @@ impl AuthLayer {
             )
             .increment(0);
         Self {
-            verifier,
-            policy,
-            metrics,
+            checks: Arc::new(Checks {
+                verifier,
+                policy,
+                metrics,
+            }),
         }
     }
 }
@@ -61,9 +71,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            verifier: self.verifier.clone(),
-            policy: self.policy.clone(),
-            metrics: self.metrics.clone(),
+            checks: self.checks.clone(),
         }
     }
 }
@@ -72,9 +80,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    verifier: TokenVerifier,
-    policy: PolicyHandle,
-    metrics: Metrics,
+    checks: Arc<Checks>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Auth<S>
@@ -92,9 +98,10 @@ where
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let peer = req.extensions().get::<Arc<Peer>>().cloned();
+        let checks = &*self.checks;
         let checked = authorize(
-            &self.verifier,
-            &self.policy,
+            &checks.verifier,
+            &checks.policy,
             req.uri().path(),
             req.headers(),
             peer.as_deref(),
@@ -108,7 +115,8 @@ where
             }
             Ok(None) => Either::Left(self.inner.call(req)),
             Err((err, label)) => {
-                self.metrics
+                checks
+                    .metrics
                     .counter("jisu_auth_failures_total", &[("reason", label)])
                     .increment(1);
                 let identity = peer.as_ref().map_or("-", |p| p.identity.as_str());
