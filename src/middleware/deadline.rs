@@ -2,8 +2,10 @@
 //! tick, see [`TICK`]), capped by the server's maximum (`server.max_call_duration_ms`). Past it the call ends with
 //! DEADLINE_EXCEEDED, reason `DEADLINE_PASSED` (the caller's deadline) or
 //! `MAX_CALL_DURATION` (the server's cap), and the handler's future is dropped: the server
-//! stops working for a caller that has given up. For a stream the deadline covers the
-//! handler up to its response; the stream itself is bounded in `service::streams`.
+//! stops working for a caller that has given up. For a response stream the deadline
+//! covers the handler up to its response; the stream itself is bounded in
+//! `service::streams`. A call that streams its requests (an upload) is answered after its
+//! last one, so only the caller's deadline bounds it (see [`streams_requests`]).
 //!
 //! Inside the metrics layer, so the answer is counted, traced and carries `x-trace-id`
 //! like any other error. (tonic's `Server::timeout`, used before, sat outside every layer
@@ -86,20 +88,22 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let now = Instant::now();
+        let cap = (!streams_requests(req.uri().path())).then_some(self.max);
         // An unreadable grpc-timeout is no deadline (as in gRPC's own servers); the
-        // server's maximum still holds.
-        let (after, limit) = match req
+        // server's cap still holds.
+        let asked = req
             .headers()
             .get(api::GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
-            .and_then(api::parse_timeout)
-        {
-            Some(asked) if asked < self.max => (asked.saturating_sub(TICK), Limit::Caller),
-            _ => (self.max, Limit::Server),
+            .and_then(api::parse_timeout);
+        let (after, limit) = match (asked, cap) {
+            (Some(asked), Some(max)) if asked >= max => (Some(max), Limit::Server),
+            (Some(asked), _) => (Some(asked.saturating_sub(TICK)), Limit::Caller),
+            (None, cap) => (cap, Limit::Server),
         };
         Expiring {
             inner: self.inner.call(req),
-            at: now + after,
+            at: after.map(|after| now + after),
             limit,
             max: self.max,
             sleep: None,
@@ -107,11 +111,25 @@ where
     }
 }
 
+/// The server's cap bounds a call's work up to its answer. A call that streams its
+/// requests (an upload) is answered only after the last one, however long the client
+/// takes to send them (a large file over a slow link): only the caller's deadline bounds
+/// it, and the file service's own limits (size, chunk) bound what it can cost.
+fn streams_requests(path: &str) -> bool {
+    api::served_method(path).is_some_and(|m| {
+        matches!(
+            m.call_type,
+            api::CallType::ClientStream | api::CallType::BidiStream
+        )
+    })
+}
+
 pin_project_lite::pin_project! {
     pub struct Expiring<F> {
         #[pin]
         inner: F,
-        at: Instant,
+        // None: no deadline (a streamed request without the caller's).
+        at: Option<Instant>,
         limit: Limit,
         max: Duration,
         // Armed at the first Pending.
@@ -149,7 +167,9 @@ where
         if let Poll::Ready(answer) = this.inner.poll(cx) {
             return Poll::Ready(answer);
         }
-        let at = *this.at;
+        let Some(at) = *this.at else {
+            return Poll::Pending;
+        };
         let sleep = this
             .sleep
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -239,6 +259,26 @@ mod tests {
             assert_eq!(started.elapsed(), Duration::from_secs(30), "{asked:?}");
             assert_eq!(reason(&status_of(&response)), "MAX_CALL_DURATION");
         }
+    }
+
+    /// An upload is answered after its last chunk, however long that takes: the server's
+    /// cap does not end it, the caller's deadline does.
+    #[tokio::test(start_paused = true)]
+    async fn a_call_streaming_its_requests_is_bounded_by_the_caller_alone() {
+        let upload = |timeout: Option<&str>| {
+            let mut r = request(timeout);
+            *r.uri_mut() = "/jisucloud.v1.FileService/Upload".parse().unwrap();
+            r
+        };
+        let svc = DeadlineLayer::new(Duration::from_secs(30))
+            .layer(handler(Some(Duration::from_secs(3600))));
+        let response = svc.oneshot(upload(None)).await.unwrap();
+        assert_eq!(response.body(), "answered");
+        let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(handler(None));
+        let started = Instant::now();
+        let response = svc.oneshot(upload(Some("60S"))).await.unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(60) - TICK);
+        assert_eq!(reason(&status_of(&response)), "DEADLINE_PASSED");
     }
 
     #[tokio::test(start_paused = true)]

@@ -449,3 +449,37 @@ async fn stored_files_are_never_replaced_and_legacy_ids_resolve() {
     assert_eq!(got.id, legacy);
     assert_eq!(std::fs::read(&dest).unwrap(), old);
 }
+
+/// The server's limit per call (here 300 ms) bounds the work before an answer, not an
+/// upload: a client slower than that to send its chunks (a large file over a slow link)
+/// still completes. (The limit, applied to every call before, cut such uploads off.)
+#[tokio::test]
+async fn an_upload_slower_than_the_servers_call_limit_completes() {
+    let server = TestServer::start_with(|s| {
+        s.files.chunk_bytes = CHUNK;
+        s.files.max_bytes = 8 << 20;
+        s.server.max_call_duration_ms = 300;
+    })
+    .await;
+    let content = random_bytes(2 * CHUNK);
+    let digest = sha(&content);
+    let client = server.client(ALL_SCOPES).await;
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(header("slow.bin", content.len() as u64, &digest, 0))
+        .unwrap();
+    tx.unbounded_send(chunk(&content[..CHUNK])).unwrap();
+    let mut files = client.files();
+    let call = tokio::spawn(async move { files.upload(rx).await });
+    // Hold the upload open past the server's limit (a slow client), then finish it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    // (Fails only if the call already ended: its status says why, below.)
+    let _ = tx.unbounded_send(chunk(&content[CHUNK..]));
+    drop(tx);
+    let info = call
+        .await
+        .unwrap()
+        .expect("the upload outlives the server's call limit")
+        .into_inner();
+    assert_eq!(info.size, content.len() as u64);
+    assert_eq!(info.id, format!("F{digest}"));
+}
