@@ -60,8 +60,7 @@ start_full() {
 }
 
 # start_target NAME TARGET SECONDS BIN [PREFIX...]: `jisu bench-target TARGET` (one thread,
-# the certificates in $work/certs), run under PREFIX; sets $server (pid)
-# and $port.
+# the certificates in $work/certs), run under PREFIX; sets $server (pid) and $port.
 start_target() {
   local name=$1 target=$2 secs=$3 bin=$4
   shift 4

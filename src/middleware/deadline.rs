@@ -1,6 +1,6 @@
 //! Every call is answered by its deadline: the caller's `grpc-timeout` (less one timer
-//! tick, see [`TICK`]), capped by the server's maximum (`server.max_call_duration_ms`). Past it the call ends with
-//! DEADLINE_EXCEEDED, reason `DEADLINE_PASSED` (the caller's deadline) or
+//! tick, see [`TICK`]), capped by the server's maximum (`server.max_call_duration_ms`).
+//! Past it the call ends with DEADLINE_EXCEEDED, reason `DEADLINE_PASSED` (the caller's deadline) or
 //! `MAX_CALL_DURATION` (the server's cap), and the handler's future is dropped: the server
 //! stops working for a caller that has given up. For a response stream the deadline
 //! covers the handler up to its response; the stream itself is bounded in
@@ -88,18 +88,15 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let now = Instant::now();
-        let cap = (!streams_requests(req.uri().path())).then_some(self.max);
         // An unreadable grpc-timeout is no deadline (as in gRPC's own servers); the
-        // server's cap still holds.
-        let asked = req
-            .headers()
-            .get(api::GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(api::parse_timeout);
-        let (after, limit) = match (asked, cap) {
-            (Some(asked), Some(max)) if asked >= max => (Some(max), Limit::Server),
-            (Some(asked), _) => (Some(asked.saturating_sub(TICK)), Limit::Caller),
-            (None, cap) => (cap, Limit::Server),
+        // server's cap still holds. Whether the cap applies (a method-table lookup) only
+        // matters when the caller's deadline does not come first.
+        let asked = api::grpc_timeout(req.headers());
+        let caller = |asked: Option<Duration>| asked.map(|a| a.saturating_sub(TICK));
+        let (after, limit) = match asked {
+            Some(a) if a < self.max => (caller(asked), Limit::Caller),
+            _ if streams_requests(req.uri().path()) => (caller(asked), Limit::Caller),
+            _ => (Some(self.max), Limit::Server),
         };
         Expiring {
             inner: self.inner.call(req),

@@ -34,8 +34,7 @@ impl Shutdown {
 
 /// The deadline a caller set with `grpc-timeout` (e.g. `250m`, `10S`), if any.
 pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let raw = metadata.get(api::GRPC_TIMEOUT)?.to_str().ok()?;
-    Some(Instant::now() + api::parse_timeout(raw)?)
+    Some(Instant::now() + api::grpc_timeout(metadata.as_ref())?)
 }
 
 pin_project_lite::pin_project! {

@@ -36,6 +36,15 @@ pub const NEXT_PAGE_TOKEN: &str = "x-next-page-token";
 /// Every response's trace id (W3C, 32 hex digits), errors included.
 pub const TRACE_ID: &str = "x-trace-id";
 
+/// The caller's `grpc-timeout` in request headers (or a `MetadataMap`'s `as_ref()`), if
+/// present and readable.
+pub fn grpc_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
+    headers
+        .get(GRPC_TIMEOUT)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_timeout)
+}
+
 /// Parses a `grpc-timeout` value: up to 8 digits and a unit (H, M, S, m, u, n).
 pub fn parse_timeout(raw: &str) -> Option<Duration> {
     let (digits, unit) = raw.split_at(raw.len().checked_sub(1)?);

@@ -308,12 +308,7 @@ impl Shared {
         let (mut parts, body) = req.into_parts();
         let bytes: Bytes = body.collect().await?.to_bytes();
         // Retries spend the call's own deadline, never extend it.
-        let deadline = parts
-            .headers
-            .get(api::GRPC_TIMEOUT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(api::parse_timeout)
-            .map(|t| Instant::now() + t);
+        let deadline = api::grpc_timeout(&parts.headers).map(|t| Instant::now() + t);
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
         loop {
