@@ -412,3 +412,87 @@ async fn a_create_whose_answer_was_cut_off_is_not_sent_again() {
     );
     server.stop().await;
 }
+
+/// A call whose answer does not come within the caller's deadline ends as
+/// DEADLINE_EXCEEDED for the caller and in the client's metrics, whether or not it may be
+/// retried, and is not sent again: the deadline is spent. (tonic's channel enforces the
+/// deadline itself and says CANCELLED "Timeout expired"; the metrics said UNAVAILABLE.)
+#[tokio::test]
+async fn a_call_past_the_callers_deadline_is_deadline_exceeded_and_not_sent_again() {
+    let server = TestServer::start().await;
+    let proxy = CuttingProxy::start(server.addr).await;
+    let endpoint = format!("https://127.0.0.1:{}", proxy.addr.port());
+    let mut config =
+        jisu::client::ClientConfig::from_certs_dir(&endpoint, server.dir(), "client").unwrap();
+    config.token = Some(server.token(ALL_SCOPES));
+    config.timeout = Duration::from_millis(300);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let rendered = recorder.handle();
+    config.metrics = Some(jisu::client::metrics::ClientMetrics::new(Arc::new(
+        recorder,
+    )));
+    let client = jisu::client::JisuClient::connect(config).await.unwrap();
+    client
+        .health()
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("served through the proxy");
+
+    // The server answers; the proxy holds every answer back.
+    proxy.hold.send_replace(true);
+    let mut users = client.users();
+    let created = users
+        .create_user(CreateUserRequest {
+            name: "Late".into(),
+            email: "late@jisu.dev".into(),
+            phone: String::new(),
+        })
+        .await
+        .expect_err("no answer came");
+    let got = users
+        .get_user(GetUserRequest {
+            user_id: "USER0001".into(),
+        })
+        .await
+        .expect_err("no answer came");
+    for (method, status) in [("CreateUser", &created), ("GetUser", &got)] {
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "{method}: {status:?}"
+        );
+        assert_eq!(
+            status.message(),
+            format!("no answer from {endpoint} within the call's deadline (300 ms)"),
+            "{method}"
+        );
+    }
+    let client_metrics = samples(&rendered.render());
+    for method in ["CreateUser", "GetUser"] {
+        let labels = [("grpc_method", method), ("grpc_code", "DeadlineExceeded")];
+        assert_eq!(
+            value(&client_metrics, "grpc_client_handled_total", &labels),
+            1.0,
+            "{method}"
+        );
+        let started = async || {
+            value(
+                &samples(&server.scrape().await),
+                "grpc_server_started_total",
+                &[("grpc_method", method)],
+            )
+        };
+        crate::common::eventually(
+            "the server took the call",
+            Duration::from_secs(10),
+            async || started().await >= 1.0,
+        )
+        .await;
+        assert_eq!(
+            started().await,
+            1.0,
+            "{method} arrived at the server more than once"
+        );
+    }
+    server.stop().await;
+}

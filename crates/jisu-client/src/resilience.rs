@@ -29,7 +29,7 @@ use budget::Budget;
 pub use replica::Replica;
 use replica::{Admission, Circuit};
 pub(crate) use retry::never_sent;
-use retry::{is_idempotent, pushback, unavailable};
+use retry::{deadline_exceeded, is_idempotent, pushback, timed_out, unavailable};
 use std::{
     future::Future,
     pin::Pin,
@@ -300,15 +300,22 @@ impl Shared {
             let Some(mut admission) = self.pick() else {
                 return Ok(unavailable("no replica available: every circuit is open"));
             };
+            let timeout = api::grpc_timeout(req.headers());
             let result = self.send(&admission, req).await;
             let ok = matches!(&result, Ok(r) if status_of(r.headers()) != Some(Code::Unavailable));
             self.record(&mut admission, ok);
-            return result;
+            return match result {
+                Err(err) if timed_out(err.as_ref()) => {
+                    Ok(deadline_exceeded(timeout, &admission.replica.endpoint))
+                }
+                result => result,
+            };
         }
         let (mut parts, body) = req.into_parts();
         let bytes: Bytes = body.collect().await?.to_bytes();
         // Retries spend the call's own deadline, never extend it.
-        let deadline = api::grpc_timeout(&parts.headers).map(|t| Instant::now() + t);
+        let timeout = api::grpc_timeout(&parts.headers);
+        let deadline = timeout.map(|t| Instant::now() + t);
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
         loop {
@@ -340,6 +347,10 @@ impl Shared {
             match result {
                 Err(err) => {
                     self.record(&mut admission, false);
+                    if timed_out(err.as_ref()) {
+                        // Each attempt carries what is left of the deadline: it is spent.
+                        return Ok(deadline_exceeded(timeout, &endpoint));
+                    }
                     let safe = idempotent || never_sent(err.as_ref());
                     if last || !safe || !self.budget.lock().allows_retry() {
                         return Err(err);

@@ -56,6 +56,32 @@ pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
+/// The call's own deadline passed before its answer came. tonic's channel enforces
+/// `grpc-timeout` itself and fails the call with [`tonic::TimeoutExpired`], which tonic turns
+/// into CANCELLED ("Timeout expired") and our metrics would count as UNAVAILABLE; neither is
+/// what happened. A typed fact, like [`never_sent`].
+pub(super) fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<tonic::TimeoutExpired>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// What a caller whose deadline passed gets: DEADLINE_EXCEEDED, as a server would answer.
+pub(super) fn deadline_exceeded(timeout: Option<Duration>, endpoint: &str) -> Response<Body> {
+    let within = timeout
+        .map(|t| format!(" ({} ms)", t.as_millis()))
+        .unwrap_or_default();
+    tonic::Status::deadline_exceeded(format!(
+        "no answer from {endpoint} within the call's deadline{within}"
+    ))
+    .into_http()
+}
+
 pub(super) fn unavailable(message: &str) -> Response<Body> {
     tonic::Status::unavailable(message.to_owned()).into_http()
 }
@@ -83,5 +109,35 @@ mod tests {
         // A stream error h2 made itself (not the server's refusal) proves nothing either.
         let local: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
         assert!(!never_sent(local.as_ref()));
+    }
+
+    #[test]
+    fn a_deadline_passed_is_told_by_its_type_alone() {
+        let expired: BoxError = Box::new(tonic::TimeoutExpired(()));
+        assert!(timed_out(expired.as_ref()));
+        // Wrapped, as the channel passes it on (tonic's transport error, its source).
+        #[derive(Debug)]
+        struct Wrapped(BoxError);
+        impl std::fmt::Display for Wrapped {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Wrapped {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(self.0.as_ref())
+            }
+        }
+        let wrapped: BoxError = Box::new(Wrapped(Box::new(tonic::TimeoutExpired(()))));
+        assert!(timed_out(wrapped.as_ref()));
+        let text: BoxError = Box::new(std::io::Error::other("Timeout expired"));
+        assert!(!timed_out(text.as_ref()));
+        let answer = deadline_exceeded(Some(Duration::from_millis(300)), "https://a:1");
+        let status = tonic::Status::from_header_map(answer.headers()).unwrap();
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert_eq!(
+            status.message(),
+            "no answer from https://a:1 within the call's deadline (300 ms)"
+        );
     }
 }
