@@ -10,6 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use tonic::{codec::CompressionEncoding, server::NamedService};
 
 mod readiness;
+mod serve;
 mod stack;
 mod supervisor;
 
@@ -61,8 +62,6 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("gRPC server: {0}")]
-    Serve(#[from] tonic::transport::Error),
     #[error("invalid deployment: {0}")]
     Deployment(String),
     #[error("client of the users endpoint: {0}")]
@@ -486,7 +485,7 @@ impl Application {
 
         let grace = settings.shutdown_grace();
         tokio::select! {
-            result = server => result?,
+            () = server => {}
             () = async {
                 let _ = stopping_rx.await;
                 tokio::time::sleep(grace).await;

@@ -90,6 +90,11 @@ pub struct MtlsStream {
 }
 
 impl MtlsStream {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Arc<Peer> {
+        &self.peer
+    }
+
     /// An error once the connection has been closed by the rapid-reset guard.
     fn check_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
         if self.closed.as_mut().poll(cx).is_ready() {

@@ -1,5 +1,5 @@
-//! Every call is answered by its deadline: the caller's `grpc-timeout` (less one timer
-//! tick, see [`TICK`]), capped by the server's maximum (`server.max_call_duration_ms`).
+//! Every call is answered by its deadline: the caller's `grpc-timeout`, capped by the
+//! server's maximum (`server.max_call_duration_ms`).
 //! Past it the call ends with DEADLINE_EXCEEDED, reason `DEADLINE_PASSED` (the caller's deadline) or
 //! `MAX_CALL_DURATION` (the server's cap), and the handler's future is dropped: the server
 //! stops working for a caller that has given up. For a response stream the deadline
@@ -8,9 +8,10 @@
 //! last one, so only the caller's deadline bounds it (see [`streams_requests`]).
 //!
 //! Inside the metrics layer, so the answer is counted, traced and carries `x-trace-id`
-//! like any other error. (tonic's `Server::timeout`, used before, sat outside every layer
-//! and answered CANCELLED "Timeout expired": uncounted, without a trace id, and a code that
-//! says the caller cancelled.)
+//! like any other error. (tonic's `Server`, used before, enforced `grpc-timeout` itself,
+//! outside every layer, and answered CANCELLED "Timeout expired": uncounted, without a
+//! trace id, and a code that says the caller cancelled. The connections are now served by
+//! `startup::serve`, where nothing else answers for this layer.)
 //!
 //! The timer is armed only when the call is still pending after its first poll: most
 //! unary calls answer at once and never touch the runtime's timer wheel, and the future
@@ -29,13 +30,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::{api, error::Error};
-
-/// How much earlier than the caller's deadline the call is answered: one tick of tokio's
-/// timer. tonic's server enforces the same `grpc-timeout` outside every layer (that
-/// cannot be turned off) and answers CANCELLED "Timeout expired" when its timer fires
-/// first; a timer one tick earlier makes this layer's answer (counted, with the trace id)
-/// the one sent, whatever the order the two were started in.
-const TICK: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
@@ -92,10 +86,9 @@ where
         // server's cap still holds. Whether the cap applies (a method-table lookup) only
         // matters when the caller's deadline does not come first.
         let asked = api::grpc_timeout(req.headers());
-        let caller = |asked: Option<Duration>| asked.map(|a| a.saturating_sub(TICK));
         let (after, limit) = match asked {
-            Some(a) if a < self.max => (caller(asked), Limit::Caller),
-            _ if streams_requests(req.uri().path()) => (caller(asked), Limit::Caller),
+            Some(a) if a < self.max => (asked, Limit::Caller),
+            _ if streams_requests(req.uri().path()) => (asked, Limit::Caller),
             _ => (Some(self.max), Limit::Server),
         };
         Expiring {
@@ -239,7 +232,7 @@ mod tests {
         let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(handler(None));
         let started = Instant::now();
         let response = svc.oneshot(request(Some("250m"))).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_millis(250) - TICK);
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
         let status = status_of(&response);
         assert_eq!(status.code(), Code::DeadlineExceeded);
         assert_eq!(reason(&status), "DEADLINE_PASSED");
@@ -274,7 +267,7 @@ mod tests {
         let svc = DeadlineLayer::new(Duration::from_secs(30)).layer(handler(None));
         let started = Instant::now();
         let response = svc.oneshot(upload(Some("60S"))).await.unwrap();
-        assert_eq!(started.elapsed(), Duration::from_secs(60) - TICK);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
         assert_eq!(reason(&status_of(&response)), "DEADLINE_PASSED");
     }
 

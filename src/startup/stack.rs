@@ -1,11 +1,16 @@
 //! THE one place the gRPC middleware stack is composed: HTTP/2 limits, then each layer,
 //! outermost first, with why it sits where it sits. Pure: it builds the server future from
-//! its parts and spawns nothing (background tasks belong to the supervisor).
+//! its parts; the connections it serves are its own tasks (background tasks belong to the
+//! supervisor).
 use std::{future::Future, time::Duration};
 
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{service::Routes, transport::Server};
+use tonic::service::Routes;
+use tower::ServiceBuilder;
 
+use super::serve::{Lifetime, serve};
 use crate::{
     config::Settings,
     middleware::{
@@ -34,7 +39,7 @@ pub(super) fn serve_grpc(
     routes: Routes,
     incoming: ReceiverStream<std::io::Result<MtlsStream>>,
     signal: impl Future<Output = ()> + Send,
-) -> impl Future<Output = Result<(), tonic::transport::Error>> {
+) -> impl Future<Output = ()> {
     let limits = &settings.server;
     let Layers {
         metrics,
@@ -43,16 +48,21 @@ pub(super) fn serve_grpc(
         rate_limit,
         debug,
     } = layers;
-    Server::builder()
-        // Limits first: work refused by h2 costs nothing downstream.
+    // Limits first: work refused by h2 costs nothing downstream.
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2
+        .timer(TokioTimer::new())
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_local_error_reset_streams(Some(1024))
-        .http2_max_pending_accept_reset_streams(Some(128))
-        .http2_max_header_list_size(16 * 1024)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_connection_age(Duration::from_secs(limits.max_connection_age_secs))
-        .max_connection_age_grace(settings.shutdown_grace())
+        .max_local_error_reset_streams(Some(1024))
+        .max_pending_accept_reset_streams(Some(128))
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let lifetime = Lifetime {
+        max_age: Duration::from_secs(limits.max_connection_age_secs),
+        grace: settings.shutdown_grace(),
+    };
+    let stack = ServiceBuilder::new()
         // Paced rapid reset: a connection whose calls are mostly cancelled by the client
         // is closed. Outermost, so it sees every call end, however early.
         .layer(ResetGuardLayer::new(metrics.clone()))
@@ -77,6 +87,6 @@ pub(super) fn serve_grpc(
         .layer(rate_limit)
         // A panic fails its own call with INTERNAL, nothing else.
         .layer(CatchPanicLayer)
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming, signal)
+        .service(routes);
+    serve(incoming, stack, http2, lifetime, signal)
 }

@@ -15,8 +15,9 @@ pub struct Supervisor {
     stop: CancellationToken,
 }
 
-/// Aborts the task it names when dropped (a task adopted from a `JoinHandle`).
-struct AbortOnDrop(AbortHandle);
+/// Aborts the task it names when dropped (a task adopted from a `JoinHandle`, a
+/// connection's timers).
+pub(super) struct AbortOnDrop(pub AbortHandle);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

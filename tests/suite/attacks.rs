@@ -20,7 +20,7 @@ use tokio::{
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
     let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -53,7 +53,7 @@ fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
 }
 
 /// A GetUser request header block; `extra` headers are appended as they are.
-fn request_headers(extra: &[(&str, &str)]) -> Vec<u8> {
+pub(crate) fn request_headers(extra: &[(&str, &str)]) -> Vec<u8> {
     let mut h = vec![0x83, 0x87]; // :method POST, :scheme https
     literal(&mut h, ":path", "/jisucloud.v1.UserService/GetUser");
     literal(&mut h, ":authority", "localhost");
@@ -66,24 +66,26 @@ fn request_headers(extra: &[(&str, &str)]) -> Vec<u8> {
 }
 
 /// A mutual-TLS connection speaking raw HTTP/2; a reader task drains what the server
-/// sends and notes a GOAWAY and the end of the connection.
-struct Raw {
-    writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
-    goaway: Arc<AtomicBool>,
-    closed: Arc<AtomicBool>,
+/// sends and notes a GOAWAY, the DATA bytes received and the end of the connection.
+pub(crate) struct Raw {
+    pub writer: tokio::io::WriteHalf<tokio_rustls::client::TlsStream<TcpStream>>,
+    pub goaway: Arc<AtomicBool>,
+    pub data: Arc<AtomicU64>,
+    pub closed: Arc<AtomicBool>,
 }
 
 impl Raw {
-    async fn connect(server: &TestServer) -> Raw {
+    pub async fn connect(server: &TestServer) -> Raw {
         let stream = tls(server).await;
         let (mut reader, mut writer) = tokio::io::split(stream);
         writer.write_all(PREFACE).await.unwrap();
         writer.write_all(&frame(0x4, 0, 0, &[])).await.unwrap();
-        let (goaway, closed) = (
+        let (goaway, data, closed) = (
             Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(0)),
             Arc::new(AtomicBool::new(false)),
         );
-        let (g, c) = (goaway.clone(), closed.clone());
+        let (g, d, c) = (goaway.clone(), data.clone(), closed.clone());
         tokio::spawn(async move {
             let mut head = [0u8; 9];
             loop {
@@ -91,8 +93,10 @@ impl Raw {
                     break;
                 }
                 let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-                if head[3] == 0x7 {
-                    g.store(true, Ordering::Relaxed);
+                match head[3] {
+                    0x0 => _ = d.fetch_add(len as u64, Ordering::Relaxed),
+                    0x7 => g.store(true, Ordering::Relaxed),
+                    _ => {}
                 }
                 let mut body = vec![0u8; len];
                 if reader.read_exact(&mut body).await.is_err() {
@@ -104,6 +108,7 @@ impl Raw {
         Raw {
             writer,
             goaway,
+            data,
             closed,
         }
     }

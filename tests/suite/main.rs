@@ -8,6 +8,7 @@ mod attacks;
 mod auth;
 mod authz;
 mod bench;
+mod connections;
 mod debug_pages;
 mod durability;
 mod faults;
