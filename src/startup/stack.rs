@@ -55,9 +55,11 @@ pub(super) fn serve_grpc(
         .max_concurrent_streams(limits.max_concurrent_streams)
         .max_local_error_reset_streams(Some(1024))
         .max_pending_accept_reset_streams(Some(128))
-        .max_header_list_size(16 * 1024)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(10));
+        .max_header_list_size(16 * 1024);
+    // No HTTP/2 keepalive PINGs: hyper checks their timer at every poll of a connection
+    // (~1,500 instructions per call, one call at a time; BENCHMARKS.md, session 12). Dead
+    // peers are found by TCP keepalive instead (`transport`), at no cost per call, and a
+    // live but stuck one is bounded by the maximum connection age.
     let lifetime = Lifetime {
         max_age: Duration::from_secs(limits.max_connection_age_secs),
         grace: settings.shutdown_grace(),

@@ -75,5 +75,49 @@ async fn a_connection_at_its_maximum_age_is_told_to_go_and_its_call_in_flight_fi
         async || raw.data.load(Ordering::Relaxed) > 0,
     )
     .await;
+    // Gone from our side too (it never acknowledged the GOAWAY's PING, so the server
+    // would keep it until the grace is over), so the drain has nothing to wait for.
+    raw.writer.shutdown().await.unwrap();
+    server.stop().await;
+}
+
+/// Accepted connections have TCP keepalive (the kernel finds a peer that has gone, at no
+/// cost per call): on the server's end of an idle connection `/proc/net/tcp` shows the
+/// keepalive timer (kind 2), due within the 30 s of silence it allows.
+#[tokio::test]
+async fn an_accepted_connection_has_tcp_keepalive() {
+    let server = TestServer::start().await;
+    let client = server.client(ALL_SCOPES).await;
+    client
+        .health()
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("served");
+    let port = format!(":{:04X}", server.addr.port());
+    // sl local_address rem_address st tx:rx tr:tm->when ...: the server's established ends.
+    let ours = || {
+        let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp (Linux)");
+        table
+            .lines()
+            .skip(1)
+            .map(|l| l.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|f| f[1].ends_with(&port) && f[3] == "01")
+            .collect::<Vec<_>>()
+    };
+    // Once the last answer is acknowledged (until then the timer is a retransmit's).
+    eventually(
+        "the keepalive timer on the server's end",
+        Duration::from_secs(10),
+        async || {
+            let sockets = ours();
+            !sockets.is_empty() && sockets.iter().all(|f| f[5].starts_with("02:"))
+        },
+    )
+    .await;
+    for fields in ours() {
+        let due = u64::from_str_radix(&fields[5][3..], 16).unwrap();
+        // In clock ticks (USER_HZ, 100 per second on Linux).
+        assert!(due <= 30 * 100, "keepalive due in {due} ticks: {fields:?}");
+    }
     server.stop().await;
 }
