@@ -159,6 +159,11 @@ def not_measured(text, run, *variants):
     why = "; ".join(f"{NAMES[v]}: {unheld[(run, v)]}" for v in variants if (run, v) in unheld)
     if (run, "bare") in unheld:
         print(f"- NOT MEASURED: {text}: the rate held in no repeat ({why})")
+    elif (run, "bare-tls") in unheld:
+        # mTLS alone (no Jisu middleware) failed too: the limit is TLS on the server or the
+        # generator's own TLS client, which costs it more per call than plaintext.
+        print(f"- MISSED: {text}: the stack could not carry the rate that bare carried, nor could "
+              f"mTLS alone ({why}; {NAMES['bare-tls']}: {unheld[(run, 'bare-tls')]})")
     else:
         print(f"- MISSED: {text}: the stack could not carry the rate that bare carried ({why})")
 
