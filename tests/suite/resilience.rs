@@ -299,6 +299,29 @@ impl CuttingProxy {
         Self { addr, hold, cut }
     }
 
+    /// A Jisu client (all scopes) connected through the proxy, served once already.
+    async fn client(
+        &self,
+        server: &TestServer,
+        configure: impl FnOnce(&mut jisu::client::ClientConfig),
+    ) -> jisu::client::JisuClient {
+        let mut config = jisu::client::ClientConfig::from_certs_dir(
+            &format!("https://127.0.0.1:{}", self.addr.port()),
+            server.dir(),
+            "client",
+        )
+        .unwrap();
+        config.token = Some(server.token(ALL_SCOPES));
+        configure(&mut config);
+        let client = jisu::client::JisuClient::connect(config).await.unwrap();
+        client
+            .health()
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .expect("served through the proxy");
+        client
+    }
+
     async fn pipe(
         client: tokio::net::TcpStream,
         server: tokio::net::TcpStream,
@@ -348,19 +371,7 @@ impl CuttingProxy {
 async fn a_create_whose_answer_was_cut_off_is_not_sent_again() {
     let server = TestServer::start().await;
     let proxy = CuttingProxy::start(server.addr).await;
-    let mut config = jisu::client::ClientConfig::from_certs_dir(
-        &format!("https://127.0.0.1:{}", proxy.addr.port()),
-        server.dir(),
-        "client",
-    )
-    .unwrap();
-    config.token = Some(server.token(ALL_SCOPES));
-    let client = jisu::client::JisuClient::connect(config).await.unwrap();
-    client
-        .health()
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect("served through the proxy");
+    let client = proxy.client(&server, |_| {}).await;
 
     proxy.hold.send_replace(true);
     let mut users = client.users();
@@ -422,21 +433,15 @@ async fn a_call_past_the_callers_deadline_is_deadline_exceeded_and_not_sent_agai
     let server = TestServer::start().await;
     let proxy = CuttingProxy::start(server.addr).await;
     let endpoint = format!("https://127.0.0.1:{}", proxy.addr.port());
-    let mut config =
-        jisu::client::ClientConfig::from_certs_dir(&endpoint, server.dir(), "client").unwrap();
-    config.token = Some(server.token(ALL_SCOPES));
-    config.timeout = Duration::from_millis(300);
     let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
     let rendered = recorder.handle();
-    config.metrics = Some(jisu::client::metrics::ClientMetrics::new(Arc::new(
-        recorder,
-    )));
-    let client = jisu::client::JisuClient::connect(config).await.unwrap();
-    client
-        .health()
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .expect("served through the proxy");
+    let metrics = jisu::client::metrics::ClientMetrics::new(Arc::new(recorder));
+    let client = proxy
+        .client(&server, |config| {
+            config.timeout = Duration::from_millis(300);
+            config.metrics = Some(metrics);
+        })
+        .await;
 
     // The server answers; the proxy holds every answer back.
     proxy.hold.send_replace(true);
