@@ -7,6 +7,8 @@ use tonic::body::Body;
 
 use jisu_api as api;
 
+use crate::causes;
+
 /// `grpc-retry-pushback-ms`: `Some(Some(d))` wait `d`; `Some(None)` do not retry.
 pub(super) fn pushback(response: &Response<Body>) -> Option<Option<Duration>> {
     let raw = response.headers().get(api::RETRY_PUSHBACK_MS)?;
@@ -41,8 +43,7 @@ pub(super) fn is_idempotent(req: &Request<Body>) -> bool {
 /// Anything else (a reset or closed connection after the request left) may have been
 /// applied, so a non-idempotent call is not sent again.
 pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
+    for e in causes(err) {
         if e.is::<tonic::ConnectError>() {
             return true;
         }
@@ -51,7 +52,6 @@ pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
                 && (h2.is_go_away()
                     || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
         }
-        cause = e.source();
     }
     false
 }
@@ -61,14 +61,7 @@ pub(crate) fn never_sent(err: &(dyn std::error::Error + 'static)) -> bool {
 /// into CANCELLED ("Timeout expired") and our metrics would count as UNAVAILABLE; neither is
 /// what happened. A typed fact, like [`never_sent`].
 pub(super) fn timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if e.is::<tonic::TimeoutExpired>() {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    causes(err).any(|e| e.is::<tonic::TimeoutExpired>())
 }
 
 /// What a caller whose deadline passed gets: DEADLINE_EXCEEDED, as a server would answer.
