@@ -3,6 +3,14 @@
 # line, and the processes those measurements start (the OTLP sink, the full stack, a bench
 # target). Each function documents what it sets.
 
+# The gRPC load generator's flags, ${lean[@]}: `jisu bench --lean` (calls straight over
+# HTTP/2, no client stack) unless JISU_BENCH_CLIENT=jisu (through the Jisu client).
+case ${JISU_BENCH_CLIENT:-lean} in
+  lean) lean=(--lean) ;;
+  jisu) lean=() ;;
+  *) echo "JISU_BENCH_CLIENT=$JISU_BENCH_CLIENT: expected lean or jisu" >&2; exit 1 ;;
+esac
+
 work=$(mktemp -d)
 pids=()
 # Commands run on exit before the work directory goes (e.g. keeping result files).

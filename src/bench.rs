@@ -30,6 +30,7 @@ use crate::{
     telemetry::metrics::code_label,
 };
 
+pub mod lean;
 pub mod targets;
 
 /// The methods `jisu bench` can drive.
@@ -196,6 +197,13 @@ async fn probe_payload(driver: &Driver, plan: &Plan) -> Option<Payload> {
                 response: user.encoded_len() + 5,
             })
         }
+        Driver::Lean(lean) => {
+            let answer = lean.call(plan, 0, 0).await.ok()?;
+            Some(Payload {
+                request: lean::Lean::request_len(plan),
+                response: answer.bytes,
+            })
+        }
         Driver::Rest {
             http,
             base,
@@ -237,10 +245,57 @@ impl Tally {
     }
 }
 
-/// Builds the request of call number `n` of caller `worker`.
+/// `--data` as the call's request type.
 fn request<T: serde::de::DeserializeOwned>(data: &Option<serde_json::Value>) -> Option<T> {
     data.as_ref()
         .map(|d| serde_json::from_value(d.clone()).expect("validated in `check`"))
+}
+
+// The request of call number `n` of caller `worker`, the same for every driver: `--data`
+// when given, else a default.
+
+fn get_user_request(plan: &Plan, worker: usize, n: u64) -> GetUserRequest {
+    request(&plan.data).unwrap_or_else(|| GetUserRequest {
+        user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
+    })
+}
+
+fn list_users_request(plan: &Plan) -> ListUsersRequest {
+    request(&plan.data).unwrap_or(ListUsersRequest {
+        page_size: plan.stream_messages as i32,
+        ..Default::default()
+    })
+}
+
+fn batch_get_users_request(plan: &Plan) -> BatchGetUsersRequest {
+    request(&plan.data).unwrap_or_else(|| BatchGetUsersRequest {
+        user_ids: (1..=10).map(|i| format!("USER{i:04}")).collect(),
+    })
+}
+
+fn create_user_request(plan: &Plan, worker: usize, n: u64) -> CreateUserRequest {
+    request(&plan.data).unwrap_or_else(|| CreateUserRequest {
+        name: "Bench".into(),
+        email: format!("bench-{}-{worker}-{n}@jisu.dev", std::process::id()),
+        phone: String::new(),
+    })
+}
+
+fn get_order_request(plan: &Plan) -> GetOrderRequest {
+    request(&plan.data).unwrap_or_default()
+}
+
+fn create_order_request(plan: &Plan) -> CreateOrderRequest {
+    request(&plan.data).unwrap_or_else(|| CreateOrderRequest {
+        user_id: "USER0001".into(),
+        items: vec![OrderItem {
+            product_id: "SKU-1".into(),
+            product_name: "bench".into(),
+            quantity: 1,
+            price: 9.9,
+        }],
+        idempotency_key: String::new(),
+    })
 }
 
 impl Plan {
@@ -293,6 +348,8 @@ fn with_metadata<T>(message: T, plan: &Plan) -> Request<T> {
 pub enum Driver {
     /// gRPC through the Jisu client (one HTTP/2 connection per client).
     Grpc(JisuClient),
+    /// gRPC straight over one HTTP/2 connection, no client stack (`--lean`).
+    Lean(lean::Lean),
     /// REST/JSON over HTTPS, for comparison: GetUser as `GET {base}/v1/users/{id}`,
     /// BatchGetUsers as `POST {base}/v1/users:batchGet`, ListUsers as one page from
     /// `GET {base}/v1/users?page_size=N`.
@@ -313,22 +370,15 @@ async fn rest_call(
 ) -> Result<u64, tonic::Status> {
     let call = match plan.call {
         Call::BatchGetUsers => {
-            let req = request(&plan.data).unwrap_or_else(|| BatchGetUsersRequest {
-                user_ids: (1..=10).map(|i| format!("USER{i:04}")).collect(),
-            });
+            let req = batch_get_users_request(plan);
             http.post(format!("{base}/v1/users:batchGet")).json(&req)
         }
         Call::ListUsers => {
-            let req = request(&plan.data).unwrap_or(ListUsersRequest {
-                page_size: plan.stream_messages as i32,
-                ..Default::default()
-            });
+            let req = list_users_request(plan);
             http.get(format!("{base}/v1/users?page_size={}", req.page_size))
         }
         _ => {
-            let req: GetUserRequest = request(&plan.data).unwrap_or_else(|| GetUserRequest {
-                user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
-            });
+            let req = get_user_request(plan, worker, n);
             http.get(format!("{base}/v1/users/{}", req.user_id))
         }
     };
@@ -385,6 +435,12 @@ async fn one_call(
 ) -> (Code, Option<String>, u64) {
     let client = match driver {
         Driver::Grpc(client) => client,
+        Driver::Lean(lean) => {
+            return match lean.call(plan, worker, n).await {
+                Ok(r) => (Code::Ok, None, r.messages),
+                Err(s) => (s.code(), Some(s.message().to_owned()), 0),
+            };
+        }
         Driver::Rest {
             http,
             base,
@@ -399,17 +455,12 @@ async fn one_call(
     let result: Result<u64, tonic::Status> = async {
         match plan.call {
             Call::GetUser => {
-                let req = request(&plan.data).unwrap_or_else(|| GetUserRequest {
-                    user_id: format!("USER{:04}", (n as usize + worker) % 100 + 1),
-                });
+                let req = get_user_request(plan, worker, n);
                 client.users().get_user(with_metadata(req, plan)).await?;
                 Ok(1)
             }
             Call::ListUsers => {
-                let req = request(&plan.data).unwrap_or(ListUsersRequest {
-                    page_size: plan.stream_messages as i32,
-                    ..Default::default()
-                });
+                let req = list_users_request(plan);
                 let mut stream = client
                     .users()
                     .list_users(with_metadata(req, plan))
@@ -423,9 +474,7 @@ async fn one_call(
                 Ok(messages)
             }
             Call::BatchGetUsers => {
-                let req = request(&plan.data).unwrap_or_else(|| BatchGetUsersRequest {
-                    user_ids: (1..=10).map(|i| format!("USER{i:04}")).collect(),
-                });
+                let req = batch_get_users_request(plan);
                 client
                     .users()
                     .batch_get_users(with_metadata(req, plan))
@@ -433,30 +482,17 @@ async fn one_call(
                 Ok(1)
             }
             Call::CreateUser => {
-                let req = request(&plan.data).unwrap_or_else(|| CreateUserRequest {
-                    name: "Bench".into(),
-                    email: format!("bench-{}-{worker}-{n}@jisu.dev", std::process::id()),
-                    phone: String::new(),
-                });
+                let req = create_user_request(plan, worker, n);
                 client.users().create_user(with_metadata(req, plan)).await?;
                 Ok(1)
             }
             Call::GetOrder => {
-                let req: GetOrderRequest = request(&plan.data).unwrap_or_default();
+                let req = get_order_request(plan);
                 client.orders().get_order(with_metadata(req, plan)).await?;
                 Ok(1)
             }
             Call::CreateOrder => {
-                let req = request(&plan.data).unwrap_or_else(|| CreateOrderRequest {
-                    user_id: "USER0001".into(),
-                    items: vec![OrderItem {
-                        product_id: "SKU-1".into(),
-                        product_name: "bench".into(),
-                        quantity: 1,
-                        price: 9.9,
-                    }],
-                    idempotency_key: String::new(),
-                });
+                let req = create_order_request(plan);
                 client
                     .orders()
                     .create_order(with_metadata(req, plan))

@@ -48,6 +48,11 @@ pub struct BenchArgs {
     /// GetUser, BatchGetUsers or a ListUsers page.
     #[arg(long)]
     rest: bool,
+    /// gRPC straight over HTTP/2 with no client stack (no retries, balancing, client spans
+    /// or metrics; answers counted, not decoded), so one generator core can load a server
+    /// core. Without it, calls go through the Jisu client, as an application's do.
+    #[arg(long, conflicts_with = "rest")]
+    lean: bool,
     /// Calls in flight (closed loop), or the most in flight (open loop).
     #[arg(short, long, default_value_t = 50)]
     concurrency: usize,
@@ -145,6 +150,20 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         if args.rest {
             for endpoint in &args.endpoint {
                 drivers.push(driver(&args, endpoint, token.clone()).await?);
+            }
+        } else if args.lean {
+            for endpoint in &args.endpoint {
+                let tls = (!args.insecure)
+                    .then(|| {
+                        tls::client_config(
+                            &args.certs.join("ca.pem"),
+                            &args.certs.join(format!("{}.pem", args.client)),
+                            &args.certs.join(format!("{}.key", args.client)),
+                        )
+                    })
+                    .transpose()?;
+                let lean = bench::lean::Lean::connect(endpoint, tls, token.as_deref(), &plan);
+                drivers.push(Driver::Lean(lean.await?));
             }
         } else {
             drivers.push(driver(&args, &args.endpoint[0], token.clone()).await?);

@@ -24,22 +24,36 @@ fn certs(server: &crate::common::Served) -> &str {
     server.certs.to_str().unwrap()
 }
 
+/// The two gRPC generators: through the Jisu client, and `--lean` (straight over h2).
+const DRIVERS: [&[&str]; 2] = [&[], &["--lean"]];
+
 #[test]
 fn closed_loop_reports_counts_latency_and_status() {
     let server = Binary::default().start();
+    for driver in DRIVERS {
+        closed_loop(&server, driver);
+    }
+}
+
+fn closed_loop(server: &crate::common::Served, driver: &[&str]) {
     let ep = server.endpoint();
+    let bench = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(driver);
+        bench(&all)
+    };
     let r = bench(&[
         "--endpoint",
         &ep,
         "--certs",
-        certs(&server),
+        certs(server),
         "--total",
         "300",
         "-c",
         "8",
     ]);
-    assert_eq!(r["count"], 300);
-    assert_eq!(r["status"], serde_json::json!({"OK": 300}));
+    assert_eq!(r["count"], 300, "{driver:?}");
+    assert_eq!(r["status"], serde_json::json!({"OK": 300}), "{driver:?}");
     let l = &r["latency_ms"];
     for q in ["min", "p50", "p90", "p99", "p999", "max"] {
         assert!(l[q].as_f64().unwrap() > 0.0, "{q}: {r}");
@@ -50,20 +64,27 @@ fn closed_loop_reports_counts_latency_and_status() {
         r["payload_bytes"],
         serde_json::json!({"request": 15, "response": 73})
     );
-    assert!(r["client_cpu_us_per_call"].as_f64().unwrap() > 0.0);
+    assert!(
+        r["client_cpu_us_per_call"].as_f64().unwrap() > 0.0,
+        "{driver:?}"
+    );
 
     // Failures are counted by code, with a sample message.
     let r = bench(&[
         "--endpoint",
         &ep,
         "--certs",
-        certs(&server),
+        certs(server),
         "--total",
         "50",
         "--data",
         r#"{"user_id": "USER9999"}"#,
     ]);
-    assert_eq!(r["status"], serde_json::json!({"NotFound": 50}));
+    assert_eq!(
+        r["status"],
+        serde_json::json!({"NotFound": 50}),
+        "{driver:?}"
+    );
     assert!(
         r["errors"]["NotFound"]
             .as_str()
@@ -72,7 +93,7 @@ fn closed_loop_reports_counts_latency_and_status() {
     );
     // A token without the scope: every call PermissionDenied.
     let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args(["token", "issue", "--certs", certs(&server)])
+        .args(["token", "issue", "--certs", certs(server)])
         .args(["--sub", "b", "--scope", "orders:read"])
         .output()
         .unwrap();
@@ -81,13 +102,17 @@ fn closed_loop_reports_counts_latency_and_status() {
         "--endpoint",
         &ep,
         "--certs",
-        certs(&server),
+        certs(server),
         "--total",
         "20",
         "--token",
         token.trim(),
     ]);
-    assert_eq!(r["status"], serde_json::json!({"PermissionDenied": 20}));
+    assert_eq!(
+        r["status"],
+        serde_json::json!({"PermissionDenied": 20}),
+        "{driver:?}"
+    );
 }
 
 #[test]
@@ -112,20 +137,25 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
     let late = r["late_sends"].as_u64().expect("late sends reported");
     assert!(late <= count, "{late} late of {count}");
 
-    let r = bench(&[
-        "--endpoint",
-        &ep,
-        "--certs",
-        certs(&server),
-        "--call",
-        "users.ListUsers",
-        "--stream-messages",
-        "50",
-        "--total",
-        "10",
-    ]);
-    assert_eq!(r["count"], 10);
-    assert_eq!(r["messages"], 500);
+    for driver in DRIVERS {
+        let mut args = vec![
+            "--endpoint",
+            &ep,
+            "--certs",
+            certs(&server),
+            "--call",
+            "users.ListUsers",
+            "--stream-messages",
+            "50",
+            "--total",
+            "10",
+        ];
+        args.extend_from_slice(driver);
+        let r = bench(&args);
+        assert_eq!(r["count"], 10, "{driver:?}");
+        assert_eq!(r["status"], serde_json::json!({"OK": 10}), "{driver:?}");
+        assert_eq!(r["messages"], 500, "{driver:?}");
+    }
 }
 
 #[test]
@@ -135,6 +165,7 @@ fn bad_arguments_are_clear_errors() {
         (vec!["--call", "orders.GetOrder"], "needs --data"),
         (vec!["--data", "{not json"], "not JSON"),
         (vec!["--data", r#"{"user_id": 5}"#], "does not fit"),
+        (vec!["--lean", "--rest"], "cannot be used with"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
             .arg("bench")
@@ -178,6 +209,17 @@ fn the_comparison_targets_serve_the_same_answers() {
     assert_eq!(r["status"], serde_json::json!({"OK": 100}));
     assert_eq!(r["payload_bytes"]["response"], 73);
     assert!(r.get("server_cpu_ticks").is_none(), "no --server-pid: {r}");
+    // The lean generator over plaintext h2 as well.
+    let r = bench(&[
+        "--endpoint",
+        &format!("http://{addr}"),
+        "--insecure",
+        "--lean",
+        "--total",
+        "100",
+    ]);
+    assert_eq!(r["status"], serde_json::json!({"OK": 100}), "{r}");
+    assert_eq!(r["payload_bytes"]["response"], 73);
     let _ = bare.kill();
 
     // The same handlers behind the mTLS listener; the generator reads the server's CPU
