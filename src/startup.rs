@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::{codec::CompressionEncoding, server::NamedService};
 
+mod cork;
 mod readiness;
 mod serve;
 mod stack;

@@ -18,9 +18,9 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicU8, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
     time::Duration,
 };
 
@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use super::supervisor::AbortOnDrop;
+use super::{cork::Corked, supervisor::AbortOnDrop};
 use crate::transport::{MtlsStream, Peer};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -107,11 +107,15 @@ async fn connection<S, B>(
 {
     let peer = io.peer().clone();
     let remote_addr = peer.remote_addr;
-    let service = TowerToHyperService::new(WithPeer {
-        inner: service,
-        peer,
-    });
-    let conn = http2.serve_connection(TokioIo::new(io), service);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let service = CountCalls {
+        inner: TowerToHyperService::new(WithPeer {
+            inner: service,
+            peer,
+        }),
+        calls: calls.clone(),
+    };
+    let conn = http2.serve_connection(TokioIo::new(Corked::new(io, calls)), service);
     let state = Arc::new(State::default());
     // Ends with the connection, also when the connection's task is aborted.
     let _timers = AbortOnDrop(tokio::spawn(timers(state.clone(), lifetime, drain)).abort_handle());
@@ -229,5 +233,61 @@ where
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         req.extensions_mut().insert(self.peer.clone());
         self.inner.call(req)
+    }
+}
+
+/// Counts the connection's calls whose answer has not started (for [`Corked`]): from the
+/// moment hyper accepts the call on the connection's task (the tower stack itself is
+/// called only when the call's own task first runs).
+#[derive(Debug, Clone)]
+struct CountCalls<S> {
+    inner: S,
+    calls: Arc<AtomicUsize>,
+}
+
+impl<S, R> hyper::service::Service<R> for CountCalls<S>
+where
+    S: hyper::service::Service<R>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Counted<S::Future>;
+
+    fn call(&self, req: R) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        Counted {
+            inner: self.inner.call(req),
+            calls: Some(self.calls.clone()),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call counted until its answer (its head) is ready, or it is dropped.
+    struct Counted<F> {
+        #[pin]
+        inner: F,
+        calls: Option<Arc<AtomicUsize>>,
+    }
+
+    impl<F> PinnedDrop for Counted<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(calls) = this.project().calls.take() {
+                calls.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl<F: Future> Future for Counted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        if let Some(calls) = this.calls.take() {
+            calls.fetch_sub(1, Ordering::Relaxed);
+        }
+        Poll::Ready(out)
     }
 }
