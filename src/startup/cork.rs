@@ -30,6 +30,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// answers (file chunks, long streams) do not gain from waiting, and the hold stays small.
 const HOLD: usize = 64 * 1024;
 
+/// The hold's memory kept between flushes: a connection that once sent a large batch (a
+/// file's chunks) does not keep 64 KiB for the rest of its life.
+const RETAIN: usize = 16 * 1024;
+
 pin_project_lite::pin_project! {
     /// `io` with its writes held until a flush (see the module).
     #[derive(Debug)]
@@ -72,6 +76,9 @@ impl<T: AsyncWrite> Corked<T> {
             *this.sent += n;
         }
         this.held.clear();
+        if this.held.capacity() > RETAIN {
+            *this.held = Vec::new();
+        }
         *this.sent = 0;
         *this.waited = false;
         Poll::Ready(Ok(()))
@@ -237,5 +244,14 @@ mod tests {
         assert_eq!(io.io.0.len(), 2, "what was held, then the large write");
         assert_eq!(io.io.0[0], b"head");
         assert!(io.held.is_empty());
+        // A large batch held and sent: its memory is not kept.
+        for _ in 0..4 {
+            let _ = io.as_mut().poll_write(&mut cx, &[1u8; 15 * 1024]);
+        }
+        assert!(io.held.capacity() > RETAIN);
+        io.calls.store(0, Ordering::Relaxed);
+        assert!(io.as_mut().poll_flush(&mut cx).is_ready());
+        assert_eq!(io.io.0.last().unwrap().len(), 60 * 1024);
+        assert!(io.held.capacity() <= RETAIN, "{}", io.held.capacity());
     }
 }
