@@ -145,6 +145,11 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         ),
     };
     // Each connection set spans every endpoint: the client balances over them.
+    let lean_tls = if args.lean && !args.insecure {
+        Some(client_tls(&args)?)
+    } else {
+        None
+    };
     let mut drivers = Vec::new();
     for _ in 0..args.connections.max(1) {
         if args.rest {
@@ -153,15 +158,7 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
             }
         } else if args.lean {
             for endpoint in &args.endpoint {
-                let tls = (!args.insecure)
-                    .then(|| {
-                        tls::client_config(
-                            &args.certs.join("ca.pem"),
-                            &args.certs.join(format!("{}.pem", args.client)),
-                            &args.certs.join(format!("{}.key", args.client)),
-                        )
-                    })
-                    .transpose()?;
+                let tls = lean_tls.clone();
                 let lean = bench::lean::Lean::connect(endpoint, tls, token.as_deref(), &plan);
                 drivers.push(Driver::Lean(lean.await?));
             }
@@ -191,14 +188,18 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The client's TLS configuration from `--certs` and `--client` (ALPN h2).
+fn client_tls(args: &BenchArgs) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    Ok(tls::client_config(
+        &args.certs.join("ca.pem"),
+        &args.certs.join(format!("{}.pem", args.client)),
+        &args.certs.join(format!("{}.key", args.client)),
+    )?)
+}
+
 async fn driver(args: &BenchArgs, endpoint: &str, token: Option<String>) -> anyhow::Result<Driver> {
     if args.rest {
-        let config = tls::client_config(
-            &args.certs.join("ca.pem"),
-            &args.certs.join(format!("{}.pem", args.client)),
-            &args.certs.join(format!("{}.key", args.client)),
-        )?;
-        let mut config = (*config).clone();
+        let mut config = (*client_tls(args)?).clone();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(config)
