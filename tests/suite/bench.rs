@@ -297,3 +297,80 @@ fn the_comparison_targets_serve_the_same_answers() {
     assert_eq!(r["messages"], 2000, "100 users a page: {r}");
     let _ = rest.kill();
 }
+
+/// The benchmark's OTLP sink counts what a real OTLP client sends it (the spans of every
+/// scope of every resource, their contents skipped) and says so on stderr.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_otlp_sink_counts_the_spans_it_receives() {
+    use opentelemetry_proto::tonic::{
+        collector::trace::v1::{
+            ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+        },
+        common::v1::{AnyValue, KeyValue, any_value},
+        trace::v1::{ResourceSpans, ScopeSpans, Span},
+    };
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
+        .args(["bench-target", "otlp-sink", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = std::io::BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .next()
+        .unwrap()
+        .unwrap();
+    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    let span = |i: usize| Span {
+        trace_id: vec![1; 16],
+        span_id: vec![i as u8 + 1; 8],
+        name: format!("span {i}"),
+        attributes: vec![KeyValue {
+            key: "k".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("v".into())),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let scope = |n: std::ops::Range<usize>| ScopeSpans {
+        spans: n.map(span).collect(),
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![
+            ResourceSpans {
+                scope_spans: vec![scope(0..4), scope(4..6)],
+                ..Default::default()
+            },
+            ResourceSpans {
+                scope_spans: vec![scope(6..7)],
+                ..Default::default()
+            },
+        ],
+    };
+    let mut client = TraceServiceClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    client.export(request).await.unwrap();
+    // The sink reports its count once a second when it has changed (a bound on the wait,
+    // so a sink that never counts fails the test instead of hanging it).
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.starts_with("otlp-sink:") {
+                let _ = tx.send(line);
+            }
+        }
+    });
+    let reported = rx.recv_timeout(std::time::Duration::from_secs(30)).ok();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(reported.as_deref(), Some("otlp-sink: 7 spans received"));
+}
