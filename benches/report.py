@@ -27,10 +27,17 @@ def lat(rs, q):
     return med(rs, lambda r: r["latency_ms"][q])
 
 
+def stolen(rs):
+    """Median CPU time the hypervisor took from the VM (both cores), ms per second of the
+    measured window; "n/a" from builds that do not report it."""
+    s = [r["steal_ms_per_s"] for r in rs if "steal_ms_per_s" in r]
+    return f"{statistics.median(s):.0f}" if s else "n/a"
+
+
 print("\n## Throughput (closed loop, 64 calls in flight, GetUser; medians of",
       max(len(pick("max", "bare")), 1), "runs)\n")
-print("| variant | calls/s | vs bare | p50 ms | p99 ms | p99.9 ms | server CPU µs/call | vs bare | peak RSS MiB | generator |")
-print("|---|---|---|---|---|---|---|---|---|---|")
+print("| variant | calls/s | vs bare | p50 ms | p99 ms | p99.9 ms | server CPU µs/call | vs bare | peak RSS MiB | generator | stolen ms/s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 bare = pick("max", "bare")
 bq, bcpu = med(bare, lambda r: r["qps"]), med(bare, lambda r: r["server_cpu_us_per_call"])
 q = {}
@@ -43,7 +50,8 @@ for v in NAMES:
     bound = sum(r["client_bound"] for r in rs)
     print(f"| {NAMES[v]} | {q[v]:,.0f} | {q[v] / bq:.2f} | {lat(rs, 'p50'):.3f} | {lat(rs, 'p99'):.3f} "
           f"| {lat(rs, 'p999'):.3f} | {cpu:.1f} | {cpu / bcpu:.2f} | {max(r['server_peak_rss_mib'] for r in rs):.0f} "
-          f"| {med(rs, lambda r: r['client_cpu_us_per_call']):.1f} µs/call{', client-bound ' + str(bound) + '/' + str(len(rs)) if bound else ''} |")
+          f"| {med(rs, lambda r: r['client_cpu_us_per_call']):.1f} µs/call{', client-bound ' + str(bound) + '/' + str(len(rs)) if bound else ''} "
+          f"| {stolen(rs)} |")
     errs = {k: v for r in rs for k, v in r["status"].items() if k != "OK"}
     if errs:
         print(f"|  ↳ errors | {errs} |")
@@ -53,9 +61,11 @@ print("A repeat counts only if the rate held: at least 95% of the offered calls/
 print("Less means the server or the generator could not carry the rate (a VM stall, or more than")
 print("the pair can do), and its figures describe that overload, not the server's cost; the")
 print("medians are over the repeats that held. Late sends (over 1 ms after their time) are the")
-print("generator's lateness: latency counts from the scheduled time, so it is in these figures.\n")
-print("| rate | variant | calls/s | p50 ms | p90 ms | p99 ms | p99.9 ms | server CPU µs/call | vs bare | late sends | held |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("generator's lateness: latency counts from the scheduled time, so it is in these figures.")
+print("Stolen: CPU time the hypervisor took from this VM (both cores) per second of the window,")
+print("median of all repeats: a stall of the VM, not the server's cost.\n")
+print("| rate | variant | calls/s | p50 ms | p90 ms | p99 ms | p99.9 ms | server CPU µs/call | vs bare | late sends | held | stolen ms/s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 p99 = {}
 cpu_at = {}
 unheld = {}
@@ -84,7 +94,7 @@ for run, label in RATES:
             unheld[(run, v)] = (f"{med(every, lambda r: r['qps']):,.0f} calls/s answered of "
                                 f"{offered(every[0]):,.0f} offered")
             print(f"| {label} | {NAMES[v]} | {med(every, lambda r: r['qps']):,.0f} | — | — | — | — | — | — "
-                  f"| {late} | 0/{len(every)} |")
+                  f"| {late} | 0/{len(every)} | {stolen(every)} |")
             continue
         p99[(run, v)] = lat(rs, "p99")
         cpu_at[(run, v)] = med(rs, lambda r: r["server_cpu_us_per_call"])
@@ -92,7 +102,7 @@ for run, label in RATES:
         ratio = f"{cpu_at[(run, v)] / base:.2f}" if base else ""
         print(f"| {label} ({med(rs, lambda r: r['qps']):,.0f}/s) | {NAMES[v]} | {med(rs, lambda r: r['qps']):,.0f} "
               f"| {lat(rs, 'p50'):.3f} | {lat(rs, 'p90'):.3f} | {p99[(run, v)]:.3f} | {lat(rs, 'p999'):.3f} "
-              f"| {cpu_at[(run, v)]:.1f} | {ratio} | {late} | {len(rs)}/{len(every)} |")
+              f"| {cpu_at[(run, v)]:.1f} | {ratio} | {late} | {len(rs)}/{len(every)} | {stolen(every)} |")
 
 print("\n## One call at a time (concurrency 1)\n")
 print("| variant | calls/s | p50 ms | p99 ms | server CPU µs/call |")

@@ -124,6 +124,19 @@ fn process_ticks(pid: u32) -> Option<u64> {
     Some(user + system)
 }
 
+/// The time this machine's CPUs have been stolen (a hypervisor running something else
+/// while a vCPU wanted to run), in clock ticks summed over the CPUs: the eighth number of
+/// `/proc/stat`'s `cpu` line. `None` where that cannot be read.
+fn steal_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    steal_from_stat(&stat)
+}
+
+fn steal_from_stat(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    line.split_ascii_whitespace().nth(8)?.parse().ok()
+}
+
 /// Latency figures in milliseconds.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Latency {
@@ -160,6 +173,11 @@ pub struct Report {
     /// clock ticks (`getconf CLK_TCK`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_cpu_ticks: Option<u64>,
+    /// CPU time the hypervisor took from this machine over the measured window, in clock
+    /// ticks summed over its CPUs (Linux `/proc/stat`): a VM's stall shows here, not as the
+    /// server's cost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steal_ticks: Option<u64>,
     /// GetUser only: bytes of one request and one response body on the wire (gRPC: the
     /// protobuf message plus its 5-byte frame prefix; REST: the JSON body and the path).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -602,7 +620,9 @@ pub async fn run(
     let slots = Arc::new(AtomicU64::new(0));
     let tickets = Arc::new(AtomicU64::new(0));
     let end = plan.total.is_none().then(|| measure_from + plan.duration);
-    let cpu_start = Arc::new(parking_lot::Mutex::new(None::<(f64, Option<u64>)>));
+    let cpu_start = Arc::new(parking_lot::Mutex::new(
+        None::<(f64, Option<u64>, Option<u64>)>,
+    ));
 
     // Open loop: one thread releases the calls on schedule (see `pace`).
     let pacer = plan.rps.map(|rps| {
@@ -679,7 +699,11 @@ pub async fn run(
                 {
                     let mut cpu = cpu_start.lock();
                     if cpu.is_none() {
-                        *cpu = Some((cpu_seconds(), plan.server_pid.and_then(process_ticks)));
+                        *cpu = Some((
+                            cpu_seconds(),
+                            plan.server_pid.and_then(process_ticks),
+                            steal_ticks(),
+                        ));
                     }
                 }
                 let latency = Instant::now() - due;
@@ -732,10 +756,15 @@ pub async fn run(
         let _ = thread.join();
     }
     let finished = Instant::now();
-    let (cpu_from, server_from) = cpu_start.lock().unwrap_or_else(|| (cpu_seconds(), None));
+    let (cpu_from, server_from, steal_from) = cpu_start
+        .lock()
+        .unwrap_or_else(|| (cpu_seconds(), None, None));
     let cpu = cpu_seconds() - cpu_from;
     let server_cpu_ticks = server_from
         .zip(plan.server_pid.and_then(process_ticks))
+        .map(|(from, to)| to.saturating_sub(from));
+    let steal_ticks = steal_from
+        .zip(steal_ticks())
         .map(|(from, to)| to.saturating_sub(from));
     let seconds = (finished - measure_from.min(finished))
         .as_secs_f64()
@@ -780,6 +809,7 @@ pub async fn run(
         },
         client_bound: cpu / seconds >= 0.9 * worker_threads as f64,
         server_cpu_ticks,
+        steal_ticks,
         late_sends: plan.rps.map(|_| total.late),
         payload_bytes,
     }
@@ -837,6 +867,16 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steal_is_read_from_the_machines_cpu_line() {
+        let stat = "cpu  8832880 2573 732896 4017183 27942 0 126345 478162 0 0\n\
+                    cpu0 4414804 1340 362846 2016975 17090 0 65263 235946 0 0\n";
+        assert_eq!(steal_from_stat(stat), Some(478162));
+        // Only the all-CPUs line counts; a kernel without the column gives nothing.
+        assert_eq!(steal_from_stat("cpu0 1 2 3 4 5 6 7 8\n"), None);
+        assert_eq!(steal_from_stat("cpu  1 2 3 4 5 6 7\n"), None);
+    }
 
     #[test]
     fn the_pacer_releases_each_slot_at_its_time_then_one_per_worker() {

@@ -240,6 +240,8 @@ fn the_comparison_targets_serve_the_same_answers() {
     assert_eq!(r["status"], serde_json::json!({"OK": 1000}));
     assert_eq!(r["payload_bytes"]["response"], 73);
     assert!(r["server_cpu_ticks"].is_u64(), "{r}");
+    // The machine's stolen time over the same window (Linux /proc/stat).
+    assert!(r["steal_ticks"].is_u64(), "{r}");
     let _ = bare_tls.kill();
 
     let (mut rest, addr) = target("rest", certs(&server));
