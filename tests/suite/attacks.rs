@@ -18,7 +18,7 @@ use tokio::{
     net::TcpStream,
 };
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let len = payload.len() as u32;
@@ -140,6 +140,14 @@ impl Raw {
 }
 
 async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_over(server, TcpStream::connect(server.addr).await.unwrap()).await
+}
+
+/// A mutual-TLS client connection (ALPN h2) over `io`, already connected to the server.
+pub(crate) async fn tls_over<IO>(server: &TestServer, io: IO) -> tokio_rustls::client::TlsStream<IO>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let dir = server.dir();
     let mut config = (*jisu::security::tls::client_config(
         &dir.join("ca.pem"),
@@ -149,9 +157,8 @@ async fn tls(server: &TestServer) -> tokio_rustls::client::TlsStream<TcpStream> 
     .unwrap())
     .clone();
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .connect(ServerName::try_from("localhost").unwrap(), io)
         .await
         .unwrap()
 }
