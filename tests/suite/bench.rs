@@ -180,10 +180,18 @@ fn bad_arguments_are_clear_errors() {
 
 /// Starts `jisu bench-target KIND` and returns it with its address.
 fn target(kind: &str, certs: &str) -> (std::process::Child, String) {
+    spawn_target(&[kind, "--certs", certs], Stdio::inherit())
+}
+
+/// Starts `jisu bench-target ARGS` with its stderr to `stderr`; returns it with its address
+/// (the end of the first line it prints).
+fn spawn_target(args: &[&str], stderr: Stdio) -> (std::process::Child, String) {
     use std::io::BufRead;
     let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args(["bench-target", kind, "--certs", certs])
+        .arg("bench-target")
+        .args(args)
         .stdout(Stdio::piped())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let line = std::io::BufReader::new(child.stdout.take().unwrap())
@@ -312,18 +320,7 @@ async fn the_otlp_sink_counts_the_spans_it_receives() {
         trace::v1::{ResourceSpans, ScopeSpans, Span},
     };
     use std::io::BufRead;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_jisu"))
-        .args(["bench-target", "otlp-sink", "--threads", "1"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = std::io::BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .next()
-        .unwrap()
-        .unwrap();
-    let addr = line.rsplit(' ').next().unwrap().to_owned();
+    let (mut child, addr) = spawn_target(&["otlp-sink", "--threads", "1"], Stdio::piped());
     let span = |i: usize| Span {
         trace_id: vec![1; 16],
         span_id: vec![i as u8 + 1; 8],

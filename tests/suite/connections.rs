@@ -9,6 +9,18 @@ use jisu::pb::GetUserRequest;
 use prost::Message as _;
 use tokio::io::AsyncWriteExt as _;
 
+/// A GetUser request's message as a gRPC frame (flag, length, protobuf).
+fn get_user_message() -> Vec<u8> {
+    let message = GetUserRequest {
+        user_id: "USER0001".into(),
+    }
+    .encode_to_vec();
+    let mut grpc = vec![0];
+    grpc.extend((message.len() as u32).to_be_bytes());
+    grpc.extend(message);
+    grpc
+}
+
 /// `server.max_connection_age_secs` passes while a call is in flight (its request not yet
 /// sent in full): the server sends GOAWAY at once (not only when the grace after it is
 /// over), and the call in flight is still answered on that connection.
@@ -44,13 +56,7 @@ async fn a_connection_at_its_maximum_age_is_told_to_go_and_its_call_in_flight_fi
     );
 
     // The message, after the GOAWAY: the call is still served.
-    let message = GetUserRequest {
-        user_id: "USER0001".into(),
-    }
-    .encode_to_vec();
-    let mut grpc = vec![0];
-    grpc.extend((message.len() as u32).to_be_bytes());
-    grpc.extend(message);
+    let grpc = get_user_message();
     raw.writer
         .write_all(&frame(0x0, 0x1, 1, &grpc))
         .await
@@ -220,13 +226,7 @@ async fn calls_that_arrive_together_are_answered_in_shared_tls_records() {
         }
     });
     let bearer = format!("Bearer {}", server.token(ALL_SCOPES));
-    let message = GetUserRequest {
-        user_id: "USER0001".into(),
-    }
-    .encode_to_vec();
-    let mut grpc = vec![0];
-    grpc.extend((message.len() as u32).to_be_bytes());
-    grpc.extend(message);
+    let grpc = get_user_message();
     let call = |stream: u32| {
         let mut frames = frame(
             0x1,
