@@ -32,7 +32,9 @@ wait_line() {
     [ -n "$v" ] && { echo "$v"; return 0; }
     sleep 0.1
   done
-  echo "no '$2' in $1 after ${3:-30} s" >&2
+  echo "no '$2' in $1 after ${3:-30} s:" >&2
+  # What the process said (its stdout, and its stderr under either name the scripts use).
+  cat "$1" "$1.err" "${1%.out}.err" >&2 2>/dev/null
   exit 1
 }
 

@@ -97,18 +97,11 @@ impl<T: AsyncRead> AsyncRead for Corked<T> {
 
 impl<T: AsyncWrite> AsyncWrite for Corked<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.held.len() + data.len() > HOLD {
-            ready!(self.as_mut().poll_send(cx))?;
-            if data.len() >= HOLD {
-                return self.project().io.poll_write(cx, data);
-            }
-        }
-        self.project().held.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[IoSlice::new(data)])
     }
 
     fn poll_write_vectored(

@@ -257,8 +257,17 @@ where
         self.calls.fetch_add(1, Ordering::Relaxed);
         Counted {
             inner: self.inner.call(req),
-            calls: Some(self.calls.clone()),
+            counted: Some(Uncount(self.calls.clone())),
         }
+    }
+}
+
+/// Takes one call off the count when dropped.
+struct Uncount(Arc<AtomicUsize>);
+
+impl Drop for Uncount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -267,15 +276,7 @@ pin_project_lite::pin_project! {
     struct Counted<F> {
         #[pin]
         inner: F,
-        calls: Option<Arc<AtomicUsize>>,
-    }
-
-    impl<F> PinnedDrop for Counted<F> {
-        fn drop(this: Pin<&mut Self>) {
-            if let Some(calls) = this.project().calls.take() {
-                calls.fetch_sub(1, Ordering::Relaxed);
-            }
-        }
+        counted: Option<Uncount>,
     }
 }
 
@@ -285,9 +286,7 @@ impl<F: Future> Future for Counted<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let out = ready!(this.inner.poll(cx));
-        if let Some(calls) = this.calls.take() {
-            calls.fetch_sub(1, Ordering::Relaxed);
-        }
+        this.counted.take();
         Poll::Ready(out)
     }
 }
