@@ -104,6 +104,23 @@ for run, label in RATES:
               f"| {lat(rs, 'p50'):.3f} | {lat(rs, 'p90'):.3f} | {p99[(run, v)]:.3f} | {lat(rs, 'p999'):.3f} "
               f"| {cpu_at[(run, v)]:.1f} | {ratio} | {late} | {len(rs)}/{len(every)} | {stolen(every)} |")
 
+tails = [(run, label, v, [r["tail"] for r in pick(run, v) if "tail" in r])
+         for run, label in RATES for v in ("bare", "bare-tls", "full10", "full100")]
+tails = [t for t in tails if t[3]]
+if tails:
+    print("\nWhat the 70% rows' tails are made of (every call's times, `jisu bench --timeline`):")
+    print("calls answered over 2 ms after their slot, the episodes they come in (such calls whose")
+    print("slots are under 5 ms apart), the median time from one episode's start to the next's, and")
+    print("the share of those calls that left over 1 ms late (the generator's side); per repeat.\n")
+    print("| rate | variant | calls over 2 ms | episodes | one every (ms) | of them left late |")
+    print("|---|---|---|---|---|---|")
+    for run, label, v, ts in tails:
+        over = ", ".join(str(t["over_2ms"]) for t in ts)
+        episodes = ", ".join(str(t["episodes"]) for t in ts)
+        every = ", ".join(f"{t['every_ms']:,.0f}" if t["every_ms"] else "—" for t in ts)
+        left = ", ".join(f"{t['left_late']:.0%}" for t in ts)
+        print(f"| {label} | {NAMES[v]} | {over} | {episodes} | {every} | {left} |")
+
 print("\n## One call at a time (concurrency 1)\n")
 print("| variant | calls/s | p50 ms | p99 ms | server CPU µs/call |")
 print("|---|---|---|---|---|")

@@ -110,6 +110,9 @@ pub struct Plan {
     /// A server process on this machine whose CPU time is read over the measured window
     /// (Linux `/proc`), so its CPU per call counts neither the warm-up nor set-up.
     pub server_pid: Option<u32>,
+    /// Keep every measured call's times for [`Report::timeline`] (a diagnosis of tails:
+    /// which calls were late, and whether late leaving or late answering).
+    pub timeline: bool,
 }
 
 /// The CPU time (user + system, in clock ticks) process `pid` has used, from
@@ -138,7 +141,7 @@ fn steal_from_stat(stat: &str) -> Option<u64> {
 }
 
 /// Latency figures in milliseconds.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct Latency {
     pub min: f64,
     pub mean: f64,
@@ -185,6 +188,26 @@ pub struct Report {
     /// Open loop only: calls that left later than scheduled by more than 1 ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late_sends: Option<u64>,
+    /// With [`Plan::timeline`]: each measured call, in order of its due time.
+    #[serde(skip)]
+    pub timeline: Vec<Timed>,
+}
+
+/// One measured call's times, in µs from the start of the measured window: when it was
+/// due (its slot, open loop; when its caller was free, closed loop), when it left, when
+/// its answer was in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timed {
+    pub due_us: u64,
+    pub sent_us: u64,
+    pub done_us: u64,
+    /// The call's final gRPC code.
+    pub code: i32,
+}
+
+impl Timed {
+    /// The CSV header line of [`Report::timeline_csv`].
+    pub const HEADER: &'static str = "due_us,sent_us,done_us,code";
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
@@ -249,6 +272,7 @@ struct Tally {
     errors: BTreeMap<i32, String>,
     messages: u64,
     late: u64,
+    timeline: Vec<Timed>,
 }
 
 impl Tally {
@@ -259,6 +283,7 @@ impl Tally {
             errors: BTreeMap::new(),
             messages: 0,
             late: 0,
+            timeline: Vec::new(),
         }
     }
 }
@@ -706,9 +731,21 @@ pub async fn run(
                         ));
                     }
                 }
-                let latency = Instant::now() - due;
-                if sent - due > Duration::from_millis(1) {
+                let done = Instant::now();
+                let latency = done - due;
+                // Whole µs, as in the timeline: a row there is late exactly when counted so.
+                if (sent - due).as_micros() > 1_000 {
                     tally.late += 1;
+                }
+                if plan.timeline {
+                    // From the window's start (calls due before it are not measured).
+                    let due_us = (due - measure_from).as_micros() as u64;
+                    tally.timeline.push(Timed {
+                        due_us,
+                        sent_us: due_us + (sent - due).as_micros() as u64,
+                        done_us: due_us + latency.as_micros() as u64,
+                        code: code as i32,
+                    });
                 }
                 tally
                     .hist
@@ -748,6 +785,7 @@ pub async fn run(
             }
             total.messages += t.messages;
             total.late += t.late;
+            total.timeline.extend(t.timeline);
         }
     }
     ticker.abort();
@@ -812,10 +850,26 @@ pub async fn run(
         steal_ticks,
         late_sends: plan.rps.map(|_| total.late),
         payload_bytes,
+        timeline: {
+            let mut timeline = total.timeline;
+            timeline.sort_unstable();
+            timeline
+        },
     }
 }
 
 impl Report {
+    /// [`Report::timeline`] as CSV, a header line first ([`Timed::HEADER`]).
+    pub fn timeline_csv(&self) -> String {
+        let mut out = String::with_capacity(32 * (self.timeline.len() + 1));
+        out += Timed::HEADER;
+        out.push('\n');
+        for t in &self.timeline {
+            out += &format!("{},{},{},{}\n", t.due_us, t.sent_us, t.done_us, t.code);
+        }
+        out
+    }
+
     /// The human-readable report.
     pub fn text(&self) -> String {
         let l = &self.latency_ms;
@@ -867,6 +921,51 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_timeline_is_csv_with_a_row_per_call() {
+        let report = |timeline| Report {
+            call: "GetUser".into(),
+            mode: "open loop at 2 calls/s".into(),
+            count: 2,
+            seconds: 1.0,
+            qps: 2.0,
+            messages: 2,
+            messages_per_second: 2.0,
+            latency_ms: Latency::default(),
+            status: BTreeMap::new(),
+            errors: BTreeMap::new(),
+            client_cpu_us_per_call: 0.0,
+            client_bound: false,
+            server_cpu_ticks: None,
+            steal_ticks: None,
+            payload_bytes: None,
+            late_sends: Some(1),
+            timeline,
+        };
+        let rows = vec![
+            Timed {
+                due_us: 0,
+                sent_us: 3,
+                done_us: 250,
+                code: 0,
+            },
+            Timed {
+                due_us: 500_000,
+                sent_us: 501_700,
+                done_us: 502_000,
+                code: 14,
+            },
+        ];
+        assert_eq!(
+            report(rows).timeline_csv(),
+            "due_us,sent_us,done_us,code\n0,3,250,0\n500000,501700,502000,14\n"
+        );
+        assert_eq!(
+            report(Vec::new()).timeline_csv(),
+            "due_us,sent_us,done_us,code\n"
+        );
+    }
 
     #[test]
     fn steal_is_read_from_the_machines_cpu_line() {

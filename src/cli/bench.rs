@@ -84,6 +84,11 @@ pub struct BenchArgs {
     /// goes in the JSON report (`server_cpu_ticks`): warm-up and set-up not counted.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Write every measured call's times to this file as CSV (`due_us,sent_us,done_us,code`,
+    /// µs from the start of the measured window, in order of due time): to see which calls
+    /// made the tail, and whether they left late or were answered late.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
 }
@@ -130,6 +135,7 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         stream_messages: args.stream_messages,
         timeout: args.timeout,
         server_pid: args.server_pid,
+        timeline: args.timeline.is_some(),
     };
     plan.check().map_err(anyhow::Error::msg)?;
     if args.rest && !matches!(call, Call::GetUser | Call::BatchGetUsers | Call::ListUsers) {
@@ -181,6 +187,10 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
     })
     .await;
     bar.finish_and_clear();
+    if let Some(path) = &args.timeline {
+        std::fs::write(path, report.timeline_csv())
+            .with_context(|| format!("writing the timeline to {}", path.display()))?;
+    }
     match args.format {
         Format::Text => println!("{}", report.text()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -119,6 +119,8 @@ fn closed_loop(server: &crate::common::Served, driver: &[&str]) {
 fn open_loop_sends_on_schedule_and_streams_count_messages() {
     let server = Binary::default().start();
     let ep = server.endpoint();
+    let dir = tempfile::tempdir().unwrap();
+    let timeline = dir.path().join("timeline.csv");
     let r = bench(&[
         "--endpoint",
         &ep,
@@ -128,6 +130,8 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
         "200",
         "--duration",
         "1s",
+        "--timeline",
+        timeline.to_str().unwrap(),
     ]);
     // The schedule, whatever the machine's speed: 200 slots in 1 s, each sent (late ones
     // counted as late, never dropped).
@@ -136,6 +140,29 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
     assert!(r["mode"].as_str().unwrap().contains("open loop"));
     let late = r["late_sends"].as_u64().expect("late sends reported");
     assert!(late <= count, "{late} late of {count}");
+    // The timeline: every measured call, in slot order, each slot 5 ms after the last,
+    // each leaving no earlier than its slot and answered after it left; the late sends
+    // are the rows that left over 1 ms after their slot.
+    let csv = std::fs::read_to_string(&timeline).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("due_us,sent_us,done_us,code"));
+    let rows: Vec<[i64; 4]> = lines
+        .map(|l| {
+            let v: Vec<i64> = l.split(',').map(|f| f.parse().unwrap()).collect();
+            v.try_into().unwrap()
+        })
+        .collect();
+    assert_eq!(rows.len() as u64, count, "{csv}");
+    for (k, [due, sent, done, code]) in rows.iter().copied().enumerate() {
+        assert!(
+            (due - 5_000 * k as i64).abs() <= 1,
+            "slot {k} due at {due} µs"
+        );
+        assert!(due <= sent && sent <= done, "slot {k}: {due} {sent} {done}");
+        assert_eq!(code, 0, "slot {k} answered OK");
+    }
+    let late_rows = rows.iter().filter(|r| r[1] - r[0] > 1_000).count() as u64;
+    assert_eq!(late_rows, late, "late sends in the timeline and the report");
 
     for driver in DRIVERS {
         let mut args = vec![
