@@ -19,7 +19,6 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use tonic::transport::server::Connected;
 
 pub mod resets;
@@ -85,8 +84,6 @@ pub struct MtlsStream {
     /// Until the 24-byte HTTP/2 preface has arrived: when it must have (a client that
     /// finishes TLS and then stalls or sends half a preface holds nothing for long).
     preface: Option<(usize, Pin<Box<tokio::time::Sleep>>)>,
-    /// Completes when the rapid-reset guard closes this connection.
-    closed: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl MtlsStream {
@@ -95,9 +92,16 @@ impl MtlsStream {
         &self.peer
     }
 
-    /// An error once the connection has been closed by the rapid-reset guard.
-    fn check_closed(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.closed.as_mut().poll(cx).is_ready() {
+    /// An error once the connection has been closed by the rapid-reset guard. Reads
+    /// register the connection's task to be woken when that happens (a connection always
+    /// reads when polled); writes only look.
+    fn check_closed(&self, reading: Option<&mut Context<'_>>) -> io::Result<()> {
+        let resets = &self.peer.resets;
+        let closed = match reading {
+            Some(cx) => resets.poll_closed(cx).is_ready(),
+            None => resets.is_closed(),
+        };
+        if closed {
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionAborted,
                 "connection closed: too many cancelled calls (rapid reset)",
@@ -124,7 +128,7 @@ impl AsyncRead for MtlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_closed(cx)?;
+        self.check_closed(Some(cx))?;
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Some((left, deadline)) = &mut self.preface {
@@ -152,7 +156,7 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(cx)?;
+        self.check_closed(None)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -161,7 +165,7 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(cx)?;
+        self.check_closed(None)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -315,7 +319,6 @@ async fn handshake(
         .ok_or(HandshakeRefusal::NoIdentity)?;
     let identity = peer_identity(cert).ok_or(HandshakeRefusal::NoIdentity)?;
     let resets = Arc::new(StreamResets::default());
-    let closed = Box::pin(resets.close_token().cancelled_owned());
     let peer = Arc::new(Peer {
         remote_addr,
         local_addr,
@@ -331,6 +334,5 @@ async fn handshake(
         inner: tls,
         peer,
         preface: Some((PREFACE_LEN, deadline)),
-        closed,
     })
 }
