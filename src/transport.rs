@@ -1,7 +1,8 @@
 //! The TLS accept loop: at most a bounded number of handshakes at once (more connections
 //! are closed at once and counted), each with a bounded time to finish the mutual-TLS
 //! handshake; the caller's identity is read once per connection and travels with it, and
-//! a connection the rapid-reset guard trips is ended here.
+//! a connection's [`phase::Phase`] (what it is told from outside: finish, or close now)
+//! travels with it too.
 use std::{
     io,
     net::SocketAddr,
@@ -21,8 +22,10 @@ use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 
+pub mod phase;
 pub mod resets;
 
+use phase::Phase;
 use resets::StreamResets;
 
 use crate::{
@@ -45,6 +48,8 @@ pub struct Peer {
     pub cert_sha256: [u8; 32],
     /// How this connection's calls end (the rapid-reset guard).
     pub resets: Arc<StreamResets>,
+    /// What the connection is told from outside its task (maximum age, drain, rapid reset).
+    pub phase: Arc<Phase>,
     /// The last bearer token this connection presented, verified.
     pub token: Arc<TokenMemo>,
     /// The connection's part of an exported SERVER span's attributes, built by the first
@@ -91,24 +96,6 @@ impl MtlsStream {
     pub fn peer(&self) -> &Arc<Peer> {
         &self.peer
     }
-
-    /// An error once the connection has been closed by the rapid-reset guard. Reads
-    /// register the connection's task to be woken when that happens (a connection always
-    /// reads when polled); writes only look.
-    fn check_closed(&self, reading: Option<&mut Context<'_>>) -> io::Result<()> {
-        let resets = &self.peer.resets;
-        let closed = match reading {
-            Some(cx) => resets.poll_closed(cx).is_ready(),
-            None => resets.is_closed(),
-        };
-        if closed {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "connection closed: too many cancelled calls (rapid reset)",
-            ));
-        }
-        Ok(())
-    }
 }
 
 /// Length of the HTTP/2 client connection preface.
@@ -128,7 +115,6 @@ impl AsyncRead for MtlsStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.check_closed(Some(cx))?;
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Some((left, deadline)) = &mut self.preface {
@@ -156,7 +142,6 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(None)?;
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
@@ -165,7 +150,6 @@ impl AsyncWrite for MtlsStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.check_closed(None)?;
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
@@ -325,6 +309,7 @@ async fn handshake(
         identity,
         cert_sha256: cert_thumbprint(cert),
         resets,
+        phase: Arc::default(),
         token: Arc::default(),
         attributes: Default::default(),
     });

@@ -9,10 +9,10 @@
 //! or response body before the end), completed otherwise. A connection trips when at
 //! least [`TRIP_CANCELLED`](crate::transport::resets::TRIP_CANCELLED) of its last
 //! [`WINDOW`](crate::transport::resets::WINDOW) calls were cancelled: a legitimate
-//! client cancels a call now and then, never three in four. Tripping cancels the
-//! connection's token; the transport ([`crate::transport::MtlsStream`]) then ends the
-//! connection (tonic owns the HTTP/2 connection, so it is closed rather than sent a GOAWAY
-//! ENHANCE_YOUR_CALM), counted in `jisu_connections_closed_total{reason="rapid_reset"}`.
+//! client cancels a call now and then, never three in four. Tripping tells the connection
+//! to close ([`crate::transport::phase`]); its task then drops it at its next poll (closed
+//! rather than sent a GOAWAY ENHANCE_YOUR_CALM, which hyper does not expose), counted in
+//! `jisu_connections_closed_total{reason="rapid_reset"}`.
 use std::{
     future::Future,
     pin::Pin,
@@ -29,7 +29,10 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{telemetry::metrics::Metrics, transport::Peer};
+use crate::{
+    telemetry::metrics::Metrics,
+    transport::{Peer, phase::Told},
+};
 
 /// Adds [`ResetGuard`] to a service.
 #[derive(Debug, Clone)]
@@ -80,6 +83,8 @@ impl Outcome {
     fn settle(self, dropped: bool) {
         let cancelled = dropped || self.client_reset.load(Ordering::Relaxed);
         if self.peer.resets.record(cancelled) {
+            // The connection's own task closes it at its next poll (`startup::serve`).
+            self.peer.phase.tell(Told::RapidReset);
             tracing::warn!(
                 remote_addr = %self.peer.remote_addr,
                 identity = %self.peer.identity,
@@ -296,6 +301,7 @@ mod tests {
             identity: "client".into(),
             cert_sha256: [0; 32],
             resets: Arc::default(),
+            phase: Arc::default(),
             token: Arc::default(),
             attributes: Default::default(),
         })
@@ -321,6 +327,7 @@ mod tests {
             response.into_body().collect().await.unwrap();
         }
         assert!(!patient.resets.is_closed());
+        assert_eq!(patient.phase.told(), Told::Open);
 
         // Calls whose future the client cancels (hyper drops it on RST_STREAM) trip it.
         let rude = peer();
@@ -330,11 +337,13 @@ mod tests {
         });
         for i in 1..=TRIP_CANCELLED {
             assert!(!rude.resets.is_closed(), "call {i}");
+            assert_eq!(rude.phase.told(), Told::Open, "call {i}");
             let mut call = Box::pin(layer.layer(never).oneshot(request(&rude)));
             assert!(futures::poll!(&mut call).is_pending());
             drop(call);
         }
         assert!(rude.resets.is_closed());
+        assert_eq!(rude.phase.told(), Told::RapidReset, "told to close");
         assert!(
             metrics
                 .render()

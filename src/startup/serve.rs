@@ -18,14 +18,14 @@ use std::{
     pin::{Pin, pin},
     sync::{
         Arc,
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     task::{Context, Poll, ready},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt as _, task::AtomicWaker};
+use futures::{Stream, StreamExt as _};
 use http::{Request, Response};
 use hyper::{body::Incoming, server::conn::http2};
 use hyper_util::{
@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
 use super::{cork::Corked, supervisor::AbortOnDrop};
-use crate::transport::{MtlsStream, Peer};
+use crate::transport::{MtlsStream, Peer, phase::Told};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -111,75 +111,61 @@ async fn connection<S, B>(
     let service = CountCalls {
         inner: TowerToHyperService::new(WithPeer {
             inner: service,
-            peer,
+            peer: peer.clone(),
         }),
         calls: calls.clone(),
     };
     let conn = http2.serve_connection(TokioIo::new(Corked::new(io, calls)), service);
-    let state = Arc::new(State::default());
     // Ends with the connection, also when the connection's task is aborted.
-    let _timers = AbortOnDrop(tokio::spawn(timers(state.clone(), lifetime, drain)).abort_handle());
+    let _timers = AbortOnDrop(tokio::spawn(timers(peer.clone(), lifetime, drain)).abort_handle());
     let ended = Living {
         conn,
-        state,
-        seen: OPEN,
+        peer,
+        seen: Told::Open,
     }
     .await;
     match ended {
         Ended::Closed(Ok(())) => {}
         Ended::Closed(Err(error)) => tracing::debug!(%remote_addr, %error, "connection ended"),
-        Ended::GraceOver => {
+        Ended::Told(Told::RapidReset) => {
+            tracing::debug!(%remote_addr, "connection closed: too many cancelled calls (rapid reset)");
+        }
+        Ended::Told(_) => {
             tracing::debug!(%remote_addr, "connection closed: the grace period after its maximum age is over");
         }
-    }
-}
-
-const OPEN: u8 = 0;
-const FINISH: u8 = 1;
-const CLOSE: u8 = 2;
-
-/// What a connection's timers tell it: finish (GOAWAY), then close.
-#[derive(Debug, Default)]
-struct State {
-    phase: AtomicU8,
-    waker: AtomicWaker,
-}
-
-impl State {
-    fn enter(&self, phase: u8) {
-        self.phase.fetch_max(phase, Ordering::AcqRel);
-        self.waker.wake();
     }
 }
 
 /// Told to finish at its maximum age or when the server drains; closed when the grace
 /// after its maximum age is over (a drain's grace is the server's: `Application` drops
 /// the loop when it is over).
-async fn timers(state: Arc<State>, lifetime: Lifetime, drain: CancellationToken) {
+async fn timers(peer: Arc<Peer>, lifetime: Lifetime, drain: CancellationToken) {
     tokio::select! {
         () = drain.cancelled() => {
-            state.enter(FINISH);
+            peer.phase.tell(Told::Finish);
             return;
         }
-        () = tokio::time::sleep(lifetime.max_age) => state.enter(FINISH),
+        () = tokio::time::sleep(lifetime.max_age) => peer.phase.tell(Told::Finish),
     }
     tracing::debug!("connection reached its maximum age: told to finish");
     tokio::time::sleep(lifetime.grace).await;
-    state.enter(CLOSE);
+    peer.phase.tell(Told::GraceOver);
 }
 
 enum Ended {
     Closed(Result<(), hyper::Error>),
-    GraceOver,
+    /// Told to close now ([`Told::GraceOver`] or [`Told::RapidReset`]).
+    Told(Told),
 }
 
 pin_project_lite::pin_project! {
-    /// A connection that checks its phase (one atomic load) whenever it is polled.
+    /// A connection that checks what it has been told (one atomic load) whenever it is
+    /// polled.
     struct Living<C> {
         #[pin]
         conn: C,
-        state: Arc<State>,
-        seen: u8,
+        peer: Arc<Peer>,
+        seen: Told,
     }
 }
 
@@ -197,13 +183,11 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let mut this = self.project();
-        // Registered before the phase is read, so a change in between still wakes us.
-        this.state.waker.register(cx.waker());
-        let phase = this.state.phase.load(Ordering::Acquire);
-        if phase != *this.seen {
-            *this.seen = phase;
-            if phase == CLOSE {
-                return Poll::Ready(Ended::GraceOver);
+        let told = this.peer.phase.observe(cx);
+        if told != *this.seen {
+            *this.seen = told;
+            if told >= Told::GraceOver {
+                return Poll::Ready(Ended::Told(told));
             }
             this.conn.as_mut().graceful_shutdown();
         }
