@@ -31,45 +31,8 @@ pub mod rpcz;
 /// the requests themselves. Keep the guard until exit: it flushes the spans still queued.
 pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::TracingGuard {
     let directives = env.get("RUST_LOG").unwrap_or(&settings.filter);
-    let filter = EnvFilter::builder().parse_lossy(format!(
-        "h2=warn,hyper=warn,hyper_util=warn,tower=warn,rustls=warn,opentelemetry=warn,\
-         opentelemetry_sdk=warn,opentelemetry_otlp=warn,{directives}"
-    ));
     let (provider, state) = otel::pipeline(env);
-    let traces = otel::layer(&provider).with_filter(
-        tracing_subscriber::filter::Targets::new().with_target("jisu", tracing::Level::INFO),
-    );
-    let registry = tracing_subscriber::registry().with(traces);
-    let result = match settings.format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(TraceIds {
-                        inner: tracing_subscriber::fmt::format()
-                            .json()
-                            .with_current_span(false)
-                            .with_span_list(false),
-                        json: true,
-                    })
-                    .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter.and(events_only())),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .event_format(TraceIds {
-                        inner: tracing_subscriber::fmt::format()
-                            .with_target(false)
-                            .with_ansi(std::io::stderr().is_terminal()),
-                        json: false,
-                    })
-                    .with_writer(std::io::stderr)
-                    .with_filter(filter.and(events_only())),
-            )
-            .try_init(),
-    };
+    let result = subscriber(settings.format, directives, &provider).try_init();
     if result.is_err() {
         tracing::debug!("a global subscriber was already installed");
     }
@@ -92,10 +55,58 @@ pub fn init(settings: &LogSettings, env: &HashMap<String, String>) -> otel::Trac
     otel::guard(provider)
 }
 
-/// The log layer sees events only: it never formats span fields, which would cost on
-/// every call (each line carries the call's `trace_id`/`span_id` instead).
-fn events_only<S>() -> impl tracing_subscriber::layer::Filter<S> + Clone {
-    tracing_subscriber::filter::filter_fn(|meta| meta.is_event())
+/// The subscriber: the OpenTelemetry layer (Jisu's own spans only) and the log layer
+/// (`directives` over h2/hyper/rustls quieted, events only).
+fn subscriber(
+    format: LogFormat,
+    directives: &str,
+    provider: &opentelemetry_sdk::trace::SdkTracerProvider,
+) -> impl Subscriber + Send + Sync + for<'a> LookupSpan<'a> + use<> {
+    let traces = otel::layer(provider).with_filter(
+        tracing_subscriber::filter::Targets::new().with_target("jisu", tracing::Level::INFO),
+    );
+    let logs = match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .event_format(TraceIds {
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(false),
+                json: true,
+            })
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter(directives))
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .event_format(TraceIds {
+                inner: tracing_subscriber::fmt::format()
+                    .with_target(false)
+                    .with_ansi(std::io::stderr().is_terminal()),
+                json: false,
+            })
+            .with_writer(std::io::stderr)
+            .with_filter(log_filter(directives))
+            .boxed(),
+    };
+    tracing_subscriber::registry().with(traces).with(logs)
+}
+
+/// The log layer's filter: `directives` (h2/hyper/rustls internals quieted unless named),
+/// events only: it never formats span fields, which would cost on every call (each line
+/// carries the call's `trace_id`/`span_id` instead).
+///
+/// It tells its most verbose level: a filter without that hint leaves tracing's global
+/// maximum at TRACE, and then every `trace!`/`debug!` in h2's and hyper's hot paths asks
+/// its callsite's interest on every frame (~1,000 instructions per call, counted).
+fn log_filter<S>(directives: &str) -> impl tracing_subscriber::layer::Filter<S> + use<S> {
+    let filter = EnvFilter::builder().parse_lossy(format!(
+        "h2=warn,hyper=warn,hyper_util=warn,tower=warn,rustls=warn,opentelemetry=warn,\
+         opentelemetry_sdk=warn,opentelemetry_otlp=warn,{directives}"
+    ));
+    let events_only = tracing_subscriber::filter::filter_fn(|meta| meta.is_event())
+        .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE);
+    filter.and(events_only)
 }
 
 /// The W3C trace id and span id of the span `id`, when it has valid ones.
@@ -149,6 +160,34 @@ where
         } else {
             let body = line.trim_end_matches('\n');
             writeln!(writer, "{body} trace_id={trace_id} span_id={span_id}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::level_filters::LevelFilter;
+
+    use super::*;
+
+    /// Without a hint from every layer, tracing's global maximum is TRACE and h2's
+    /// `trace!`s cost on every frame.
+    #[test]
+    fn the_subscriber_tells_the_most_verbose_level_it_records() {
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        for (format, directives, level) in [
+            (LogFormat::Pretty, "info", LevelFilter::INFO),
+            (LogFormat::Json, "info", LevelFilter::INFO),
+            (LogFormat::Pretty, "warn", LevelFilter::INFO),
+            (LogFormat::Json, "warn,jisu=debug", LevelFilter::DEBUG),
+            (LogFormat::Pretty, "h2=trace", LevelFilter::TRACE),
+        ] {
+            let subscriber = subscriber(format, directives, &provider);
+            assert_eq!(
+                subscriber.max_level_hint(),
+                Some(level),
+                "{format:?} {directives}"
+            );
         }
     }
 }
