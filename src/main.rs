@@ -11,6 +11,12 @@ use clap::Parser;
 #[global_allocator]
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
+/// mimalloc: the server makes ~45 allocations per call; glibc's malloc and free took
+/// ~10 % of a call's instructions, mimalloc's a quarter of that (BENCHMARKS.md).
+#[cfg(not(feature = "alloc-count"))]
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     #[cfg(feature = "alloc-count")]
     let _profiler = dhat::Profiler::builder()
