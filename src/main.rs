@@ -12,7 +12,8 @@ use clap::Parser;
 static ALLOC: dhat::Alloc = dhat::Alloc;
 
 /// mimalloc: the server makes ~45 allocations per call; glibc's malloc and free took
-/// ~10 % of a call's instructions, mimalloc's a quarter of that (BENCHMARKS.md).
+/// ~10 % of a call's instructions, mimalloc's about half as many (BENCHMARKS.md). Built
+/// without transparent huge pages (`no_thp`): with them the server's RSS doubled.
 #[cfg(not(feature = "alloc-count"))]
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
