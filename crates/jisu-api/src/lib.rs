@@ -39,8 +39,11 @@ pub const TRACE_ID: &str = "x-trace-id";
 /// The caller's `grpc-timeout` in request headers (or a `MetadataMap`'s `as_ref()`), if
 /// present and readable.
 pub fn grpc_timeout(headers: &tonic::codegen::http::HeaderMap) -> Option<Duration> {
+    // Named once: a `&str` name is parsed (and its case checked) again at every lookup.
+    const NAME: tonic::codegen::http::HeaderName =
+        tonic::codegen::http::HeaderName::from_static(GRPC_TIMEOUT);
     headers
-        .get(GRPC_TIMEOUT)
+        .get(NAME)
         .and_then(|v| v.to_str().ok())
         .and_then(parse_timeout)
 }
