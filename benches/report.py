@@ -202,6 +202,16 @@ def not_measured(text, run, *variants):
         print(f"- MISSED: {text}: the stack could not carry the rate that bare carried ({why})")
 
 
+def spread(run, v):
+    """The ratio to bare repeat by repeat (repeat k of each variant ran in the same turn of
+    the loop, minutes apart at most), where both held: how far one repeat is from the median."""
+    pairs = [(r, b) for r, b in zip(pick(run, v), pick(run, "bare")) if held(r) and held(b)]
+    if len(pairs) < 2:
+        return ""
+    ratios = ", ".join(f"{r['server_cpu_us_per_call'] / b['server_cpu_us_per_call']:.2f}" for r, b in pairs)
+    return f"; repeat by repeat {ratios}"
+
+
 def have(*vs):
     return all(v in q for v in vs)
 
@@ -214,7 +224,7 @@ for run, label in RATES:
         c = cpu_at.get((run, v))
         if b and c:
             target(c <= limit * b, f"server CPU per call, {NAMES[v]}, {label}: ≤ {limit}× bare: "
-                   f"{c / b:.2f}× ({c:.1f} vs {b:.1f} µs)")
+                   f"{c / b:.2f}× ({c:.1f} vs {b:.1f} µs){spread(run, v)}")
         elif (run, v) in unheld or (run, "bare") in unheld:
             not_measured(f"server CPU per call, {NAMES[v]}, {label}: ≤ {limit}× bare", run, "bare", v)
 if have("bare", "full10", "full100"):
