@@ -1,7 +1,7 @@
-# Shared by scripts/instructions, scripts/allocs and scripts/flamegraph (sourced, not run):
-# a work directory whose processes are stopped on exit, waiting for a server's "serving"
-# line, and the processes those measurements start (the OTLP sink, the full stack, a bench
-# target). Each function documents what it sets.
+# Shared by scripts/bench, scripts/instructions, scripts/allocs and scripts/flamegraph
+# (sourced, not run): the build to measure, a work directory whose processes are stopped on
+# exit, waiting for a server's "serving" line, and the processes those measurements start
+# (the OTLP sink, the full stack, a bench target). Each function documents what it sets.
 
 # The gRPC load generator's flags, ${lean[@]}: `jisu bench --lean` (calls straight over
 # HTTP/2, no client stack) unless JISU_BENCH_CLIENT=jisu (through the Jisu client).
@@ -10,6 +10,16 @@ case ${JISU_BENCH_CLIENT:-lean} in
   jisu) lean=() ;;
   *) echo "JISU_BENCH_CLIENT=$JISU_BENCH_CLIENT: expected lean or jisu" >&2; exit 1 ;;
 esac
+
+# measured_bin: sets $bin, the server build to measure: JISU_BENCH_BIN when given, else this
+# tree's `--profile production` (fat LTO; what deploy/Dockerfile ships), built here.
+# (scripts/allocs builds its own: allocation counts do not depend on LTO.)
+measured_bin() {
+  if [ -z "${JISU_BENCH_BIN:-}" ]; then
+    cargo build --profile production --locked -q
+  fi
+  bin=${JISU_BENCH_BIN:-$PWD/target/production/jisu}
+}
 
 work=$(mktemp -d)
 pids=()
