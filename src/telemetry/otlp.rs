@@ -361,6 +361,11 @@ impl Framing {
 #[derive(Debug, Clone, Copy, Default)]
 struct Raw;
 
+/// The OTLP trace service's one method.
+const EXPORT_PATH: http::uri::PathAndQuery = http::uri::PathAndQuery::from_static(
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+);
+
 impl Codec for Raw {
     type Encode = Bytes;
     type Decode = ExportTraceServiceResponse;
@@ -460,14 +465,47 @@ impl GrpcExporter {
             .tcp_nodelay(true)
             .connect_lazy();
         let grpc = tonic::client::Grpc::new(channel);
-        Ok(Self {
+        let exporter = Self {
             grpc,
             headers: setting(env, "HEADERS")
                 .map_or_else(MetadataMap::new, |h| headers(h, warnings)),
             timeout,
             runtime,
             framing,
-        })
+        };
+        exporter.connect_early();
+        Ok(exporter)
+    }
+
+    /// Opens the connection to the collector now, with an empty `Export` (no spans; the
+    /// OTLP specification allows it), instead of at the first batch. Connected lazily, the
+    /// first batch waited for TCP and HTTP/2 set-up driven by the server's runtime, which
+    /// a server started into full load keeps busy with calls: at 100 % sampling and
+    /// ~100,000 calls/s on one core the 2,048-span queue overflowed meanwhile (670 spans
+    /// dropped in the first second, none after; BENCHMARKS.md, session 18). A task on the
+    /// runtime, so the export thread and shutdown never wait for it; a collector that is
+    /// down is said by the first real export.
+    fn connect_early(&self) {
+        let mut grpc = self.grpc.clone();
+        let mut req = tonic::Request::new(Bytes::new());
+        *req.metadata_mut() = self.headers.clone();
+        req.set_timeout(self.timeout);
+        let timeout = self.timeout;
+        self.runtime.spawn(async move {
+            let call = async {
+                grpc.ready().await.map_err(|e| e.to_string())?;
+                grpc.unary(req, EXPORT_PATH, Raw)
+                    .await
+                    .map_err(|s| s.to_string())
+            };
+            if let Err(e) = tokio::time::timeout(timeout, call)
+                .await
+                .map_err(|_| "timed out".to_owned())
+                .and_then(|r| r)
+            {
+                tracing::debug!(error = %e, "OTLP collector not reachable yet");
+            }
+        });
     }
 
     /// Sends `spans` (entries written by [`Span::put`]) as one request, from a thread
@@ -484,10 +522,7 @@ impl GrpcExporter {
                 grpc.ready()
                     .await
                     .map_err(|e| tonic::Status::unavailable(format!("OTLP collector: {e}")))?;
-                let path = http::uri::PathAndQuery::from_static(
-                    "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                );
-                grpc.unary(req, path, Raw).await
+                grpc.unary(req, EXPORT_PATH, Raw).await
             };
             let response = tokio::time::timeout(timeout, call)
                 .await
