@@ -486,23 +486,9 @@ impl GrpcExporter {
     /// runtime, so the export thread and shutdown never wait for it; a collector that is
     /// down is said by the first real export.
     fn connect_early(&self) {
-        let mut grpc = self.grpc.clone();
-        let mut req = tonic::Request::new(Bytes::new());
-        *req.metadata_mut() = self.headers.clone();
-        req.set_timeout(self.timeout);
-        let timeout = self.timeout;
+        let export = self.send(Bytes::new());
         self.runtime.spawn(async move {
-            let call = async {
-                grpc.ready().await.map_err(|e| e.to_string())?;
-                grpc.unary(req, EXPORT_PATH, Raw)
-                    .await
-                    .map_err(|s| s.to_string())
-            };
-            if let Err(e) = tokio::time::timeout(timeout, call)
-                .await
-                .map_err(|_| "timed out".to_owned())
-                .and_then(|r| r)
-            {
+            if let Err(e) = export.await {
                 tracing::debug!(error = %e, "OTLP collector not reachable yet");
             }
         });
@@ -512,12 +498,22 @@ impl GrpcExporter {
     /// outside the runtime (the export thread); the spans the collector rejected (a
     /// partial success) are returned as a count.
     pub fn export(&self, spans: &[u8]) -> Result<u64, tonic::Status> {
+        self.runtime
+            .block_on(self.send(self.framing.request(spans)))
+    }
+
+    /// One `Export` call with `body` (an encoded `ExportTraceServiceRequest`), bounded by
+    /// the exporter's timeout: the count of spans the collector rejected.
+    fn send(
+        &self,
+        body: Bytes,
+    ) -> impl std::future::Future<Output = Result<u64, tonic::Status>> + Send + 'static {
         let mut grpc = self.grpc.clone();
-        let mut req = tonic::Request::new(self.framing.request(spans));
+        let mut req = tonic::Request::new(body);
         *req.metadata_mut() = self.headers.clone();
         req.set_timeout(self.timeout);
         let timeout = self.timeout;
-        self.runtime.block_on(async move {
+        async move {
             let call = async {
                 grpc.ready()
                     .await
@@ -531,7 +527,7 @@ impl GrpcExporter {
                 .into_inner()
                 .partial_success
                 .map_or(0, |p| p.rejected_spans.max(0) as u64))
-        })
+        }
     }
 }
 
