@@ -13,8 +13,18 @@
 //! run queue, so the calls already able to answer do so first, and the next flush sends
 //! them all. When nothing else is ready the task runs again at once (no timer, no wait).
 //! With no other call in flight (one call at a time) a flush never waits: the extra poll
-//! of the connection cost ~2.4k instructions per call there and bought nothing. Nor with a
-//! backlog ([`WAIT_UP_TO`]): a turn then lasts as long as the backlog.
+//! of the connection cost ~2.4k instructions per call there and bought nothing.
+//!
+//! A backlog waits its turn too, however long: the turn then lasts as long as the backlog,
+//! and answering each call on its own just when the server is behind makes every call
+//! dearer, so the backlog grows. Session 18 let a flush wait only while at most 64 calls
+//! were unanswered (the first answers of a backlog left sooner: p99 at 70,300 calls/s
+//! −10 %); session 19 measured at 81,800 calls/s (70 % of the stack's maximum on that
+//! machine) that past the bound each answer took its own `writev` and TLS record (0.1 →
+//! 0.2–0.9 writes and 9.9 → 10.1–12.1 µs of CPU per call), which grew the backlog further:
+//! in 3 of 6 runs the server never caught up again (p90 35–82 ms against 0.7–1.5 ms
+//! unbounded). Coalescing whatever the backlog keeps the cost per call falling as load
+//! rises, so an overload drains (BENCHMARKS.md, session 19).
 use std::{
     io::{self, IoSlice},
     pin::Pin,
@@ -30,16 +40,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Past this many bytes held, writes go out without waiting for the flush: large
 /// answers (file chunks, long streams) do not gain from waiting, and the hold stays small.
 const HOLD: usize = 64 * 1024;
-
-/// A flush waits its turn only while at most this many of the connection's calls are
-/// unanswered. One turn runs every task queued on the core, so with a backlog (the calls
-/// that piled up behind a stall of the machine) it held every answer until the whole backlog
-/// was served, where answering as each call ends lets the first ones go at once. At 70,300
-/// calls/s (70 % of the stack's maximum) the p99 fell from 7.16 to 6.44 ms and from 5.68 to
-/// 4.90 ms (two `scripts/bench ab` runs), CPU per call and the closed-loop maximum unchanged
-/// (BENCHMARKS.md, session 18). Up to 64 unanswered calls (the closed loop's 64 in flight), a
-/// turn is at most ~0.7 ms of this machine's calls.
-const WAIT_UP_TO: usize = 64;
 
 /// The hold's memory kept between flushes: a connection that once sent a large batch (a
 /// file's chunks) does not keep 64 KiB for the rest of its life.
@@ -140,7 +140,7 @@ impl<T: AsyncWrite> AsyncWrite for Corked<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let unanswered = self.calls.load(Ordering::Relaxed);
-        if !self.held.is_empty() && !self.waited && (1..=WAIT_UP_TO).contains(&unanswered) {
+        if !self.held.is_empty() && !self.waited && unanswered != 0 {
             // One turn of the runtime for the other calls' answers (see the module).
             *self.as_mut().project().waited = true;
             cx.waker().wake_by_ref();
@@ -230,21 +230,16 @@ mod tests {
         assert!(io.as_mut().poll_flush(&mut cx).is_ready());
         assert_eq!(io.io.0.last().unwrap(), b"four");
         assert_eq!(*wakes.0.lock().unwrap(), 2, "no wake without other calls");
-        // Nor with a backlog: past WAIT_UP_TO unanswered calls each flush sends at once.
-        calls.store(WAIT_UP_TO + 1, Ordering::Relaxed);
+        // A backlog waits its turn too: answering each call alone would make it grow.
+        calls.store(100_000, Ordering::Relaxed);
         let _ = io.as_mut().poll_write(&mut cx, b"five");
         assert!(
-            io.as_mut().poll_flush(&mut cx).is_ready(),
-            "a backlog does not wait"
-        );
-        assert_eq!(io.io.0.last().unwrap(), b"five");
-        calls.store(WAIT_UP_TO, Ordering::Relaxed);
-        let _ = io.as_mut().poll_write(&mut cx, b"six");
-        assert!(
             io.as_mut().poll_flush(&mut cx).is_pending(),
-            "up to the bound it waits"
+            "a backlog waits a turn"
         );
         assert_eq!(*wakes.0.lock().unwrap(), 3);
+        assert!(io.as_mut().poll_flush(&mut cx).is_ready());
+        assert_eq!(io.io.0.last().unwrap(), b"five");
     }
 
     #[test]
