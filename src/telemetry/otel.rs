@@ -641,6 +641,9 @@ impl SpanProcessor for QueueProcessor {
 #[derive(Debug, Default)]
 struct Outcome {
     failing: bool,
+    /// Batches that failed so far, and the last one's error.
+    failures: u64,
+    last_error: String,
 }
 
 impl Outcome {
@@ -670,6 +673,8 @@ impl Outcome {
                     tracing::warn!(error = %e, spans = n, "span export failed; dropping spans until it recovers");
                     self.failing = true;
                 }
+                self.failures += 1;
+                self.last_error.clone_from(&e);
                 Err(OTelSdkError::InternalFailure(e))
             }
         }
@@ -683,9 +688,10 @@ fn export_loop<E: SpanExporter>(
     rx: mpsc::Receiver<Msg>,
     settings: BatchSettings,
 ) {
-    let mut outcome = Outcome::default();
+    let outcome = std::sync::Arc::new(Mutex::new(Outcome::default()));
     let mut batch = Pending::default();
-    // Exports what is queued, in batches of at most `max_batch`.
+    // Exports what is queued, in batches of at most `max_batch`: the SDK's spans one batch
+    // after the other, the encoded ones started and not waited for (`GrpcExporter::start`).
     let mut export = || {
         queue.take(&mut batch);
         let mut result = Ok(());
@@ -695,7 +701,7 @@ fn export_loop<E: SpanExporter>(
             let spans = std::mem::replace(&mut pending, rest);
             let n = spans.len() as u64;
             let r = futures::executor::block_on(exporter.export(spans)).map(|()| 0);
-            if let Err(e) = outcome.record(n, r.map_err(|e| e.to_string())) {
+            if let Err(e) = outcome.lock().record(n, r.map_err(|e| e.to_string())) {
                 result = Err(e);
             }
         }
@@ -703,17 +709,29 @@ fn export_loop<E: SpanExporter>(
             let mut start = 0;
             for ends in batch.ends.chunks(settings.max_batch) {
                 let end = ends[ends.len() - 1];
-                let r = client
-                    .export(&batch.encoded[start..end])
-                    .map_err(|s| s.to_string());
+                let (n, outcome) = (ends.len() as u64, outcome.clone());
+                client.start(&batch.encoded[start..end], move |r| {
+                    let _ = outcome.lock().record(n, r.map_err(|s| s.to_string()));
+                });
                 start = end;
-                if let Err(e) = outcome.record(ends.len() as u64, r) {
-                    result = Err(e);
-                }
             }
         }
         batch.encoded.clear();
         batch.ends.clear();
+        result
+    };
+    // Exports what is queued and waits until every export started has ended: an error when
+    // a batch failed meanwhile (a flush, the shutdown).
+    let export_all = |export: &mut dyn FnMut() -> OTelSdkResult| {
+        let failures = outcome.lock().failures;
+        let result = export();
+        if let Some(client) = &encoded {
+            client.wait_all();
+        }
+        let outcome = outcome.lock();
+        if outcome.failures > failures {
+            return Err(OTelSdkError::InternalFailure(outcome.last_error.clone()));
+        }
         result
     };
     let mut deadline = Instant::now() + settings.schedule_delay;
@@ -724,10 +742,10 @@ fn export_loop<E: SpanExporter>(
                 let _ = export();
             }
             Ok(Msg::Flush(reply)) => {
-                let _ = reply.send(export());
+                let _ = reply.send(export_all(&mut export));
             }
             Ok(Msg::Shutdown(reply)) => {
-                let result = export();
+                let result = export_all(&mut export);
                 let _ = exporter.shutdown();
                 let _ = reply.send(result);
                 return;
@@ -737,7 +755,7 @@ fn export_loop<E: SpanExporter>(
                 deadline = Instant::now() + settings.schedule_delay;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = export();
+                let _ = export_all(&mut export);
                 return;
             }
         }
