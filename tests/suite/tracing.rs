@@ -637,6 +637,33 @@ async fn the_next_batch_leaves_while_an_export_is_in_flight() {
     drop(server);
 }
 
+/// Spans still queued at SIGTERM reach the collector before the process exits: the
+/// shutdown exports the queue (no schedule and no full batch could have sent them). Seen
+/// failing with the shutdown's export removed. (That it also waits for each Export's answer
+/// is not shown here: on an idle runtime the request leaves before the process ends either
+/// way.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_queued_at_sigterm_reach_the_collector_before_exit() {
+    let mut collector = Collector::start().await;
+    let mut server = collector
+        .binary("jisu-under-test")
+        // Only the shutdown exports: no schedule, no full batch, within the test.
+        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .start();
+    let client = server.client("users:read").await;
+    let trace_id = "6c9fa2b3f0e14d7a8b2c3d4e5f607182";
+    client
+        .users()
+        .get_user(in_trace(trace_id, "eee19b7ec3c1b174"))
+        .await
+        .unwrap();
+    drop(client);
+    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
+        .expect("the server exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    collector.trace(trace_id, get_user_with_store).await;
+}
+
 /// A collector that is down (a closed port) costs the calls nothing: they succeed, their
 /// latency stays that of a server with export off (measured side by side, same run), and
 /// the lost spans are counted.
