@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use crate::common::{
-    Binary, Calls, MANIFEST, assert_status, jisu_trace, samples, scrape, tool, trace_of, value,
+    Binary, Calls, MANIFEST, Served, assert_status, jisu_trace, samples, scrape, tool, trace_of,
+    value,
 };
 use axum::response::IntoResponse as _;
 use jisu::{
@@ -237,6 +238,17 @@ fn in_trace(trace_id: &str, parent_id: &str) -> tonic::Request<GetUserRequest> {
         format!("00-{trace_id}-{parent_id}-01").parse().unwrap(),
     );
     req
+}
+
+/// One successful GetUser to `server`, sampled in `trace_id` (a client of its own, closed after).
+async fn get_user_in_trace(server: &Served, trace_id: &str) {
+    server
+        .client("users:read")
+        .await
+        .users()
+        .get_user(in_trace(trace_id, "eee19b7ec3c1b174"))
+        .await
+        .unwrap();
 }
 
 /// Whether a GetUser's SERVER span and its store span have both arrived.
@@ -620,13 +632,8 @@ async fn the_next_batch_leaves_while_an_export_is_in_flight() {
         // Longer than the hold: a client giving up would let the next batch go too.
         .env("OTEL_EXPORTER_OTLP_TIMEOUT", "60000")
         .start();
-    let client = server.client("users:read").await;
     let trace_id = "5b8efff798038103d269b633813fc60c";
-    client
-        .users()
-        .get_user(in_trace(trace_id, "eee19b7ec3c1b174"))
-        .await
-        .unwrap();
+    get_user_in_trace(&server, trace_id).await;
     // The SERVER span and the store span: two batches of one.
     collector.trace(trace_id, get_user_with_store).await;
     assert_eq!(
@@ -650,14 +657,8 @@ async fn spans_queued_at_sigterm_reach_the_collector_before_exit() {
         // Only the shutdown exports: no schedule, no full batch, within the test.
         .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
         .start();
-    let client = server.client("users:read").await;
     let trace_id = "6c9fa2b3f0e14d7a8b2c3d4e5f607182";
-    client
-        .users()
-        .get_user(in_trace(trace_id, "eee19b7ec3c1b174"))
-        .await
-        .unwrap();
-    drop(client);
+    get_user_in_trace(&server, trace_id).await;
     let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
         .expect("the server exits after SIGTERM");
     assert!(status.success(), "{status:?}");
