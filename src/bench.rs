@@ -275,13 +275,18 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Self {
+    /// With room for `timeline` rows: grown on demand, the 512 open-loop callers' rows
+    /// doubled at the same moments (each caller gets an even share of the calls), and each
+    /// such moment stalled the generator ~20 ms at 84,400 calls/s: 1,800 calls answered
+    /// over 2 ms, at 1.55 s and 3.1 s into every 5-s window, in every variant's timeline
+    /// (BENCHMARKS.md, session 20).
+    fn new(timeline: usize) -> Self {
         Self {
             status: BTreeMap::new(),
             errors: BTreeMap::new(),
             messages: 0,
             late: 0,
-            timeline: Vec::new(),
+            timeline: Vec::with_capacity(timeline),
         }
     }
 }
@@ -340,6 +345,20 @@ fn create_order_request(plan: &Plan) -> CreateOrderRequest {
 }
 
 impl Plan {
+    /// The timeline rows to make room for in each caller, up front: an open loop's share of
+    /// the measured calls, and a quarter more (whichever caller is free takes the next slot,
+    /// so shares differ a little). Closed loop and `--total` runs do not know their count:
+    /// none (their timelines grow).
+    fn timeline_share(&self) -> usize {
+        match (self.timeline, self.rps, self.total) {
+            (true, Some(rps), None) => {
+                (self.duration.as_secs_f64() * rps / self.concurrency.max(1) as f64 * 1.25) as usize
+                    + 64
+            }
+            _ => 0,
+        }
+    }
+
     /// Refuses data that does not fit the call's request type.
     pub fn check(&self) -> Result<(), String> {
         fn fits<T: serde::de::DeserializeOwned>(d: &serde_json::Value) -> Result<(), String> {
@@ -673,6 +692,7 @@ pub async fn run(
     let hist = Arc::new(parking_lot::Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
     ));
+    let timeline_rows = plan.timeline_share();
     let mut tasks = Vec::with_capacity(plan.concurrency);
     for worker in 0..plan.concurrency {
         let client = clients[worker % clients.len()].clone();
@@ -687,7 +707,7 @@ pub async fn run(
             tickets.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let mut tally = Tally::new();
+            let mut tally = Tally::new(timeline_rows);
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 // When this call is due: now (closed loop) or its slot (open loop).
@@ -777,7 +797,7 @@ pub async fn run(
             }
         })
     };
-    let mut total = Tally::new();
+    let mut total = Tally::new(0);
     for task in tasks {
         if let Ok(t) = task.await {
             for (code, n) in t.status {
@@ -926,6 +946,30 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_open_loop_timeline_has_room_for_each_callers_share_up_front() {
+        let plan = |timeline, rps, total| Plan {
+            call: Call::GetUser,
+            data: None,
+            metadata: Vec::new(),
+            concurrency: 512,
+            duration: Duration::from_secs(5),
+            total,
+            warmup: Duration::from_secs(1),
+            rps,
+            stream_messages: 100,
+            timeout: Duration::from_secs(5),
+            server_pid: None,
+            timeline,
+        };
+        // 84,400 calls/s for 5 s over 512 callers: 824 each on average.
+        let share = plan(true, Some(84_400.0), None).timeline_share();
+        assert!((1_030..1_200).contains(&share), "{share}");
+        assert_eq!(plan(false, Some(84_400.0), None).timeline_share(), 0);
+        assert_eq!(plan(true, None, None).timeline_share(), 0);
+        assert_eq!(plan(true, Some(84_400.0), Some(1_000)).timeline_share(), 0);
+    }
 
     #[test]
     fn the_timeline_is_csv_with_a_row_per_call() {
