@@ -681,6 +681,65 @@ impl Outcome {
     }
 }
 
+/// What the export thread exports with, and how its batches went.
+struct Exports<'a, E> {
+    exporter: E,
+    encoded: Option<otlp::GrpcExporter>,
+    queue: &'a Queue,
+    max_batch: usize,
+    /// Shared with the encoded batches' outcomes, which end on the runtime.
+    outcome: std::sync::Arc<Mutex<Outcome>>,
+    batch: Pending,
+}
+
+impl<E: SpanExporter> Exports<'_, E> {
+    /// Exports what is queued, in batches of at most `max_batch`: the SDK's spans one batch
+    /// after the other, the encoded ones started and not waited for (`GrpcExporter::start`).
+    fn export(&mut self) -> OTelSdkResult {
+        self.queue.take(&mut self.batch);
+        let mut result = Ok(());
+        let mut pending = std::mem::take(&mut self.batch.sdk);
+        while !pending.is_empty() {
+            let rest = pending.split_off(pending.len().min(self.max_batch));
+            let spans = std::mem::replace(&mut pending, rest);
+            let n = spans.len() as u64;
+            let r = futures::executor::block_on(self.exporter.export(spans)).map(|()| 0);
+            if let Err(e) = self.outcome.lock().record(n, r.map_err(|e| e.to_string())) {
+                result = Err(e);
+            }
+        }
+        if let Some(client) = &self.encoded {
+            let mut start = 0;
+            for ends in self.batch.ends.chunks(self.max_batch) {
+                let end = ends[ends.len() - 1];
+                let (n, outcome) = (ends.len() as u64, self.outcome.clone());
+                client.start(&self.batch.encoded[start..end], move |r| {
+                    let _ = outcome.lock().record(n, r.map_err(|s| s.to_string()));
+                });
+                start = end;
+            }
+        }
+        self.batch.encoded.clear();
+        self.batch.ends.clear();
+        result
+    }
+
+    /// Exports what is queued and waits until every export started has ended: an error when
+    /// a batch failed meanwhile (a flush, the shutdown).
+    fn export_all(&mut self) -> OTelSdkResult {
+        let failures = self.outcome.lock().failures;
+        let result = self.export();
+        if let Some(client) = &self.encoded {
+            client.wait_all();
+        }
+        let outcome = self.outcome.lock();
+        if outcome.failures > failures {
+            return Err(OTelSdkError::InternalFailure(outcome.last_error.clone()));
+        }
+        result
+    }
+}
+
 fn export_loop<E: SpanExporter>(
     exporter: E,
     encoded: Option<otlp::GrpcExporter>,
@@ -688,74 +747,36 @@ fn export_loop<E: SpanExporter>(
     rx: mpsc::Receiver<Msg>,
     settings: BatchSettings,
 ) {
-    let outcome = std::sync::Arc::new(Mutex::new(Outcome::default()));
-    let mut batch = Pending::default();
-    // Exports what is queued, in batches of at most `max_batch`: the SDK's spans one batch
-    // after the other, the encoded ones started and not waited for (`GrpcExporter::start`).
-    let mut export = || {
-        queue.take(&mut batch);
-        let mut result = Ok(());
-        let mut pending = std::mem::take(&mut batch.sdk);
-        while !pending.is_empty() {
-            let rest = pending.split_off(pending.len().min(settings.max_batch));
-            let spans = std::mem::replace(&mut pending, rest);
-            let n = spans.len() as u64;
-            let r = futures::executor::block_on(exporter.export(spans)).map(|()| 0);
-            if let Err(e) = outcome.lock().record(n, r.map_err(|e| e.to_string())) {
-                result = Err(e);
-            }
-        }
-        if let Some(client) = &encoded {
-            let mut start = 0;
-            for ends in batch.ends.chunks(settings.max_batch) {
-                let end = ends[ends.len() - 1];
-                let (n, outcome) = (ends.len() as u64, outcome.clone());
-                client.start(&batch.encoded[start..end], move |r| {
-                    let _ = outcome.lock().record(n, r.map_err(|s| s.to_string()));
-                });
-                start = end;
-            }
-        }
-        batch.encoded.clear();
-        batch.ends.clear();
-        result
-    };
-    // Exports what is queued and waits until every export started has ended: an error when
-    // a batch failed meanwhile (a flush, the shutdown).
-    let export_all = |export: &mut dyn FnMut() -> OTelSdkResult| {
-        let failures = outcome.lock().failures;
-        let result = export();
-        if let Some(client) = &encoded {
-            client.wait_all();
-        }
-        let outcome = outcome.lock();
-        if outcome.failures > failures {
-            return Err(OTelSdkError::InternalFailure(outcome.last_error.clone()));
-        }
-        result
+    let mut exports = Exports {
+        exporter,
+        encoded,
+        queue,
+        max_batch: settings.max_batch,
+        outcome: std::sync::Arc::new(Mutex::new(Outcome::default())),
+        batch: Pending::default(),
     };
     let mut deadline = Instant::now() + settings.schedule_delay;
     loop {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(Msg::Wake) => {
-                let _ = export();
+                let _ = exports.export();
             }
             Ok(Msg::Flush(reply)) => {
-                let _ = reply.send(export_all(&mut export));
+                let _ = reply.send(exports.export_all());
             }
             Ok(Msg::Shutdown(reply)) => {
-                let result = export_all(&mut export);
-                let _ = exporter.shutdown();
+                let result = exports.export_all();
+                let _ = exports.exporter.shutdown();
                 let _ = reply.send(result);
                 return;
             }
             Err(RecvTimeoutError::Timeout) => {
-                let _ = export();
+                let _ = exports.export();
                 deadline = Instant::now() + settings.schedule_delay;
             }
             Err(RecvTimeoutError::Disconnected) => {
-                let _ = export_all(&mut export);
+                let _ = exports.export_all();
                 return;
             }
         }
