@@ -110,10 +110,17 @@ pub struct BatchSettings {
 }
 
 impl Default for BatchSettings {
+    /// The specification's defaults but the queue: 8,192 spans, not 2,048. At 100 %
+    /// sampling this server queues ~210,000 spans/s on one core at its closed-loop maximum,
+    /// where 2,048 is ~10 ms of them, and an export round trip there (driven by a saturated
+    /// runtime) takes 3–8 ms: now and then a few slow ones in a row overflowed it (spans
+    /// dropped at the maximum in bench runs 20 and 24, 558 and 160, and in 1 of 8 series of
+    /// five 5-s runs; none in 20 runs with 8,192, at ~0.4 MiB more peak RSS; BENCHMARKS.md,
+    /// sessions 19–20). `OTEL_BSP_MAX_QUEUE_SIZE` sets it.
     fn default() -> Self {
         Self {
             schedule_delay: Duration::from_secs(5),
-            max_queue: 2048,
+            max_queue: 8192,
             max_batch: 512,
         }
     }
