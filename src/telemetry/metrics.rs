@@ -30,7 +30,7 @@ pub const LATENCY_BUCKETS: &[f64] = &[
 /// episode of its own on a busy server, and the lists held ~15 MiB (peak RSS 38–45 MiB).
 /// Every 100 ms the same work comes in pieces fifty times smaller: p99 at 84,400 calls/s
 /// 5.05 → 3.29 ms (medians of 6), peak RSS 25–27 MiB (BENCHMARKS.md, session 20).
-pub const UPKEEP_EVERY: Duration = Duration::from_millis(100);
+const UPKEEP_EVERY: Duration = Duration::from_millis(100);
 
 pub use jisu_client::metrics::{
     CODES, ClientMetrics, METADATA, MethodMetrics, MethodTable, Side, UNKNOWN, code_label,

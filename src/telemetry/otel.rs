@@ -115,7 +115,7 @@ impl Default for BatchSettings {
     /// where 2,048 is ~10 ms of them, and an export round trip there (driven by a saturated
     /// runtime) takes 3–8 ms: now and then a few slow ones in a row overflowed it (spans
     /// dropped at the maximum in bench runs 20 and 24, 558 and 160, and in 1 of 8 series of
-    /// five 5-s runs; none in 20 runs with 8,192, at ~0.4 MiB more peak RSS; BENCHMARKS.md,
+    /// five 5-s runs; none in 20 runs with 8,192, at ~0.3 MiB more peak RSS; BENCHMARKS.md,
     /// sessions 19–20). `OTEL_BSP_MAX_QUEUE_SIZE` sets it.
     fn default() -> Self {
         Self {
