@@ -125,6 +125,7 @@ where
         let req = req.map(|inner| GuardedRequest {
             inner,
             client_reset,
+            ended: false,
         });
         GuardedFuture {
             inner: self.inner.call(req),
@@ -232,11 +233,43 @@ impl<B: Body> Body for GuardedBody<B> {
 }
 
 pin_project! {
-    /// The request body: notes a RST_STREAM from the client.
-    pub struct GuardedRequest<B> {
+    /// The request body: notes a RST_STREAM from the client, also one that came before the
+    /// body was read (a call answered without reading its request, e.g. refused by auth:
+    /// looked at once, without waiting, when the body is dropped). Without that a flood of
+    /// HEADERS + RST_STREAM without a token counted as calls answered, never cancelled, and
+    /// only HTTP/2's own pending-accept limit could stop it, when enough of the flood was
+    /// read in one turn.
+    pub struct GuardedRequest<B>
+    where
+        B: Body,
+        B::Error: std::error::Error,
+        B::Error: 'static,
+    {
         #[pin]
         inner: B,
         client_reset: Arc<AtomicBool>,
+        // Read to its end (or to an error): nothing left to look at.
+        ended: bool,
+    }
+
+    impl<B> PinnedDrop for GuardedRequest<B>
+    where
+        B: Body,
+        B::Error: std::error::Error,
+        B::Error: 'static,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            if this.ended || this.client_reset.load(Ordering::Relaxed) {
+                return;
+            }
+            let this = this.project();
+            let mut cx = Context::from_waker(std::task::Waker::noop());
+            if let Poll::Ready(Some(Err(e))) = this.inner.poll_frame(&mut cx)
+                && is_client_reset(&e)
+            {
+                this.client_reset.store(true, Ordering::Relaxed);
+            }
+        }
     }
 }
 
@@ -266,10 +299,15 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let frame = std::task::ready!(this.inner.poll_frame(cx));
-        if let Some(Err(e)) = &frame
-            && is_client_reset(e)
-        {
-            this.client_reset.store(true, Ordering::Relaxed);
+        match &frame {
+            Some(Err(e)) => {
+                *this.ended = true;
+                if is_client_reset(e) {
+                    this.client_reset.store(true, Ordering::Relaxed);
+                }
+            }
+            None => *this.ended = true,
+            Some(Ok(_)) => {}
         }
         Poll::Ready(frame)
     }
