@@ -25,6 +25,18 @@
 //! in 3 of 6 runs the server never caught up again (p90 35–82 ms against 0.7–1.5 ms
 //! unbounded). Coalescing whatever the backlog keeps the cost per call falling as load
 //! rises, so an overload drains (BENCHMARKS.md, session 19).
+//!
+//! What bounds a turn is what the connection reads in it: at most [`READ_PER_TURN`] bytes
+//! of requests per poll of the connection's task ([`Turn`]); past it a read returns
+//! `Pending` and wakes the task, which runs again after the calls it just accepted. A
+//! backlog read whole (a burst after a stall of either side, hundreds of calls) made one
+//! turn of milliseconds whose answers all left at its end, the first ones as late as the
+//! last; read in turns of a few kilobytes it is answered in batches of a few dozen calls,
+//! each as soon as its own turn ends, and the client refills while the server works.
+//! Measured at 82,200 calls/s (70 % of the stack's maximum), 6 interleaved runs each, two
+//! series: p99 median 7.0 → 2.3 ms and 18.2 → 4.0 ms (noisier phase), the same writes and
+//! CPU per call (BENCHMARKS.md, session 21). Below the bound (~25 GetUser calls with a
+//! bearer token) nothing changes: at 82,200 calls/s a turn reads ~9.
 use std::{
     io::{self, IoSlice},
     pin::Pin,
@@ -40,6 +52,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Past this many bytes held, writes go out without waiting for the flush: large
 /// answers (file chunks, long streams) do not gain from waiting, and the hold stays small.
 const HOLD: usize = 64 * 1024;
+
+/// Request bytes one turn of the connection's task reads at most (see the module): two of
+/// rustls' 4-KiB reads; ~25 GetUser calls with a bearer token. 4 KiB gave the same tail and
+/// cost ~6 % of the closed-loop maximum; 16 KiB left more of the tail (BENCHMARKS.md,
+/// session 21).
+pub(super) const READ_PER_TURN: usize = 8 * 1024;
 
 /// The hold's memory kept between flushes: a connection that once sent a large batch (a
 /// file's chunks) does not keep 64 KiB for the rest of its life.
@@ -58,19 +76,35 @@ pin_project_lite::pin_project! {
         waited: bool,
         // The connection's calls whose answer has not started.
         calls: Arc<AtomicUsize>,
+        // What this turn of the connection's task has read.
+        turn: Arc<Turn>,
+    }
+}
+
+/// One turn (poll) of a connection's task, for [`Corked`] to bound what it reads in it.
+#[derive(Debug, Default)]
+pub(super) struct Turn {
+    read: AtomicUsize,
+}
+
+impl Turn {
+    /// A new turn: called each time the connection's task is polled, before the connection.
+    pub(super) fn begin(&self) {
+        self.read.store(0, Ordering::Relaxed);
     }
 }
 
 impl<T> Corked<T> {
     /// `io`, whose flushes wait a turn while `calls` (the connection's calls not yet
-    /// answered) is not zero.
-    pub(super) fn new(io: T, calls: Arc<AtomicUsize>) -> Self {
+    /// answered) is not zero, and which reads at most [`READ_PER_TURN`] bytes in one `turn`.
+    pub(super) fn new(io: T, calls: Arc<AtomicUsize>, turn: Arc<Turn>) -> Self {
         Self {
             io,
             held: Vec::new(),
             sent: 0,
             waited: false,
             calls,
+            turn,
         }
     }
 }
@@ -102,7 +136,26 @@ impl<T: AsyncRead> AsyncRead for Corked<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        let read = this.turn.read.load(Ordering::Relaxed);
+        let Some(room) = READ_PER_TURN.checked_sub(read).filter(|&room| room > 0) else {
+            // This turn has read its share: the calls it accepted run first (see the module).
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        };
+        let n = if buf.remaining() > room {
+            let mut part = ReadBuf::new(buf.initialize_unfilled_to(room));
+            ready!(this.io.poll_read(cx, &mut part))?;
+            let n = part.filled().len();
+            buf.advance(n);
+            n
+        } else {
+            let before = buf.filled().len();
+            ready!(this.io.poll_read(cx, buf))?;
+            buf.filled().len() - before
+        };
+        this.turn.read.store(read + n, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -202,7 +255,11 @@ mod tests {
         let waker = Waker::from(wakes.clone());
         let mut cx = Context::from_waker(&waker);
         let calls = Arc::new(AtomicUsize::new(1));
-        let mut io = pin!(Corked::new(Writes::default(), calls.clone()));
+        let mut io = pin!(Corked::new(
+            Writes::default(),
+            calls.clone(),
+            Arc::default()
+        ));
         assert!(matches!(
             io.as_mut().poll_write(&mut cx, b"one"),
             Poll::Ready(Ok(3))
@@ -248,7 +305,8 @@ mod tests {
         let mut cx = Context::from_waker(&waker);
         let mut io = pin!(Corked::new(
             Writes::default(),
-            Arc::new(AtomicUsize::new(1))
+            Arc::new(AtomicUsize::new(1)),
+            Arc::default()
         ));
         let _ = io.as_mut().poll_write(&mut cx, b"head");
         let big = vec![7u8; HOLD];
@@ -268,5 +326,53 @@ mod tests {
         assert!(io.as_mut().poll_flush(&mut cx).is_ready());
         assert_eq!(io.io.0.last().unwrap().len(), 60 * 1024);
         assert!(io.held.capacity() <= RETAIN, "{}", io.held.capacity());
+    }
+
+    /// One read of up to `len` bytes: what it read, or `None` when it is pending.
+    fn read(io: Pin<&mut Corked<&[u8]>>, cx: &mut Context<'_>, len: usize) -> Option<usize> {
+        let mut space = vec![0u8; len];
+        let mut buf = ReadBuf::new(&mut space);
+        match io.poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Some(buf.filled().len()),
+            Poll::Ready(Err(e)) => panic!("{e}"),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_turn_reads_at_most_its_share_then_wakes_its_task_for_the_next() {
+        let wakes = Arc::new(Count::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let data = vec![7u8; 2 * READ_PER_TURN + 100];
+        let turn = Arc::new(Turn::default());
+        let mut io = pin!(Corked::new(&data[..], Arc::default(), turn.clone()));
+        // A buffer larger than the share is given exactly the share.
+        assert_eq!(
+            read(io.as_mut(), &mut cx, 3 * READ_PER_TURN),
+            Some(READ_PER_TURN)
+        );
+        assert_eq!(
+            read(io.as_mut(), &mut cx, 100),
+            None,
+            "the turn has read its share"
+        );
+        assert_eq!(
+            *wakes.0.lock().unwrap(),
+            1,
+            "and wakes its task for the next turn"
+        );
+        // Smaller reads add up to the share.
+        turn.begin();
+        let half = READ_PER_TURN / 2;
+        assert_eq!(read(io.as_mut(), &mut cx, half), Some(half));
+        assert_eq!(read(io.as_mut(), &mut cx, 3 * half), Some(half));
+        assert_eq!(read(io.as_mut(), &mut cx, 1), None);
+        assert_eq!(*wakes.0.lock().unwrap(), 2);
+        // Nothing is lost: the rest, then the end, in the next turns.
+        turn.begin();
+        assert_eq!(read(io.as_mut(), &mut cx, 3 * READ_PER_TURN), Some(100));
+        assert_eq!(read(io.as_mut(), &mut cx, 10), Some(0), "end of stream");
+        assert_eq!(*wakes.0.lock().unwrap(), 2);
     }
 }

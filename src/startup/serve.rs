@@ -36,7 +36,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
-use super::{cork::Corked, supervisor::AbortOnDrop};
+use super::{
+    cork::{Corked, Turn},
+    supervisor::AbortOnDrop,
+};
 use crate::transport::{MtlsStream, Peer, phase::Told};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -115,13 +118,15 @@ async fn connection<S, B>(
         }),
         calls: calls.clone(),
     };
-    let conn = http2.serve_connection(TokioIo::new(Corked::new(io, calls)), service);
+    let turn = Arc::new(Turn::default());
+    let conn = http2.serve_connection(TokioIo::new(Corked::new(io, calls, turn.clone())), service);
     // Ends with the connection, also when the connection's task is aborted.
     let _timers = AbortOnDrop(tokio::spawn(timers(peer.clone(), lifetime, drain)).abort_handle());
     let ended = Living {
         conn,
         peer,
         seen: Told::Open,
+        turn,
     }
     .await;
     match ended {
@@ -160,12 +165,13 @@ enum Ended {
 
 pin_project_lite::pin_project! {
     /// A connection that checks what it has been told (one atomic load) whenever it is
-    /// polled.
+    /// polled, each poll a new [`Turn`] of its reads.
     struct Living<C> {
         #[pin]
         conn: C,
         peer: Arc<Peer>,
         seen: Told,
+        turn: Arc<Turn>,
     }
 }
 
@@ -183,6 +189,7 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Ended> {
         let mut this = self.project();
+        this.turn.begin();
         let told = this.peer.phase.observe(cx);
         if told != *this.seen {
             *this.seen = told;
