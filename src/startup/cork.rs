@@ -33,10 +33,11 @@
 //! turn of milliseconds whose answers all left at its end, the first ones as late as the
 //! last; read in turns of a few kilobytes it is answered in batches of a few dozen calls,
 //! each as soon as its own turn ends, and the client refills while the server works.
-//! Measured at 82,200 calls/s (70 % of the stack's maximum), 6 interleaved runs each, two
-//! series: p99 median 7.0 → 2.3 ms and 18.2 → 4.0 ms (noisier phase), the same writes and
-//! CPU per call (BENCHMARKS.md, session 21). Below the bound (~25 GetUser calls with a
-//! bearer token) nothing changes: at 82,200 calls/s a turn reads ~9.
+//! Measured against the build before, interleaved, at 70 % of the stack's maximum: p99
+//! median 5.69 → 2.90 ms (10 % sampling, 82,200 calls/s, 8 pairs) and 10.25 → 2.95 ms
+//! (100 %, 74,500 calls/s, 6 pairs), the same CPU per call; the closed-loop maximum −5 %
+//! (BENCHMARKS.md, session 21). Below the bound (~25 GetUser calls with a bearer token)
+//! nothing changes: at 82,200 calls/s a turn reads ~9.
 use std::{
     io::{self, IoSlice},
     pin::Pin,
