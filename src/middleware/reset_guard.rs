@@ -242,6 +242,7 @@ pin_project! {
     pub struct GuardedRequest<B>
     where
         B: Body,
+        // One bound per line: `pin_project_lite` takes no `+` in a where clause.
         B::Error: std::error::Error,
         B::Error: 'static,
     {

@@ -58,7 +58,7 @@ const HOLD: usize = 64 * 1024;
 /// rustls' 4-KiB reads; ~25 GetUser calls with a bearer token. 4 KiB gave the same tail and
 /// cost ~6 % of the closed-loop maximum; 16 KiB left more of the tail (BENCHMARKS.md,
 /// session 21).
-pub(super) const READ_PER_TURN: usize = 8 * 1024;
+const READ_PER_TURN: usize = 8 * 1024;
 
 /// The hold's memory kept between flushes: a connection that once sent a large batch (a
 /// file's chunks) does not keep 64 KiB for the rest of its life.
