@@ -14,8 +14,10 @@
 //!   at most 5 attempts, `grpc-retry-pushback-ms` honoured, and a retry budget (gRPC A6
 //!   token bucket) so retries cannot multiply an outage.
 //!
-//! Single-message requests are buffered (they are small) so they can be sent again;
-//! client and bidi streams are balanced and guarded but never retried.
+//! Single-message requests are buffered (they are small) so they can be sent again, and a
+//! unary answer is read to its end within its attempt (`retry::read_answer`), so an answer
+//! cut after its head is a failed attempt like any other; client and bidi streams are
+//! balanced and guarded but never retried.
 //!
 //! One job per file: [`replica`] (a server, its circuit and the guard a call holds),
 //! [`budget`] (the A6 retry throttle), [`retry`] (what a retry is decided from); this file
@@ -29,7 +31,9 @@ use budget::Budget;
 pub use replica::Replica;
 use replica::{Admission, Circuit};
 pub(crate) use retry::never_sent;
-use retry::{deadline_exceeded, is_idempotent, pushback, timed_out, unavailable};
+use retry::{
+    answer_lost, deadline_exceeded, is_idempotent, pushback, read_answer, timed_out, unavailable,
+};
 use std::{
     future::Future,
     pin::Pin,
@@ -292,8 +296,14 @@ impl Shared {
     }
 
     async fn call(self: Arc<Self>, req: Request<Body>) -> Result<Response<Body>, BoxError> {
-        let single_message = api::method(req.uri().path())
-            .is_none_or(|m| matches!(m.call_type, CallType::Unary | CallType::ServerStream));
+        // Any served path, health and reflection included. A path this client does not know
+        // is sent as one message (as before), but its answer is never read ahead: it may be
+        // a stream.
+        let call_type = api::served_method(req.uri().path()).map(|m| m.call_type);
+        let single_message =
+            call_type.is_none_or(|t| matches!(t, CallType::Unary | CallType::ServerStream));
+        // A unary answer is read within its attempt; a stream's is the caller's to read.
+        let unary = call_type == Some(CallType::Unary);
         let idempotent = is_idempotent(&req);
         if !single_message {
             // Streams are balanced and guarded, never replayed.
@@ -372,9 +382,37 @@ impl Shared {
                     self.count_retry(Retry::Unavailable);
                     tokio::time::sleep(wait).await;
                 }
-                Ok(response) => {
+                Ok(response) if !unary => {
                     self.record(&mut admission, true);
                     return Ok(response);
+                }
+                Ok(response) => {
+                    let read = read_answer(response);
+                    let read = match deadline {
+                        Some(deadline) => tokio::time::timeout_at(deadline, read).await.ok(),
+                        None => Some(read.await),
+                    };
+                    match read {
+                        None => {
+                            self.record(&mut admission, false);
+                            return Ok(deadline_exceeded(timeout, &endpoint));
+                        }
+                        Some(Ok(response)) => {
+                            self.record(&mut admission, true);
+                            return Ok(response);
+                        }
+                        Some(Err(cause)) => {
+                            // The request arrived (its answer began): only an idempotent
+                            // call may be sent again.
+                            self.record(&mut admission, false);
+                            if last || !idempotent || !self.budget.lock().allows_retry() {
+                                return Ok(answer_lost(&endpoint, &cause, idempotent, attempt));
+                            }
+                            self.count_retry(Retry::Transport);
+                            tracing::debug!(%endpoint, error = %cause, attempt, "answer cut; retrying");
+                            tokio::time::sleep(self.backoff(attempt)).await;
+                        }
+                    }
                 }
             }
         }
@@ -410,6 +448,108 @@ mod tests {
             }
         });
         (addr, task)
+    }
+
+    /// A plain-HTTP/2 server whose first `cut` connections send the head of their first
+    /// answer and then break (the head is known to have arrived: the client has answered a
+    /// PING sent after it); later connections answer in full. Counts the calls it took.
+    async fn cutting_server(cut: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let taken = calls.clone();
+        tokio::spawn(async move {
+            let mut connections = 0;
+            while let Ok((socket, _)) = listener.accept().await {
+                connections += 1;
+                let breaks = connections <= cut;
+                let taken = taken.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(socket).await.unwrap();
+                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                        taken.fetch_add(1, Ordering::SeqCst);
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let mut send = respond.send_response(head, false).unwrap();
+                        if breaks {
+                            let mut ping = conn.ping_pong().unwrap();
+                            tokio::select! {
+                                pong = ping.ping(h2::Ping::opaque()) => {
+                                    pong.unwrap();
+                                }
+                                _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {
+                                    panic!("the client left before the head arrived")
+                                }
+                            }
+                            return; // the connection breaks mid-answer
+                        }
+                        send.send_data(Bytes::from_static(ANSWER), false).unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        send.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+        (addr, calls)
+    }
+
+    /// A gRPC message: a 3-byte payload behind its 5-byte prefix.
+    const ANSWER: &[u8] = b"\0\0\0\0\x03abc";
+
+    fn client_of(addr: std::net::SocketAddr) -> Resilient {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_lazy();
+        let policy = Resilience {
+            initial_backoff: Duration::from_millis(1),
+            ..Resilience::default()
+        };
+        Resilient::new(vec![(format!("http://{addr}"), channel)], policy, None)
+    }
+
+    fn unary(addr: std::net::SocketAddr, method: &str) -> Request<Body> {
+        Request::builder()
+            .uri(format!("http://{addr}/jisucloud.v1.UserService/{method}"))
+            .header("content-type", "application/grpc")
+            .body(Body::new(http_body_util::Full::new(Bytes::from_static(
+                b"\0\0\0\0\0",
+            ))))
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_call_whose_answer_is_cut_after_its_head_is_sent_again() {
+        let (addr, calls) = cutting_server(1).await;
+        let mut client = client_of(addr);
+        let response = client.call(unary(addr, "GetUser")).await.unwrap();
+        let answer = response.into_body().collect().await.unwrap();
+        let trailers = answer.trailers().cloned().expect("trailers handed on");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(answer.to_bytes(), ANSWER);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "sent once more");
+        assert_eq!(client.replicas()[0].served(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_non_idempotent_call_whose_answer_is_cut_is_not_sent_again_and_says_so() {
+        let (addr, calls) = cutting_server(1).await;
+        let mut client = client_of(addr);
+        let response = client.call(unary(addr, "CreateUser")).await.unwrap();
+        let status = tonic::Status::from_header_map(response.headers()).expect("trailers-only");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        let message = status.message();
+        assert!(
+            message.starts_with(&format!(
+                "the connection to http://{addr} broke while its answer was being read ("
+            )) && message.ends_with(
+                "not retried: the method is not idempotent and the call may have been applied"
+            ),
+            "{message}"
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "sent once");
     }
 
     #[tokio::test]

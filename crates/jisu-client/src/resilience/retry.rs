@@ -2,8 +2,12 @@
 //! method may be sent again, and whether a failed request provably never left.
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures::StreamExt as _;
 use http::{Request, Response};
-use tonic::body::Body;
+use http_body::Frame;
+use http_body_util::{BodyExt as _, BodyStream, StreamBody};
+use tonic::{Status, body::Body};
 
 use jisu_api as api;
 
@@ -75,6 +79,63 @@ pub(super) fn deadline_exceeded(timeout: Option<Duration>, endpoint: &str) -> Re
     .into_http()
 }
 
+/// How much of a unary answer an attempt reads before handing it on: one message at
+/// tonic's default limit (4 MiB) and its 5-byte prefix. A larger answer is passed on as it
+/// comes, so the caller's decoder applies its own limit and no answer is held whole
+/// beyond this; such an answer is not retried if its connection breaks later.
+pub(super) const READ_AHEAD: usize = (4 << 20) + 5;
+
+/// Reads a unary answer inside its attempt, so a connection that breaks after the answer's
+/// head but before its end is a failed attempt the loop can retry (an idempotent call),
+/// not an error the caller meets after the loop has returned. Frames (data and the
+/// trailers that carry `grpc-status`) are handed on unchanged.
+pub(super) async fn read_answer(response: Response<Body>) -> Result<Response<Body>, Status> {
+    let (parts, mut body) = response.into_parts();
+    let mut frames: Vec<Frame<Bytes>> = Vec::new();
+    let mut read = 0;
+    while read <= READ_AHEAD {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                read += frame.data_ref().map_or(0, Bytes::len);
+                frames.push(frame);
+            }
+            Some(Err(status)) => return Err(status),
+            None => {
+                let whole = futures::stream::iter(frames.into_iter().map(Ok::<_, Status>));
+                return Ok(Response::from_parts(
+                    parts,
+                    Body::new(StreamBody::new(whole)),
+                ));
+            }
+        }
+    }
+    let rest = futures::stream::iter(frames.into_iter().map(Ok)).chain(BodyStream::new(body));
+    Ok(Response::from_parts(
+        parts,
+        Body::new(StreamBody::new(rest)),
+    ))
+}
+
+/// What the caller gets when the connection broke while a unary answer was read and the
+/// call is not sent again: UNAVAILABLE, saying whether the call may have been applied.
+pub(super) fn answer_lost(
+    endpoint: &str,
+    cause: &Status,
+    idempotent: bool,
+    attempts: u32,
+) -> Response<Body> {
+    let why = if idempotent {
+        format!("{attempts} attempt(s) made")
+    } else {
+        "not retried: the method is not idempotent and the call may have been applied".into()
+    };
+    tonic::Status::unavailable(format!(
+        "the connection to {endpoint} broke while its answer was being read ({}); {why}",
+        cause.message()
+    ))
+    .into_http()
+}
+
 pub(super) fn unavailable(message: &str) -> Response<Body> {
     tonic::Status::unavailable(message.to_owned()).into_http()
 }
@@ -102,6 +163,32 @@ mod tests {
         // A stream error h2 made itself (not the server's refusal) proves nothing either.
         let local: BoxError = Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM));
         assert!(!never_sent(local.as_ref()));
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_read_ahead_is_handed_on_before_it_ends_and_arrives_whole() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Status>>();
+        let chunk = Bytes::from(vec![7u8; 1 << 20]);
+        for _ in 0..5 {
+            tx.unbounded_send(Ok(Frame::data(chunk.clone()))).unwrap();
+        }
+        let response = Response::new(Body::new(StreamBody::new(rx)));
+        // The answer has not ended (its sender is open): this is ready because 5 MiB is past
+        // the read-ahead, not because the answer is complete.
+        let handed = futures::FutureExt::now_or_never(read_answer(response))
+            .expect("handed on without waiting for the answer's end")
+            .unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"end"))))
+            .unwrap();
+        tx.unbounded_send(Ok(Frame::trailers(trailers))).unwrap();
+        drop(tx);
+        let answer = handed.into_body().collect().await.unwrap();
+        assert_eq!(answer.trailers().unwrap()["grpc-status"], "0");
+        let bytes = answer.to_bytes();
+        assert_eq!(bytes.len(), 5 * (1 << 20) + 3);
+        assert!(bytes.ends_with(b"\x07end"));
     }
 
     #[test]
