@@ -15,7 +15,7 @@ use jisu::{
 };
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
     common::v1::any_value::Value,
@@ -38,6 +38,9 @@ struct Receiver {
     /// When set, each Export that carries spans is answered only once another is in flight
     /// too (or after 20 s).
     overlap: Option<std::sync::Arc<Overlap>>,
+    /// When set, each Export that carries spans is held this long, then answered with all
+    /// its spans rejected (a partial success).
+    reject_after: Option<Duration>,
 }
 
 /// Export requests with spans in flight at once: now, and the most so far.
@@ -118,6 +121,17 @@ impl TraceService for Receiver {
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let carried = self.forward(request.into_inner());
+        if let Some(hold) = self.reject_after
+            && carried > 0
+        {
+            tokio::time::sleep(hold).await;
+            return Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: Some(ExportTracePartialSuccess {
+                    rejected_spans: carried as i64,
+                    error_message: "held, then rejected".into(),
+                }),
+            }));
+        }
         if let Some(overlap) = &self.overlap
             && carried > 0
         {
@@ -136,16 +150,25 @@ struct Collector {
 
 impl Collector {
     async fn start() -> Self {
-        Self::serve(None).await
+        Self::serve(None, None).await
+    }
+
+    /// OTLP/gRPC, holding each Export that carries spans for `hold`, then answering that
+    /// it rejected them all.
+    async fn start_rejecting_after(hold: Duration) -> Self {
+        Self::serve(None, Some(hold)).await
     }
 
     /// OTLP/gRPC, answering each Export that carries spans only once another is in flight.
     async fn start_overlapping() -> (Self, std::sync::Arc<Overlap>) {
         let overlap = std::sync::Arc::new(Overlap::default());
-        (Self::serve(Some(overlap.clone())).await, overlap)
+        (Self::serve(Some(overlap.clone()), None).await, overlap)
     }
 
-    async fn serve(overlap: Option<std::sync::Arc<Overlap>>) -> Self {
+    async fn serve(
+        overlap: Option<std::sync::Arc<Overlap>>,
+        reject_after: Option<Duration>,
+    ) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, spans) = mpsc::unbounded_channel();
@@ -154,6 +177,7 @@ impl Collector {
             spans: tx,
             requests: requests_tx,
             overlap,
+            reject_after,
         };
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -178,6 +202,7 @@ impl Collector {
             spans: tx,
             requests: requests_tx,
             overlap: None,
+            reject_after: None,
         });
         let app = axum::Router::new().route(
             "/v1/traces",
@@ -646,9 +671,8 @@ async fn the_next_batch_leaves_while_an_export_is_in_flight() {
 
 /// Spans still queued at SIGTERM reach the collector before the process exits: the
 /// shutdown exports the queue (no schedule and no full batch could have sent them). Seen
-/// failing with the shutdown's export removed. (That it also waits for each Export's answer
-/// is not shown here: on an idle runtime the request leaves before the process ends either
-/// way.)
+/// failing with the shutdown's export removed. That it waits for the Export's answer too is
+/// the next test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_queued_at_sigterm_reach_the_collector_before_exit() {
     let mut collector = Collector::start().await;
@@ -663,6 +687,28 @@ async fn spans_queued_at_sigterm_reach_the_collector_before_exit() {
         .expect("the server exits after SIGTERM");
     assert!(status.success(), "{status:?}");
     collector.trace(trace_id, get_user_with_store).await;
+}
+
+/// The shutdown waits for the answer to its last Export before the process exits: the
+/// collector holds it for 2 s (far longer than a process takes to exit) and then says it
+/// rejected both spans; the server heard that answer (its warning with the count) before it
+/// exited. A shutdown that only sent the request would have exited with the answer unread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_waits_for_its_last_exports_answer() {
+    let mut collector = Collector::start_rejecting_after(Duration::from_secs(2)).await;
+    let mut server = collector
+        .binary("jisu-under-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .logs()
+        .start();
+    let trace_id = "7d0ab3c4e1f25e8b9c3d4e5f60718293";
+    get_user_in_trace(&server, trace_id).await;
+    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
+        .expect("the server exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    collector.trace(trace_id, get_user_with_store).await;
+    let warning = server.log_line("the collector rejected spans");
+    assert!(warning.contains("spans=2"), "{warning}");
 }
 
 /// A collector that is down (a closed port) costs the calls nothing: they succeed, their
