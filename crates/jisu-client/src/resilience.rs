@@ -14,10 +14,11 @@
 //!   at most 5 attempts, `grpc-retry-pushback-ms` honoured, and a retry budget (gRPC A6
 //!   token bucket) so retries cannot multiply an outage.
 //!
-//! Single-message requests are buffered (they are small) so they can be sent again, and a
-//! unary answer is read to its end within its attempt (`retry::read_answer`), so an answer
-//! cut after its head is a failed attempt like any other; client and bidi streams are
-//! balanced and guarded but never retried.
+//! Single-message requests are buffered (they are small) so they can be sent again, and an
+//! answer is read within its attempt (`retry::read_answer`: a unary one to its end, a
+//! server stream to its first message), so an answer cut after its head and before that
+//! is a failed attempt like any other; client and bidi streams are balanced and guarded
+//! but never retried.
 //!
 //! One job per file: [`replica`] (a server, its circuit and the guard a call holds),
 //! [`budget`] (the A6 retry throttle), [`retry`] (what a retry is decided from); this file
@@ -32,7 +33,8 @@ pub use replica::Replica;
 use replica::{Admission, Circuit};
 pub(crate) use retry::never_sent;
 use retry::{
-    answer_lost, deadline_exceeded, is_idempotent, pushback, read_answer, timed_out, unavailable,
+    ReadAhead, answer_lost, deadline_exceeded, is_idempotent, pushback, read_answer, timed_out,
+    unavailable,
 };
 use std::{
     future::Future,
@@ -302,8 +304,13 @@ impl Shared {
         let call_type = api::served_method(req.uri().path()).map(|m| m.call_type);
         let single_message =
             call_type.is_none_or(|t| matches!(t, CallType::Unary | CallType::ServerStream));
-        // A unary answer is read within its attempt; a stream's is the caller's to read.
-        let unary = call_type == Some(CallType::Unary);
+        // How far an answer is read within its attempt: a unary one whole, a server
+        // stream's to its first message; a path not known is the caller's to read.
+        let read_ahead = match call_type {
+            Some(CallType::Unary) => Some(ReadAhead::Whole),
+            Some(CallType::ServerStream) => Some(ReadAhead::FirstMessage),
+            _ => None,
+        };
         let idempotent = is_idempotent(&req);
         if !single_message {
             // Streams are balanced and guarded, never replayed.
@@ -382,12 +389,12 @@ impl Shared {
                     self.count_retry(Retry::Unavailable);
                     tokio::time::sleep(wait).await;
                 }
-                Ok(response) if !unary => {
-                    self.record(&mut admission, true);
-                    return Ok(response);
-                }
                 Ok(response) => {
-                    let read = read_answer(response);
+                    let Some(until) = read_ahead else {
+                        self.record(&mut admission, true);
+                        return Ok(response);
+                    };
+                    let read = read_answer(response, until);
                     let read = match deadline {
                         Some(deadline) => tokio::time::timeout_at(deadline, read).await.ok(),
                         None => Some(read.await),
@@ -510,7 +517,7 @@ mod tests {
         Resilient::new(vec![(format!("http://{addr}"), channel)], policy, None)
     }
 
-    fn unary(addr: std::net::SocketAddr, method: &str) -> Request<Body> {
+    fn request(addr: std::net::SocketAddr, method: &str) -> Request<Body> {
         Request::builder()
             .uri(format!("http://{addr}/jisucloud.v1.UserService/{method}"))
             .header("content-type", "application/grpc")
@@ -524,7 +531,7 @@ mod tests {
     async fn an_idempotent_call_whose_answer_is_cut_after_its_head_is_sent_again() {
         let (addr, calls) = cutting_server(1).await;
         let mut client = client_of(addr);
-        let response = client.call(unary(addr, "GetUser")).await.unwrap();
+        let response = client.call(request(addr, "GetUser")).await.unwrap();
         let answer = response.into_body().collect().await.unwrap();
         let trailers = answer.trailers().cloned().expect("trailers handed on");
         assert_eq!(trailers["grpc-status"], "0");
@@ -534,10 +541,21 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_list_cut_before_its_first_message_is_sent_again() {
+        let (addr, calls) = cutting_server(1).await;
+        let mut client = client_of(addr);
+        let response = client.call(request(addr, "ListUsers")).await.unwrap();
+        let answer = response.into_body().collect().await.unwrap();
+        assert_eq!(answer.trailers().cloned().unwrap()["grpc-status"], "0");
+        assert_eq!(answer.to_bytes(), ANSWER);
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "sent once more");
+    }
+
+    #[tokio::test]
     async fn a_non_idempotent_call_whose_answer_is_cut_is_not_sent_again_and_says_so() {
         let (addr, calls) = cutting_server(1).await;
         let mut client = client_of(addr);
-        let response = client.call(unary(addr, "CreateUser")).await.unwrap();
+        let response = client.call(request(addr, "CreateUser")).await.unwrap();
         let status = tonic::Status::from_header_map(response.headers()).expect("trailers-only");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         let message = status.message();

@@ -85,15 +85,33 @@ pub(super) fn deadline_exceeded(timeout: Option<Duration>, endpoint: &str) -> Re
 /// beyond this; such an answer is not retried if its connection breaks later.
 pub(super) const READ_AHEAD: usize = (4 << 20) + 5;
 
-/// Reads a unary answer inside its attempt, so a connection that breaks after the answer's
-/// head but before its end is a failed attempt the loop can retry (an idempotent call),
-/// not an error the caller meets after the loop has returned. Frames (data and the
-/// trailers that carry `grpc-status`) are handed on unchanged.
-pub(super) async fn read_answer(response: Response<Body>) -> Result<Response<Body>, Status> {
+/// How far an attempt reads its answer before handing it on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadAhead {
+    /// A unary answer: to its end (or [`READ_AHEAD`] bytes).
+    Whole,
+    /// A server stream: to its first message (or its end), never further, so the caller
+    /// gets each message as it comes and none twice.
+    FirstMessage,
+}
+
+/// Reads an answer inside its attempt as far as `until` says, so a connection that breaks
+/// after the answer's head but before that point is a failed attempt the loop can retry
+/// (an idempotent call), not an error the caller meets after the loop has returned.
+/// Frames (data, and the trailers that carry `grpc-status`) are handed on unchanged,
+/// followed by the rest of the answer as it comes.
+pub(super) async fn read_answer(
+    response: Response<Body>,
+    until: ReadAhead,
+) -> Result<Response<Body>, Status> {
     let (parts, mut body) = response.into_parts();
     let mut frames: Vec<Frame<Bytes>> = Vec::new();
     let mut read = 0;
-    while read <= READ_AHEAD {
+    let enough = |read: usize| match until {
+        ReadAhead::Whole => read > READ_AHEAD,
+        ReadAhead::FirstMessage => read > 0,
+    };
+    while !enough(read) {
         match body.frame().await {
             Some(Ok(frame)) => {
                 read += frame.data_ref().map_or(0, Bytes::len);
@@ -116,7 +134,7 @@ pub(super) async fn read_answer(response: Response<Body>) -> Result<Response<Bod
     ))
 }
 
-/// What the caller gets when the connection broke while a unary answer was read and the
+/// What the caller gets when the connection broke while an answer was read ahead and the
 /// call is not sent again: UNAVAILABLE, saying whether the call may have been applied.
 pub(super) fn answer_lost(
     endpoint: &str,
@@ -175,7 +193,7 @@ mod tests {
         let response = Response::new(Body::new(StreamBody::new(rx)));
         // The answer has not ended (its sender is open): this is ready because 5 MiB is past
         // the read-ahead, not because the answer is complete.
-        let handed = futures::FutureExt::now_or_never(read_answer(response))
+        let handed = futures::FutureExt::now_or_never(read_answer(response, ReadAhead::Whole))
             .expect("handed on without waiting for the answer's end")
             .unwrap();
         let mut trailers = http::HeaderMap::new();
@@ -189,6 +207,32 @@ mod tests {
         let bytes = answer.to_bytes();
         assert_eq!(bytes.len(), 5 * (1 << 20) + 3);
         assert!(bytes.ends_with(b"\x07end"));
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_read_ahead_to_its_first_message_and_a_unary_answer_to_its_end() {
+        let open_answer = || {
+            let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Frame<Bytes>, Status>>();
+            tx.unbounded_send(Ok(Frame::data(Bytes::from_static(b"\0\0\0\0\x01m"))))
+                .unwrap();
+            (tx, Response::new(Body::new(StreamBody::new(rx))))
+        };
+        // One message in, the stream still open: a stream is handed on now...
+        let (tx, response) = open_answer();
+        let handed =
+            futures::FutureExt::now_or_never(read_answer(response, ReadAhead::FirstMessage))
+                .expect("a stream is handed on at its first message")
+                .unwrap();
+        let mut body = handed.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(&first[..], b"\0\0\0\0\x01m");
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        // ...a unary answer is not: it may still break before its status.
+        let (_tx, response) = open_answer();
+        assert!(
+            futures::FutureExt::now_or_never(read_answer(response, ReadAhead::Whole)).is_none()
+        );
     }
 
     #[test]
