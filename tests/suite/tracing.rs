@@ -669,6 +669,23 @@ async fn the_next_batch_leaves_while_an_export_is_in_flight() {
     drop(server);
 }
 
+/// A server exporting to `collector` only at shutdown (no schedule, no full batch within
+/// a test) takes one GetUser in `trace_id` and gets SIGTERM; it must exit cleanly, and the
+/// call's spans must have reached the collector. Returns the exited server (its logs).
+async fn one_call_then_sigterm(collector: &mut Collector, trace_id: &str) -> Served {
+    let mut server = collector
+        .binary("jisu-under-test")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
+        .logs()
+        .start();
+    get_user_in_trace(&server, trace_id).await;
+    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
+        .expect("the server exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    collector.trace(trace_id, get_user_with_store).await;
+    server
+}
+
 /// Spans still queued at SIGTERM reach the collector before the process exits: the
 /// shutdown exports the queue (no schedule and no full batch could have sent them). Seen
 /// failing with the shutdown's export removed. That it waits for the Export's answer too is
@@ -676,37 +693,18 @@ async fn the_next_batch_leaves_while_an_export_is_in_flight() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_queued_at_sigterm_reach_the_collector_before_exit() {
     let mut collector = Collector::start().await;
-    let mut server = collector
-        .binary("jisu-under-test")
-        // Only the shutdown exports: no schedule, no full batch, within the test.
-        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
-        .start();
-    let trace_id = "6c9fa2b3f0e14d7a8b2c3d4e5f607182";
-    get_user_in_trace(&server, trace_id).await;
-    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
-        .expect("the server exits after SIGTERM");
-    assert!(status.success(), "{status:?}");
-    collector.trace(trace_id, get_user_with_store).await;
+    one_call_then_sigterm(&mut collector, "6c9fa2b3f0e14d7a8b2c3d4e5f607182").await;
 }
 
 /// The shutdown waits for the answer to its last Export before the process exits: the
 /// collector holds it for 2 s (far longer than a process takes to exit) and then says it
 /// rejected both spans; the server heard that answer (its warning with the count) before it
-/// exited. A shutdown that only sent the request would have exited with the answer unread.
+/// exited. A shutdown that only sent the request would have exited with the answer unread
+/// (seen failing so, with the wait for in-flight exports removed).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shutdown_waits_for_its_last_exports_answer() {
     let mut collector = Collector::start_rejecting_after(Duration::from_secs(2)).await;
-    let mut server = collector
-        .binary("jisu-under-test")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "3600000")
-        .logs()
-        .start();
-    let trace_id = "7d0ab3c4e1f25e8b9c3d4e5f60718293";
-    get_user_in_trace(&server, trace_id).await;
-    let status = tokio::task::block_in_place(|| server.terminate(Duration::from_secs(30)))
-        .expect("the server exits after SIGTERM");
-    assert!(status.success(), "{status:?}");
-    collector.trace(trace_id, get_user_with_store).await;
+    let server = one_call_then_sigterm(&mut collector, "7d0ab3c4e1f25e8b9c3d4e5f60718293").await;
     let warning = server.log_line("the collector rejected spans");
     assert!(warning.contains("spans=2"), "{warning}");
 }

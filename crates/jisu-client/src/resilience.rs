@@ -527,28 +527,20 @@ mod tests {
             .unwrap()
     }
 
+    /// GetUser cut before its answer's end, ListUsers before its first message.
     #[tokio::test]
     async fn an_idempotent_call_whose_answer_is_cut_after_its_head_is_sent_again() {
-        let (addr, calls) = cutting_server(1).await;
-        let mut client = client_of(addr);
-        let response = client.call(request(addr, "GetUser")).await.unwrap();
-        let answer = response.into_body().collect().await.unwrap();
-        let trailers = answer.trailers().cloned().expect("trailers handed on");
-        assert_eq!(trailers["grpc-status"], "0");
-        assert_eq!(answer.to_bytes(), ANSWER);
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "sent once more");
-        assert_eq!(client.replicas()[0].served(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_list_cut_before_its_first_message_is_sent_again() {
-        let (addr, calls) = cutting_server(1).await;
-        let mut client = client_of(addr);
-        let response = client.call(request(addr, "ListUsers")).await.unwrap();
-        let answer = response.into_body().collect().await.unwrap();
-        assert_eq!(answer.trailers().cloned().unwrap()["grpc-status"], "0");
-        assert_eq!(answer.to_bytes(), ANSWER);
-        assert_eq!(calls.load(Ordering::SeqCst), 2, "sent once more");
+        for method in ["GetUser", "ListUsers"] {
+            let (addr, calls) = cutting_server(1).await;
+            let mut client = client_of(addr);
+            let response = client.call(request(addr, method)).await.unwrap();
+            let answer = response.into_body().collect().await.unwrap();
+            let trailers = answer.trailers().cloned().expect("trailers handed on");
+            assert_eq!(trailers["grpc-status"], "0", "{method}");
+            assert_eq!(answer.to_bytes(), ANSWER, "{method}");
+            assert_eq!(calls.load(Ordering::SeqCst), 2, "{method}: sent once more");
+            assert_eq!(client.replicas()[0].served(), 1, "{method}");
+        }
     }
 
     #[tokio::test]
