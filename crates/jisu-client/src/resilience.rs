@@ -15,10 +15,10 @@
 //!   token bucket) so retries cannot multiply an outage.
 //!
 //! Single-message requests are buffered (they are small) so they can be sent again, and an
-//! answer is read within its attempt (`retry::read_answer`: a unary one to its end, a
-//! server stream to its first message), so an answer cut after its head and before that
-//! is a failed attempt like any other; client and bidi streams are balanced and guarded
-//! but never retried.
+//! answer is read within its attempt (`retry::read_answer`: a unary one to its end, an
+//! idempotent server stream to its first message), so an answer cut after its head and
+//! before that is a failed attempt like any other; client and bidi streams are balanced
+//! and guarded but never retried.
 //!
 //! One job per file: [`replica`] (a server, its circuit and the guard a call holds),
 //! [`budget`] (the A6 retry throttle), [`retry`] (what a retry is decided from); this file
@@ -304,14 +304,16 @@ impl Shared {
         let call_type = api::served_method(req.uri().path()).map(|m| m.call_type);
         let single_message =
             call_type.is_none_or(|t| matches!(t, CallType::Unary | CallType::ServerStream));
-        // How far an answer is read within its attempt: a unary one whole, a server
-        // stream's to its first message; a path not known is the caller's to read.
+        let idempotent = is_idempotent(&req);
+        // How far an answer is read within its attempt: a unary one whole (the caller waits
+        // for all of it anyway); a server stream to its first message only when it may be
+        // sent again (otherwise the caller gets the stream at its head: an event stream's
+        // first message may be far off); a path not known is the caller's to read.
         let read_ahead = match call_type {
             Some(CallType::Unary) => Some(ReadAhead::Whole),
-            Some(CallType::ServerStream) => Some(ReadAhead::FirstMessage),
+            Some(CallType::ServerStream) if idempotent => Some(ReadAhead::FirstMessage),
             _ => None,
         };
-        let idempotent = is_idempotent(&req);
         if !single_message {
             // Streams are balanced and guarded, never replayed.
             let Some(mut admission) = self.pick() else {
@@ -519,7 +521,7 @@ mod tests {
 
     fn request(addr: std::net::SocketAddr, method: &str) -> Request<Body> {
         Request::builder()
-            .uri(format!("http://{addr}/jisucloud.v1.UserService/{method}"))
+            .uri(format!("http://{addr}/jisucloud.v1.{method}"))
             .header("content-type", "application/grpc")
             .body(Body::new(http_body_util::Full::new(Bytes::from_static(
                 b"\0\0\0\0\0",
@@ -530,7 +532,7 @@ mod tests {
     /// GetUser cut before its answer's end, ListUsers before its first message.
     #[tokio::test]
     async fn an_idempotent_call_whose_answer_is_cut_after_its_head_is_sent_again() {
-        for method in ["GetUser", "ListUsers"] {
+        for method in ["UserService/GetUser", "UserService/ListUsers"] {
             let (addr, calls) = cutting_server(1).await;
             let mut client = client_of(addr);
             let response = client.call(request(addr, method)).await.unwrap();
@@ -543,11 +545,50 @@ mod tests {
         }
     }
 
+    /// A server whose streams answer with a head and then nothing, the connection kept.
+    async fn silent_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(socket).await.unwrap();
+                    let mut held = Vec::new();
+                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                        let head = http::Response::builder()
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        held.push(respond.send_response(head, false).unwrap());
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn an_event_stream_is_handed_on_at_its_head_before_any_message() {
+        let addr = silent_server().await;
+        let mut client = client_of(addr);
+        // Not idempotent, so never sent again: nothing to read ahead for. (Bounded only so a
+        // regression fails instead of hanging.)
+        let call = client.call(request(addr, "OrderService/StreamOrderUpdates"));
+        let response = tokio::time::timeout(Duration::from_secs(30), call)
+            .await
+            .expect("the stream is handed on at its head")
+            .unwrap();
+        assert_eq!(response.headers()["content-type"], "application/grpc");
+    }
+
     #[tokio::test]
     async fn a_non_idempotent_call_whose_answer_is_cut_is_not_sent_again_and_says_so() {
         let (addr, calls) = cutting_server(1).await;
         let mut client = client_of(addr);
-        let response = client.call(request(addr, "CreateUser")).await.unwrap();
+        let response = client
+            .call(request(addr, "UserService/CreateUser"))
+            .await
+            .unwrap();
         let status = tonic::Status::from_header_map(response.headers()).expect("trailers-only");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         let message = status.message();

@@ -90,8 +90,8 @@ pub(super) const READ_AHEAD: usize = (4 << 20) + 5;
 pub(super) enum ReadAhead {
     /// A unary answer: to its end (or [`READ_AHEAD`] bytes).
     Whole,
-    /// A server stream: to its first message (or its end), never further, so the caller
-    /// gets each message as it comes and none twice.
+    /// An idempotent server stream: to its first message (or its end), never further, so
+    /// the caller gets each message as it comes and none twice.
     FirstMessage,
 }
 
