@@ -529,13 +529,24 @@ mod tests {
             .unwrap()
     }
 
-    /// GetUser cut before its answer's end, ListUsers before its first message.
+    /// GetUser cut before its answer's end, ListUsers before its first message, and a
+    /// CreateOrder that carries an idempotency key (the server answers a repeat with the
+    /// first order).
     #[tokio::test]
     async fn an_idempotent_call_whose_answer_is_cut_after_its_head_is_sent_again() {
-        for method in ["UserService/GetUser", "UserService/ListUsers"] {
+        for (method, key) in [
+            ("UserService/GetUser", None),
+            ("UserService/ListUsers", None),
+            ("OrderService/CreateOrder", Some("order-7")),
+        ] {
             let (addr, calls) = cutting_server(1).await;
             let mut client = client_of(addr);
-            let response = client.call(request(addr, method)).await.unwrap();
+            let mut req = request(addr, method);
+            if let Some(key) = key {
+                req.headers_mut()
+                    .insert(api::IDEMPOTENCY_KEY, http::HeaderValue::from_static(key));
+            }
+            let response = client.call(req).await.unwrap();
             let answer = response.into_body().collect().await.unwrap();
             let trailers = answer.trailers().cloned().expect("trailers handed on");
             assert_eq!(trailers["grpc-status"], "0", "{method}");
