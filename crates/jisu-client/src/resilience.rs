@@ -9,7 +9,8 @@
 //! - **retries** only where safe — idempotent methods (GetUser, ListUsers before its first
 //!   message, BatchGetUsers, GetOrder, health checks, and any call carrying an
 //!   `idempotency-key`) on UNAVAILABLE or a broken transport, and any single-message call
-//!   that provably never reached a server (typed facts only, see `never_sent`) — with
+//!   that provably never reached a server (typed facts only, see `never_sent`) — each on
+//!   another replica than the one that just failed (when another is usable), with
 //!   exponential backoff and full jitter,
 //!   at most 5 attempts, `grpc-retry-pushback-ms` honoured, and a retry budget (gRPC A6
 //!   token bucket) so retries cannot multiply an outage.
@@ -197,9 +198,17 @@ async fn check_health(shared: Weak<Shared>) {
 }
 
 impl Shared {
-    fn pick(&self) -> Option<Admission> {
+    /// A replica for the next attempt: of the usable ones, not `failed` (the one the call's
+    /// last attempt failed on) while another is usable, so a retry goes elsewhere.
+    fn pick(&self, failed: Option<&Arc<Replica>>) -> Option<Admission> {
         let now = Instant::now();
-        let usable: Vec<&Arc<Replica>> = self.replicas.iter().filter(|r| r.usable(now)).collect();
+        let mut usable: Vec<&Arc<Replica>> =
+            self.replicas.iter().filter(|r| r.usable(now)).collect();
+        if let Some(failed) = failed
+            && usable.len() > 1
+        {
+            usable.retain(|r| !Arc::ptr_eq(r, failed));
+        }
         let choice = match usable.len() {
             0 => return None,
             1 => usable[0],
@@ -316,7 +325,7 @@ impl Shared {
         };
         if !single_message {
             // Streams are balanced and guarded, never replayed.
-            let Some(mut admission) = self.pick() else {
+            let Some(mut admission) = self.pick(None) else {
                 return Ok(unavailable("no replica available: every circuit is open"));
             };
             let timeout = api::grpc_timeout(req.headers());
@@ -337,8 +346,9 @@ impl Shared {
         let deadline = timeout.map(|t| Instant::now() + t);
         let attempts = self.policy.max_attempts.clamp(1, 5);
         let mut attempt = 0;
+        let mut failed: Option<Arc<Replica>> = None;
         loop {
-            let Some(mut admission) = self.pick() else {
+            let Some(mut admission) = self.pick(failed.as_ref()) else {
                 return Ok(unavailable(
                     "no replica available: every circuit is open; failing fast",
                 ));
@@ -362,6 +372,8 @@ impl Shared {
             attempt += 1;
             let last = attempt >= attempts;
             let endpoint = admission.replica.endpoint.clone();
+            // Only read by the next attempt, which exists only if this one failed.
+            failed = Some(admission.replica.clone());
             let result = self.send(&admission, req).await;
             match result {
                 Err(err) => {
@@ -554,6 +566,99 @@ mod tests {
             assert_eq!(calls.load(Ordering::SeqCst), 2, "{method}: sent once more");
             assert_eq!(client.replicas()[0].served(), 1, "{method}");
         }
+    }
+
+    /// A plain-HTTP/2 replica that reports SERVING to health checks and answers every other
+    /// call UNAVAILABLE (trailers-only) when `sick`, or [`ANSWER`] when not. Counts the
+    /// calls other than health checks.
+    async fn replica_server(sick: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let taken = calls.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let taken = taken.clone();
+                tokio::spawn(async move {
+                    let mut conn = h2::server::handshake(socket).await.unwrap();
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        let head =
+                            http::Response::builder().header("content-type", "application/grpc");
+                        let health = request.uri().path().ends_with("/Check");
+                        if !health {
+                            taken.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if sick && !health {
+                            let head = head.header("grpc-status", "14").body(()).unwrap();
+                            respond.send_response(head, true).unwrap();
+                            continue;
+                        }
+                        // HealthCheckResponse { status: SERVING }, or the test's answer.
+                        let message: &'static [u8] = if health {
+                            b"\0\0\0\0\x02\x08\x01"
+                        } else {
+                            ANSWER
+                        };
+                        let mut send = respond
+                            .send_response(head.body(()).unwrap(), false)
+                            .unwrap();
+                        send.send_data(Bytes::from_static(message), false).unwrap();
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        send.send_trailers(trailers).unwrap();
+                    }
+                });
+            }
+        });
+        (addr, calls)
+    }
+
+    /// Two replicas, one answering UNAVAILABLE, both healthy to health checks, no circuit
+    /// opening and a budget that never runs out: with two attempts per call, every call
+    /// succeeds only if a retry never goes back to the replica that just failed.
+    #[tokio::test]
+    async fn a_retry_goes_to_another_replica_than_the_one_that_failed() {
+        let (sick, sick_calls) = replica_server(true).await;
+        let (healthy, healthy_calls) = replica_server(false).await;
+        let channel = |addr| {
+            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect_lazy()
+        };
+        let policy = Resilience {
+            max_attempts: 2,
+            initial_backoff: Duration::from_millis(1),
+            breaker_failures: u32::MAX,
+            budget_tokens: 1e9,
+            ..Resilience::default()
+        };
+        let mut client = Resilient::new(
+            vec![
+                ("sick".into(), channel(sick)),
+                ("healthy".into(), channel(healthy)),
+            ],
+            policy,
+            None,
+        );
+        for n in 0..40 {
+            let response = client
+                .call(request(healthy, "UserService/GetUser"))
+                .await
+                .unwrap();
+            assert_eq!(
+                status_of(response.headers()),
+                None,
+                "call {n}: not trailers-only"
+            );
+            let answer = response.into_body().collect().await.unwrap();
+            assert_eq!(answer.trailers().unwrap()["grpc-status"], "0", "call {n}");
+        }
+        let (sick_calls, healthy_calls) = (
+            sick_calls.load(Ordering::SeqCst),
+            healthy_calls.load(Ordering::SeqCst),
+        );
+        assert_eq!(healthy_calls, 40);
+        assert!(sick_calls > 0, "both replicas were picked");
     }
 
     /// A server whose streams answer with a head and then nothing, the connection kept.
