@@ -139,11 +139,12 @@ impl<T: AsyncRead> AsyncRead for Corked<T> {
     ) -> Poll<io::Result<()>> {
         let this = self.project();
         let read = this.turn.read.load(Ordering::Relaxed);
-        let Some(room) = READ_PER_TURN.checked_sub(read).filter(|&room| room > 0) else {
+        let room = READ_PER_TURN.saturating_sub(read);
+        if room == 0 {
             // This turn has read its share: the calls it accepted run first (see the module).
             cx.waker().wake_by_ref();
             return Poll::Pending;
-        };
+        }
         let n = if buf.remaining() > room {
             let mut part = ReadBuf::new(buf.initialize_unfilled_to(room));
             ready!(this.io.poll_read(cx, &mut part))?;

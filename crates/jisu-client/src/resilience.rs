@@ -371,19 +371,17 @@ impl Shared {
             );
             attempt += 1;
             let last = attempt >= attempts;
-            let endpoint = admission.replica.endpoint.clone();
-            // Only read by the next attempt, which exists only if this one failed.
-            failed = Some(admission.replica.clone());
+            let replica = admission.replica.clone();
+            let endpoint = &replica.endpoint;
             let result = self.send(&admission, req).await;
             match result {
                 Err(err) => {
                     self.record(&mut admission, false);
                     if timed_out(err.as_ref()) {
                         // Each attempt carries what is left of the deadline: it is spent.
-                        return Ok(deadline_exceeded(timeout, &endpoint));
+                        return Ok(deadline_exceeded(timeout, endpoint));
                     }
-                    let safe = idempotent || never_sent(err.as_ref());
-                    if last || !safe || !self.budget.lock().allows_retry() {
+                    if !self.may_retry(last, idempotent || never_sent(err.as_ref())) {
                         return Err(err);
                     }
                     self.count_retry(Retry::Transport);
@@ -397,7 +395,7 @@ impl Shared {
                         Some(Some(d)) => d,
                         None => self.backoff(attempt),
                     };
-                    if last || !idempotent || !self.budget.lock().allows_retry() {
+                    if !self.may_retry(last, idempotent) {
                         return Ok(response);
                     }
                     self.count_retry(Retry::Unavailable);
@@ -416,7 +414,7 @@ impl Shared {
                     match read {
                         None => {
                             self.record(&mut admission, false);
-                            return Ok(deadline_exceeded(timeout, &endpoint));
+                            return Ok(deadline_exceeded(timeout, endpoint));
                         }
                         Some(Ok(response)) => {
                             self.record(&mut admission, true);
@@ -426,8 +424,8 @@ impl Shared {
                             // The request arrived (its answer began): only an idempotent
                             // call may be sent again.
                             self.record(&mut admission, false);
-                            if last || !idempotent || !self.budget.lock().allows_retry() {
-                                return Ok(answer_lost(&endpoint, &cause, idempotent, attempt));
+                            if !self.may_retry(last, idempotent) {
+                                return Ok(answer_lost(endpoint, &cause, idempotent, attempt));
                             }
                             self.count_retry(Retry::Transport);
                             tracing::debug!(%endpoint, error = %cause, attempt, "answer cut; retrying");
@@ -436,7 +434,15 @@ impl Shared {
                     }
                 }
             }
+            // Only a failed attempt that will be retried gets here: the next goes elsewhere.
+            failed = Some(replica);
         }
+    }
+
+    /// Whether a failed attempt is sent again: not the last, `safe` to repeat, and within
+    /// the retry budget.
+    fn may_retry(&self, last: bool, safe: bool) -> bool {
+        !last && safe && self.budget.lock().allows_retry()
     }
 }
 
@@ -471,50 +477,76 @@ mod tests {
         (addr, task)
     }
 
-    /// A plain-HTTP/2 server whose first `cut` connections send the head of their first
-    /// answer and then break (the head is known to have arrived: the client has answered a
-    /// PING sent after it); later connections answer in full. Counts the calls it took.
-    async fn cutting_server(cut: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    type H2Connection = h2::server::Connection<tokio::net::TcpStream, Bytes>;
+
+    /// A plain-HTTP/2 server on a loopback port: `serve` runs each connection it accepts,
+    /// told its number (the first is 1) and given a counter of calls, returned with the
+    /// address for the test to read.
+    async fn h2_server<F, Fut>(serve: F) -> (std::net::SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, H2Connection, Arc<AtomicUsize>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let serve = Arc::new(serve);
         let calls = Arc::new(AtomicUsize::new(0));
         let taken = calls.clone();
         tokio::spawn(async move {
             let mut connections = 0;
             while let Ok((socket, _)) = listener.accept().await {
                 connections += 1;
-                let breaks = connections <= cut;
-                let taken = taken.clone();
+                let (serve, taken) = (serve.clone(), taken.clone());
                 tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(socket).await.unwrap();
-                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
-                        taken.fetch_add(1, Ordering::SeqCst);
-                        let head = http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .unwrap();
-                        let mut send = respond.send_response(head, false).unwrap();
-                        if breaks {
-                            let mut ping = conn.ping_pong().unwrap();
-                            tokio::select! {
-                                pong = ping.ping(h2::Ping::opaque()) => {
-                                    pong.unwrap();
-                                }
-                                _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {
-                                    panic!("the client left before the head arrived")
-                                }
-                            }
-                            return; // the connection breaks mid-answer
-                        }
-                        send.send_data(Bytes::from_static(ANSWER), false).unwrap();
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                        send.send_trailers(trailers).unwrap();
-                    }
+                    let conn = h2::server::handshake(socket).await.unwrap();
+                    serve(connections, conn, taken).await;
                 });
             }
         });
         (addr, calls)
+    }
+
+    /// The head of a gRPC answer.
+    fn grpc_head() -> http::response::Builder {
+        http::Response::builder().header("content-type", "application/grpc")
+    }
+
+    /// Sends `message` and the trailers of a successful call.
+    fn answer_ok(mut send: h2::SendStream<Bytes>, message: &'static [u8]) {
+        send.send_data(Bytes::from_static(message), false).unwrap();
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        send.send_trailers(trailers).unwrap();
+    }
+
+    /// A plain-HTTP/2 server whose first `cut` connections send the head of their first
+    /// answer and then break (the head is known to have arrived: the client has answered a
+    /// PING sent after it); later connections answer in full. Counts the calls it took.
+    async fn cutting_server(cut: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+        h2_server(move |connection, mut conn, taken| {
+            async move {
+                while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                    taken.fetch_add(1, Ordering::SeqCst);
+                    let send = respond
+                        .send_response(grpc_head().body(()).unwrap(), false)
+                        .unwrap();
+                    if connection <= cut {
+                        let mut ping = conn.ping_pong().unwrap();
+                        tokio::select! {
+                            pong = ping.ping(h2::Ping::opaque()) => {
+                                pong.unwrap();
+                            }
+                            _ = std::future::poll_fn(|cx| conn.poll_closed(cx)) => {
+                                panic!("the client left before the head arrived")
+                            }
+                        }
+                        return; // the connection breaks mid-answer
+                    }
+                    answer_ok(send, ANSWER);
+                }
+            }
+        })
+        .await
     }
 
     /// A gRPC message: a 3-byte payload behind its 5-byte prefix.
@@ -572,45 +604,34 @@ mod tests {
     /// call UNAVAILABLE (trailers-only) when `sick`, or [`ANSWER`] when not. Counts the
     /// calls other than health checks.
     async fn replica_server(sick: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let taken = calls.clone();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                let taken = taken.clone();
-                tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(socket).await.unwrap();
-                    while let Some(Ok((request, mut respond))) = conn.accept().await {
-                        let head =
-                            http::Response::builder().header("content-type", "application/grpc");
-                        let health = request.uri().path().ends_with("/Check");
-                        if !health {
-                            taken.fetch_add(1, Ordering::SeqCst);
-                        }
-                        if sick && !health {
-                            let head = head.header("grpc-status", "14").body(()).unwrap();
-                            respond.send_response(head, true).unwrap();
-                            continue;
-                        }
-                        // HealthCheckResponse { status: SERVING }, or the test's answer.
-                        let message: &'static [u8] = if health {
+        h2_server(move |_, mut conn, taken| {
+            async move {
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let health = request.uri().path().ends_with("/Check");
+                    if !health {
+                        taken.fetch_add(1, Ordering::SeqCst);
+                    }
+                    if sick && !health {
+                        let head = grpc_head().header("grpc-status", "14").body(()).unwrap();
+                        respond.send_response(head, true).unwrap();
+                        continue;
+                    }
+                    let send = respond
+                        .send_response(grpc_head().body(()).unwrap(), false)
+                        .unwrap();
+                    // HealthCheckResponse { status: SERVING }, or the test's answer.
+                    answer_ok(
+                        send,
+                        if health {
                             b"\0\0\0\0\x02\x08\x01"
                         } else {
                             ANSWER
-                        };
-                        let mut send = respond
-                            .send_response(head.body(()).unwrap(), false)
-                            .unwrap();
-                        send.send_data(Bytes::from_static(message), false).unwrap();
-                        let mut trailers = http::HeaderMap::new();
-                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                        send.send_trailers(trailers).unwrap();
-                    }
-                });
+                        },
+                    );
+                }
             }
-        });
-        (addr, calls)
+        })
+        .await
     }
 
     /// Two replicas, one answering UNAVAILABLE, both healthy to health checks, no circuit
@@ -663,23 +684,14 @@ mod tests {
 
     /// A server whose streams answer with a head and then nothing, the connection kept.
     async fn silent_server() -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            while let Ok((socket, _)) = listener.accept().await {
-                tokio::spawn(async move {
-                    let mut conn = h2::server::handshake(socket).await.unwrap();
-                    let mut held = Vec::new();
-                    while let Some(Ok((_request, mut respond))) = conn.accept().await {
-                        let head = http::Response::builder()
-                            .header("content-type", "application/grpc")
-                            .body(())
-                            .unwrap();
-                        held.push(respond.send_response(head, false).unwrap());
-                    }
-                });
+        let (addr, _) = h2_server(|_, mut conn, _| async move {
+            let mut held = Vec::new();
+            while let Some(Ok((_request, mut respond))) = conn.accept().await {
+                let head = grpc_head().body(()).unwrap();
+                held.push(respond.send_response(head, false).unwrap());
             }
-        });
+        })
+        .await;
         addr
     }
 
