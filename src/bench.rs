@@ -30,6 +30,8 @@ use crate::{
     telemetry::metrics::code_label,
 };
 
+pub mod frames;
+mod hpack;
 pub mod lean;
 pub mod targets;
 
@@ -272,6 +274,8 @@ struct Tally {
     messages: u64,
     late: u64,
     timeline: Vec<Timed>,
+    /// `--frames`: the message bytes of its first call's answer, when OK.
+    answer_bytes: Option<usize>,
 }
 
 impl Tally {
@@ -287,6 +291,7 @@ impl Tally {
             messages: 0,
             late: 0,
             timeline: Vec::with_capacity(timeline),
+            answer_bytes: None,
         }
     }
 }
@@ -349,11 +354,10 @@ impl Plan {
     /// the measured calls, and a quarter more (whichever caller is free takes the next slot,
     /// so shares differ a little). Closed loop and `--total` runs do not know their count:
     /// none (their timelines grow).
-    fn timeline_share(&self) -> usize {
+    fn timeline_share(&self, callers: usize) -> usize {
         match (self.timeline, self.rps, self.total) {
             (true, Some(rps), None) => {
-                (self.duration.as_secs_f64() * rps / self.concurrency.max(1) as f64 * 1.25) as usize
-                    + 64
+                (self.duration.as_secs_f64() * rps / callers.max(1) as f64 * 1.25) as usize + 64
             }
             _ => 0,
         }
@@ -643,6 +647,113 @@ fn pace(pacer: &Pacer, stop: &AtomicBool) {
     permits.add_permits(schedule.workers);
 }
 
+/// The generator's CPU seconds, the server's CPU ticks and the machine's stolen ticks at
+/// one moment.
+type CpuMark = (f64, Option<u64>, Option<u64>);
+
+/// What the callers of a run share: the schedule, the measured window and its counts.
+struct Shared {
+    plan: Plan,
+    /// Open loop: the calls released on schedule.
+    pacer: Option<Pacer>,
+    measure_from: Instant,
+    /// Closed loop: when calls stop (with `--total`, none).
+    end: Option<Instant>,
+    stop: AtomicBool,
+    measured: AtomicU64,
+    /// Open loop: slots taken so far.
+    slots: AtomicU64,
+    /// With `--total`: measured calls started.
+    tickets: AtomicU64,
+    /// When the first measured call finished.
+    cpu_start: parking_lot::Mutex<Option<CpuMark>>,
+    /// One latency histogram for all the callers, under an uncontended lock: one each (1 µs
+    /// to 60 s at 3 significant figures is ~220 KiB) made 512 open-loop callers touch ~110
+    /// MiB, and recording was 5 % of the generator's CPU at 72,700 calls/s (BENCHMARKS.md,
+    /// session 18).
+    hist: parking_lot::Mutex<Histogram<u64>>,
+}
+
+impl Shared {
+    /// When `slot` of the open loop is due, or `None` when it is past the end.
+    fn slot_due(&self, pacer: &Pacer, slot: u64) -> Option<Instant> {
+        if pacer.schedule.slots().is_some_and(|last| slot >= last) {
+            return None;
+        }
+        Some(Instant::from_std(pacer.schedule.due(slot)))
+    }
+
+    /// Whether a call due at `due` may start: a closed loop runs until its end, and with
+    /// `--total` a measured call takes a ticket first (exactly `total` run). An open loop
+    /// sends every slot scheduled before its end, however late (lateness is counted, never
+    /// dropped: a slow machine must not shrink the schedule).
+    fn may_start(&self, due: Instant) -> bool {
+        if self.plan.rps.is_none() && self.end.is_some_and(|e| Instant::now() >= e) {
+            return false;
+        }
+        if let Some(total) = self.plan.total
+            && due >= self.measure_from
+            && self.tickets.fetch_add(1, Ordering::Relaxed) >= total
+        {
+            return false;
+        }
+        true
+    }
+
+    /// Counts a call that was due at `due`, left at `sent` and has just ended with `code`
+    /// (`message` when not OK) after `messages` answer messages.
+    fn record(
+        &self,
+        tally: &mut Tally,
+        (due, sent): (Instant, Instant),
+        code: Code,
+        message: Option<String>,
+        messages: u64,
+    ) {
+        if due < self.measure_from {
+            return;
+        }
+        {
+            let mut cpu = self.cpu_start.lock();
+            if cpu.is_none() {
+                *cpu = Some((
+                    cpu_seconds(),
+                    self.plan.server_pid.and_then(process_ticks),
+                    steal_ticks(),
+                ));
+            }
+        }
+        let done = Instant::now();
+        let latency = done - due;
+        // Whole µs, as in the timeline: a row there is late exactly when counted so.
+        if (sent - due).as_micros() > 1_000 {
+            tally.late += 1;
+        }
+        if self.plan.timeline {
+            // From the window's start (calls due before it are not measured).
+            let due_us = (due - self.measure_from).as_micros() as u64;
+            tally.timeline.push(Timed {
+                due_us,
+                sent_us: due_us + (sent - due).as_micros() as u64,
+                done_us: due_us + latency.as_micros() as u64,
+                code: code as i32,
+            });
+        }
+        self.hist
+            .lock()
+            .saturating_record(latency.as_micros().max(1) as u64);
+        *tally.status.entry(code as i32).or_default() += 1;
+        if let Some(m) = message {
+            tally.errors.entry(code as i32).or_insert(m);
+        }
+        tally.messages += messages;
+        let done = self.measured.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.plan.total.is_some_and(|t| done >= t) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Runs `plan` over `clients` (callers are spread over them round-robin). `progress` is
 /// told the measured calls so far, about every 200 ms.
 pub async fn run(
@@ -655,63 +766,19 @@ pub async fn run(
         Some(driver) => probe_payload(driver, plan).await,
         None => None,
     };
-    let start = Instant::now();
-    let measure_from = start + plan.warmup;
-    let stop = Arc::new(AtomicBool::new(false));
-    let measured = Arc::new(AtomicU64::new(0));
-    let slots = Arc::new(AtomicU64::new(0));
-    let tickets = Arc::new(AtomicU64::new(0));
-    let end = plan.total.is_none().then(|| measure_from + plan.duration);
-    let cpu_start = Arc::new(parking_lot::Mutex::new(
-        None::<(f64, Option<u64>, Option<u64>)>,
-    ));
-
-    // Open loop: one thread releases the calls on schedule (see `pace`).
-    let pacer = plan.rps.map(|rps| {
-        let pacer = Arc::new(Pacer {
-            schedule: Schedule {
-                start: start.into_std(),
-                rps,
-                end: end.map(Instant::into_std),
-                workers: plan.concurrency,
-            },
-            permits: tokio::sync::Semaphore::new(0),
-        });
-        let thread = {
-            let (pacer, stop) = (pacer.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("jisu-bench-pacer".into())
-                .spawn(move || pace(&pacer, &stop))
-                .expect("spawning the pacer thread")
-        };
-        (pacer, thread)
-    });
-    // One latency histogram for all the callers, under an uncontended lock: one each (1 µs to
-    // 60 s at 3 significant figures is ~220 KiB) made 512 open-loop callers touch ~110 MiB,
-    // and recording was 5 % of the generator's CPU at 72,700 calls/s (BENCHMARKS.md, session 18).
-    let hist = Arc::new(parking_lot::Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
-    ));
-    let timeline_rows = plan.timeline_share();
+    let (shared, pacer) = begin(plan, plan.concurrency);
+    let timeline_rows = plan.timeline_share(plan.concurrency);
     let mut tasks = Vec::with_capacity(plan.concurrency);
     for worker in 0..plan.concurrency {
         let client = clients[worker % clients.len()].clone();
-        let plan = plan.clone();
-        let pacer = pacer.as_ref().map(|(pacer, _)| pacer.clone());
-        let hist = hist.clone();
-        let (stop, measured, slots, cpu_start, tickets) = (
-            stop.clone(),
-            measured.clone(),
-            slots.clone(),
-            cpu_start.clone(),
-            tickets.clone(),
-        );
+        let shared = shared.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new(timeline_rows);
             let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
+            let plan = &shared.plan;
+            while !shared.stop.load(Ordering::Relaxed) {
                 // When this call is due: now (closed loop) or its slot (open loop).
-                let due = match &pacer {
+                let due = match &shared.pacer {
                     // The pacer releases each slot at its time (never closed: a permit
                     // always comes, one past the end included).
                     Some(pacer) => {
@@ -719,81 +786,123 @@ pub async fn run(
                             break;
                         };
                         permit.forget();
-                        let slot = slots.fetch_add(1, Ordering::Relaxed);
-                        if pacer.schedule.slots().is_some_and(|last| slot >= last) {
+                        let slot = shared.slots.fetch_add(1, Ordering::Relaxed);
+                        let Some(due) = shared.slot_due(pacer, slot) else {
                             break;
-                        }
-                        Instant::from_std(pacer.schedule.due(slot))
+                        };
+                        due
                     }
                     None => Instant::now(),
                 };
-                // Closed loop runs until the end; an open loop sends every slot scheduled
-                // before the end, however late (lateness is counted, never dropped: a slow
-                // machine must not shrink the schedule).
-                if plan.rps.is_none() && end.is_some_and(|e| Instant::now() >= e) {
-                    break;
-                }
-                // With --total, a measured call takes a ticket first: exactly `total` run.
-                if let Some(total) = plan.total
-                    && due >= measure_from
-                    && tickets.fetch_add(1, Ordering::Relaxed) >= total
-                {
+                if !shared.may_start(due) {
                     break;
                 }
                 let sent = Instant::now();
-                let (code, message, messages) = one_call(&client, &plan, worker, n).await;
+                let (code, message, messages) = one_call(&client, plan, worker, n).await;
                 n += 1;
-                if due < measure_from {
-                    continue;
-                }
-                {
-                    let mut cpu = cpu_start.lock();
-                    if cpu.is_none() {
-                        *cpu = Some((
-                            cpu_seconds(),
-                            plan.server_pid.and_then(process_ticks),
-                            steal_ticks(),
-                        ));
-                    }
-                }
-                let done = Instant::now();
-                let latency = done - due;
-                // Whole µs, as in the timeline: a row there is late exactly when counted so.
-                if (sent - due).as_micros() > 1_000 {
-                    tally.late += 1;
-                }
-                if plan.timeline {
-                    // From the window's start (calls due before it are not measured).
-                    let due_us = (due - measure_from).as_micros() as u64;
-                    tally.timeline.push(Timed {
-                        due_us,
-                        sent_us: due_us + (sent - due).as_micros() as u64,
-                        done_us: due_us + latency.as_micros() as u64,
-                        code: code as i32,
-                    });
-                }
-                hist.lock()
-                    .saturating_record(latency.as_micros().max(1) as u64);
-                *tally.status.entry(code as i32).or_default() += 1;
-                if let Some(m) = message {
-                    tally.errors.entry(code as i32).or_insert(m);
-                }
-                tally.messages += messages;
-                let done = measured.fetch_add(1, Ordering::Relaxed) + 1;
-                if plan.total.is_some_and(|t| done >= t) {
-                    stop.store(true, Ordering::Relaxed);
-                }
+                shared.record(&mut tally, (due, sent), code, message, messages);
             }
             tally
         }));
     }
+    let payload = Payloads::Probed(payload_bytes);
+    finish(shared, tasks, pacer, payload, worker_threads, progress).await
+}
+
+/// Runs `plan` over `--frames` connections (callers' share spread evenly over them).
+pub async fn run_frames(
+    conns: Vec<frames::Frames>,
+    plan: &Plan,
+    worker_threads: usize,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Report {
+    let request = lean::Lean::request_len(plan);
+    let (shared, pacer) = begin(plan, conns.len());
+    let count = conns.len().max(1);
+    let mut tasks = Vec::with_capacity(count);
+    for (k, conn) in conns.into_iter().enumerate() {
+        // Each connection's share of the calls in flight (the first ones take the rest).
+        let limit = plan.concurrency / count + usize::from(k < plan.concurrency % count);
+        let rows = plan.timeline_share(count);
+        tasks.push(tokio::spawn(conn.drive(
+            shared.clone(),
+            k,
+            limit.max(1),
+            rows,
+        )));
+    }
+    // GetUser: its payload as the first call's answer brought it.
+    let payload = Payloads::FirstAnswer { request };
+    finish(shared, tasks, pacer, payload, worker_threads, progress).await
+}
+
+/// Where a run's [`Report::payload_bytes`] come from.
+enum Payloads {
+    /// Measured before the run.
+    Probed(Option<Payload>),
+    /// The request's size and the first call's answer's (GetUser).
+    FirstAnswer { request: usize },
+}
+
+/// Starts a run: its shared state, and for an open loop the pacer's thread (`callers` get
+/// one more permit each at the end, to see that it is over).
+fn begin(plan: &Plan, callers: usize) -> (Arc<Shared>, Option<std::thread::JoinHandle<()>>) {
+    let start = Instant::now();
+    let measure_from = start + plan.warmup;
+    let end = plan.total.is_none().then(|| measure_from + plan.duration);
+    let shared = Arc::new(Shared {
+        plan: plan.clone(),
+        // Open loop: one thread releases the calls on schedule (see `pace`).
+        pacer: plan.rps.map(|rps| Pacer {
+            schedule: Schedule {
+                start: start.into_std(),
+                rps,
+                end: end.map(Instant::into_std),
+                workers: callers,
+            },
+            permits: tokio::sync::Semaphore::new(0),
+        }),
+        measure_from,
+        end,
+        stop: AtomicBool::new(false),
+        measured: AtomicU64::new(0),
+        slots: AtomicU64::new(0),
+        tickets: AtomicU64::new(0),
+        cpu_start: parking_lot::Mutex::new(None),
+        hist: parking_lot::Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+        ),
+    });
+    let thread = shared.pacer.is_some().then(|| {
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("jisu-bench-pacer".into())
+            .spawn(move || {
+                if let Some(pacer) = &shared.pacer {
+                    pace(pacer, &shared.stop)
+                }
+            })
+            .expect("spawning the pacer thread")
+    });
+    (shared, thread)
+}
+
+/// Waits for the callers' `tasks`, merges their tallies and makes the report.
+async fn finish(
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+    pacer: Option<std::thread::JoinHandle<()>>,
+    payload: Payloads,
+    worker_threads: usize,
+    progress: impl Fn(u64) + Send + Sync + 'static,
+) -> Report {
     let ticker = {
-        let measured = measured.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(200));
             loop {
                 tick.tick().await;
-                progress(measured.load(Ordering::Relaxed));
+                progress(shared.measured.load(Ordering::Relaxed));
             }
         })
     };
@@ -809,15 +918,26 @@ pub async fn run(
             total.messages += t.messages;
             total.late += t.late;
             total.timeline.extend(t.timeline);
+            total.answer_bytes = total.answer_bytes.or(t.answer_bytes);
         }
     }
     ticker.abort();
-    if let Some((_, thread)) = pacer {
-        stop.store(true, Ordering::Relaxed);
+    if let Some(thread) = pacer {
+        shared.stop.store(true, Ordering::Relaxed);
         let _ = thread.join();
     }
+    let plan = &shared.plan;
+    let payload_bytes = match payload {
+        Payloads::Probed(p) => p,
+        Payloads::FirstAnswer { request } => total
+            .answer_bytes
+            .filter(|_| plan.call == Call::GetUser)
+            .map(|response| Payload { request, response }),
+    };
+    let measure_from = shared.measure_from;
     let finished = Instant::now();
-    let (cpu_from, server_from, steal_from) = cpu_start
+    let (cpu_from, server_from, steal_from) = shared
+        .cpu_start
         .lock()
         .unwrap_or_else(|| (cpu_seconds(), None, None));
     let cpu = cpu_seconds() - cpu_from;
@@ -830,7 +950,7 @@ pub async fn run(
     let seconds = (finished - measure_from.min(finished))
         .as_secs_f64()
         .max(1e-9);
-    let h = hist.lock();
+    let h = shared.hist.lock();
     let count = h.len();
     let ms = |us: u64| us as f64 / 1000.0;
     Report {
@@ -964,11 +1084,14 @@ mod tests {
             timeline,
         };
         // 84,400 calls/s for 5 s over 512 callers: 824 each on average.
-        let share = plan(true, Some(84_400.0), None).timeline_share();
+        let share = plan(true, Some(84_400.0), None).timeline_share(512);
         assert!((1_030..1_200).contains(&share), "{share}");
-        assert_eq!(plan(false, Some(84_400.0), None).timeline_share(), 0);
-        assert_eq!(plan(true, None, None).timeline_share(), 0);
-        assert_eq!(plan(true, Some(84_400.0), Some(1_000)).timeline_share(), 0);
+        assert_eq!(plan(false, Some(84_400.0), None).timeline_share(512), 0);
+        assert_eq!(plan(true, None, None).timeline_share(512), 0);
+        assert_eq!(
+            plan(true, Some(84_400.0), Some(1_000)).timeline_share(512),
+            0
+        );
     }
 
     #[test]

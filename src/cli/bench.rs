@@ -53,6 +53,11 @@ pub struct BenchArgs {
     /// core. Without it, calls go through the Jisu client, as an application's do.
     #[arg(long, conflicts_with = "rest")]
     lean: bool,
+    /// gRPC written as HTTP/2 frames by the generator itself, one task per connection (as
+    /// h2load drives a server): the same bytes as `--lean` on the wire, a fraction of its
+    /// CPU per call, and a cost that does not grow with the calls in flight.
+    #[arg(long, conflicts_with_all = ["rest", "lean"])]
+    frames: bool,
     /// Calls in flight (closed loop), or the most in flight (open loop).
     #[arg(short, long, default_value_t = 50)]
     concurrency: usize,
@@ -151,16 +156,36 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
         ),
     };
     // Each connection set spans every endpoint: the client balances over them.
-    let lean_tls = if args.lean && !args.insecure {
+    let lean_tls = if (args.lean || args.frames) && !args.insecure {
         Some(client_tls(&args)?)
     } else {
         None
     };
+    let live = std::io::stderr().is_terminal() && matches!(args.format, Format::Text);
+    let bar = if live {
+        indicatif::ProgressBar::new_spinner()
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let started = std::time::Instant::now();
+    let ticker = bar.clone();
+    let progress = move |done| {
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        ticker.set_message(format!("{done} calls measured, {secs:.1}s elapsed"));
+        ticker.tick();
+    };
     let mut drivers = Vec::new();
+    let mut frames = Vec::new();
     for _ in 0..args.connections.max(1) {
         if args.rest {
             for endpoint in &args.endpoint {
                 drivers.push(driver(&args, endpoint, token.clone()).await?);
+            }
+        } else if args.frames {
+            for endpoint in &args.endpoint {
+                let tls = lean_tls.clone();
+                let conn = bench::frames::Frames::connect(endpoint, tls, token.as_deref(), &plan);
+                frames.push(conn.await?);
             }
         } else if args.lean {
             for endpoint in &args.endpoint {
@@ -172,20 +197,11 @@ async fn bench_main(args: BenchArgs, threads: usize) -> anyhow::Result<()> {
             drivers.push(driver(&args, &args.endpoint[0], token.clone()).await?);
         }
     }
-    let live = std::io::stderr().is_terminal() && matches!(args.format, Format::Text);
-    let bar = if live {
-        indicatif::ProgressBar::new_spinner()
+    let report = if args.frames {
+        bench::run_frames(frames, &plan, threads, progress).await
     } else {
-        indicatif::ProgressBar::hidden()
+        bench::run(&drivers, &plan, threads, progress).await
     };
-    let started = std::time::Instant::now();
-    let ticker = bar.clone();
-    let report = bench::run(&drivers, &plan, threads, move |done| {
-        let secs = started.elapsed().as_secs_f64().max(1e-3);
-        ticker.set_message(format!("{done} calls measured, {secs:.1}s elapsed"));
-        ticker.tick();
-    })
-    .await;
     bar.finish_and_clear();
     if let Some(path) = &args.timeline {
         std::fs::write(path, report.timeline_csv())

@@ -24,8 +24,9 @@ fn certs(server: &crate::common::Served) -> &str {
     server.certs.to_str().unwrap()
 }
 
-/// The two gRPC generators: through the Jisu client, and `--lean` (straight over h2).
-const DRIVERS: [&[&str]; 2] = [&[], &["--lean"]];
+/// The three gRPC generators: through the Jisu client, `--lean` (straight over h2) and
+/// `--frames` (HTTP/2 frames written by the generator).
+const DRIVERS: [&[&str]; 3] = [&[], &["--lean"], &["--frames"]];
 
 #[test]
 fn closed_loop_reports_counts_latency_and_status() {
@@ -121,48 +122,9 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
     let ep = server.endpoint();
     let dir = tempfile::tempdir().unwrap();
     let timeline = dir.path().join("timeline.csv");
-    let r = bench(&[
-        "--endpoint",
-        &ep,
-        "--certs",
-        certs(&server),
-        "--rps",
-        "200",
-        "--duration",
-        "1s",
-        "--timeline",
-        timeline.to_str().unwrap(),
-    ]);
-    // The schedule, whatever the machine's speed: 200 slots in 1 s, each sent (late ones
-    // counted as late, never dropped).
-    let count = r["count"].as_u64().unwrap();
-    assert_eq!(count, 200, "calls at 200/s for 1 s");
-    assert!(r["mode"].as_str().unwrap().contains("open loop"));
-    let late = r["late_sends"].as_u64().expect("late sends reported");
-    assert!(late <= count, "{late} late of {count}");
-    // The timeline: every measured call, in slot order, each slot 5 ms after the last,
-    // each leaving no earlier than its slot and answered after it left; the late sends
-    // are the rows that left over 1 ms after their slot.
-    let csv = std::fs::read_to_string(&timeline).unwrap();
-    let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("due_us,sent_us,done_us,code"));
-    let rows: Vec<[i64; 4]> = lines
-        .map(|l| {
-            let v: Vec<i64> = l.split(',').map(|f| f.parse().unwrap()).collect();
-            v.try_into().unwrap()
-        })
-        .collect();
-    assert_eq!(rows.len() as u64, count, "{csv}");
-    for (k, [due, sent, done, code]) in rows.iter().copied().enumerate() {
-        assert!(
-            (due - 5_000 * k as i64).abs() <= 1,
-            "slot {k} due at {due} µs"
-        );
-        assert!(due <= sent && sent <= done, "slot {k}: {due} {sent} {done}");
-        assert_eq!(code, 0, "slot {k} answered OK");
+    for driver in DRIVERS {
+        open_loop(&ep, certs(&server), &timeline, driver);
     }
-    let late_rows = rows.iter().filter(|r| r[1] - r[0] > 1_000).count() as u64;
-    assert_eq!(late_rows, late, "late sends in the timeline and the report");
 
     for driver in DRIVERS {
         let mut args = vec![
@@ -183,6 +145,53 @@ fn open_loop_sends_on_schedule_and_streams_count_messages() {
         assert_eq!(r["status"], serde_json::json!({"OK": 10}), "{driver:?}");
         assert_eq!(r["messages"], 500, "{driver:?}");
     }
+}
+
+fn open_loop(ep: &str, certs: &str, timeline: &std::path::Path, driver: &[&str]) {
+    let mut args = vec![
+        "--endpoint",
+        ep,
+        "--certs",
+        certs,
+        "--rps",
+        "200",
+        "--duration",
+        "1s",
+        "--timeline",
+        timeline.to_str().unwrap(),
+    ];
+    args.extend_from_slice(driver);
+    let r = bench(&args);
+    // The schedule, whatever the machine's speed: 200 slots in 1 s, each sent (late ones
+    // counted as late, never dropped).
+    let count = r["count"].as_u64().unwrap();
+    assert_eq!(count, 200, "calls at 200/s for 1 s: {driver:?}");
+    assert!(r["mode"].as_str().unwrap().contains("open loop"));
+    let late = r["late_sends"].as_u64().expect("late sends reported");
+    assert!(late <= count, "{late} late of {count}");
+    // The timeline: every measured call, in slot order, each slot 5 ms after the last,
+    // each leaving no earlier than its slot and answered after it left; the late sends
+    // are the rows that left over 1 ms after their slot.
+    let csv = std::fs::read_to_string(timeline).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("due_us,sent_us,done_us,code"));
+    let rows: Vec<[i64; 4]> = lines
+        .map(|l| {
+            let v: Vec<i64> = l.split(',').map(|f| f.parse().unwrap()).collect();
+            v.try_into().unwrap()
+        })
+        .collect();
+    assert_eq!(rows.len() as u64, count, "{csv}");
+    for (k, [due, sent, done, code]) in rows.iter().copied().enumerate() {
+        assert!(
+            (due - 5_000 * k as i64).abs() <= 1,
+            "slot {k} due at {due} µs"
+        );
+        assert!(due <= sent && sent <= done, "slot {k}: {due} {sent} {done}");
+        assert_eq!(code, 0, "slot {k} answered OK: {driver:?}");
+    }
+    let late_rows = rows.iter().filter(|r| r[1] - r[0] > 1_000).count() as u64;
+    assert_eq!(late_rows, late, "late sends in the timeline and the report");
 }
 
 #[test]
@@ -244,17 +253,19 @@ fn the_comparison_targets_serve_the_same_answers() {
     assert_eq!(r["status"], serde_json::json!({"OK": 100}));
     assert_eq!(r["payload_bytes"]["response"], 73);
     assert!(r.get("server_cpu_ticks").is_none(), "no --server-pid: {r}");
-    // The lean generator over plaintext h2 as well.
-    let r = bench(&[
-        "--endpoint",
-        &format!("http://{addr}"),
-        "--insecure",
-        "--lean",
-        "--total",
-        "100",
-    ]);
-    assert_eq!(r["status"], serde_json::json!({"OK": 100}), "{r}");
-    assert_eq!(r["payload_bytes"]["response"], 73);
+    // The lean and frames generators over plaintext h2 as well.
+    for driver in ["--lean", "--frames"] {
+        let r = bench(&[
+            "--endpoint",
+            &format!("http://{addr}"),
+            "--insecure",
+            driver,
+            "--total",
+            "100",
+        ]);
+        assert_eq!(r["status"], serde_json::json!({"OK": 100}), "{driver}: {r}");
+        assert_eq!(r["payload_bytes"]["response"], 73, "{driver}");
+    }
     let _ = bare.kill();
 
     // The same handlers behind the mTLS listener; the generator reads the server's CPU
