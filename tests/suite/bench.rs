@@ -202,6 +202,8 @@ fn bad_arguments_are_clear_errors() {
         (vec!["--data", "{not json"], "not JSON"),
         (vec!["--data", r#"{"user_id": 5}"#], "does not fit"),
         (vec!["--lean", "--rest"], "cannot be used with"),
+        (vec!["--frames", "--lean"], "cannot be used with"),
+        (vec!["--frames", "--rest"], "cannot be used with"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_jisu"))
             .arg("bench")
