@@ -8,9 +8,10 @@
 //! due and sent, its answer's counts), a call waiting for room is a slot number, and a
 //! burst of answers is read, counted and followed by the next calls in one pass.
 //!
-//! The server receives what h2's client sends, byte for byte but for stream ids: the
-//! preface, SETTINGS and WINDOW_UPDATE and the requests' header blocks are h2's own
-//! bytes, captured once per connection by running h2's client over an in-memory pipe.
+//! The server receives the frames h2's client sends (their order within a write and the
+//! moments of WINDOW_UPDATE may differ): the preface, SETTINGS and WINDOW_UPDATE and the
+//! requests' header blocks are h2's own bytes, captured once per connection by running
+//! h2's client over an in-memory pipe.
 //! HPACK is stateful: the first request's block adds entries to the server's table and
 //! every later request sends the second block (indexed fields, the `:path` and the token
 //! as literals, as h2 sends them). Answers' header blocks are decoded (`hpack`) for
