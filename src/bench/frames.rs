@@ -868,6 +868,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_the_server_closes_fails_its_calls_unavailable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut settings = BytesMut::new();
+            put_head(&mut settings, 0, SETTINGS, 0, 0);
+            socket.write_all(&settings).await.unwrap();
+            // The first request's HEADERS, then the server closes its side (and reads
+            // until the client has gone).
+            let mut wire = BytesMut::new();
+            while !has_headers(&wire) && socket.read_buf(&mut wire).await.unwrap() > 0 {}
+            socket.shutdown().await.unwrap();
+            while socket.read_buf(&mut wire).await.unwrap_or(0) > 0 {}
+        });
+        let plan = plan(3, Duration::from_secs(10));
+        let conn = Frames::connect(&endpoint, None, None, &plan).await.unwrap();
+        let report = run_frames(vec![conn], &plan, 1, |_| {}).await;
+        assert_eq!(
+            report.status,
+            [("Unavailable".to_owned(), 3)].into(),
+            "{report:?}"
+        );
+        assert_eq!(
+            report.errors["Unavailable"], "the server closed the connection",
+            "{report:?}"
+        );
+    }
+
+    /// Whether `wire` (a client's side) holds a HEADERS frame yet.
+    fn has_headers(wire: &[u8]) -> bool {
+        let mut at = PREFACE.len();
+        while let Some((len, kind, ..)) = frame_head(&wire[at.min(wire.len())..]) {
+            if kind == HEADERS {
+                return true;
+            }
+            at += 9 + len;
+        }
+        false
+    }
+
+    #[tokio::test]
     async fn h2s_header_blocks_are_captured_and_decode_to_the_request() {
         let (endpoint, _server) = silent_server().await;
         let plan = plan(1, Duration::from_secs(7));

@@ -25,8 +25,14 @@ fn certs(server: &crate::common::Served) -> &str {
 }
 
 /// The three gRPC generators: through the Jisu client, `--lean` (straight over h2) and
-/// `--frames` (HTTP/2 frames written by the generator).
-const DRIVERS: [&[&str]; 3] = [&[], &["--lean"], &["--frames"]];
+/// `--frames` (HTTP/2 frames written by the generator), the last also over two
+/// connections sharing one schedule.
+const DRIVERS: [&[&str]; 4] = [
+    &[],
+    &["--lean"],
+    &["--frames"],
+    &["--frames", "--connections", "2"],
+];
 
 #[test]
 fn closed_loop_reports_counts_latency_and_status() {
