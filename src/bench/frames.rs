@@ -883,18 +883,27 @@ mod tests {
             socket.shutdown().await.unwrap();
             while socket.read_buf(&mut wire).await.unwrap_or(0) > 0 {}
         });
-        let plan = plan(3, Duration::from_secs(10));
-        let conn = Frames::connect(&endpoint, None, None, &plan).await.unwrap();
-        let report = run_frames(vec![conn], &plan, 1, |_| {}).await;
+        let report = three_calls(&endpoint, Duration::from_secs(10)).await;
+        assert_eq!(report.count, 3);
+        all_failed(&report, "Unavailable", "the server closed the connection");
+    }
+
+    /// Three calls, three in flight, to `endpoint` with a deadline of `timeout`.
+    async fn three_calls(endpoint: &str, timeout: Duration) -> crate::bench::Report {
+        let plan = plan(3, timeout);
+        let conn = Frames::connect(endpoint, None, None, &plan).await.unwrap();
+        run_frames(vec![conn], &plan, 1, |_| {}).await
+    }
+
+    /// Every call of `report` ended with `code` and `message`.
+    fn all_failed(report: &crate::bench::Report, code: &str, message: &str) {
+        let calls = report.count;
         assert_eq!(
             report.status,
-            [("Unavailable".to_owned(), 3)].into(),
+            [(code.to_owned(), calls)].into(),
             "{report:?}"
         );
-        assert_eq!(
-            report.errors["Unavailable"], "the server closed the connection",
-            "{report:?}"
-        );
+        assert_eq!(report.errors[code], message, "{report:?}");
     }
 
     /// Whether `wire` (a client's side) holds a HEADERS frame yet.
@@ -963,18 +972,9 @@ mod tests {
     #[tokio::test]
     async fn a_call_unanswered_by_its_deadline_is_reset_and_counted_so() {
         let (endpoint, server) = silent_server().await;
-        let plan = plan(3, Duration::from_millis(100));
-        let conn = Frames::connect(&endpoint, None, None, &plan).await.unwrap();
-        let report = run_frames(vec![conn], &plan, 1, |_| {}).await;
-        assert_eq!(
-            report.status,
-            [("DeadlineExceeded".to_owned(), 3)].into(),
-            "{report:?}"
-        );
-        assert_eq!(
-            report.errors["DeadlineExceeded"], "no answer within 100ms",
-            "{report:?}"
-        );
+        let report = three_calls(&endpoint, Duration::from_millis(100)).await;
+        assert_eq!(report.count, 3);
+        all_failed(&report, "DeadlineExceeded", "no answer within 100ms");
         let frames = server.await.unwrap();
         let sent: Vec<_> = (frames.iter())
             .filter(|(kind, _)| matches!(*kind, HEADERS | RST_STREAM))
