@@ -3,14 +3,14 @@
 # exit, waiting for a server's "serving" line, and the processes those measurements start
 # (the OTLP sink, the full stack, a bench target). Each function documents what it sets.
 
-# The gRPC load generator's flags, ${lean[@]}: `jisu bench --frames` (HTTP/2 frames written
+# The gRPC load generator's flags, ${generator[@]}: `jisu bench --frames` (HTTP/2 frames written
 # by the generator itself, the same bytes as h2's client) unless JISU_BENCH_CLIENT=lean
 # (`--lean`: h2's client, no client stack; for a JISU_BENCH_BIN older than --frames) or
 # jisu (through the Jisu client).
 case ${JISU_BENCH_CLIENT:-frames} in
-  lean) lean=(--lean) ;;
-  frames) lean=(--frames) ;;
-  jisu) lean=() ;;
+  lean) generator=(--lean) ;;
+  frames) generator=(--frames) ;;
+  jisu) generator=() ;;
   *) echo "JISU_BENCH_CLIENT=$JISU_BENCH_CLIENT: expected lean, frames or jisu" >&2; exit 1 ;;
 esac
 

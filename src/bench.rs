@@ -599,7 +599,9 @@ struct Schedule {
     start: std::time::Instant,
     rps: f64,
     end: Option<std::time::Instant>,
-    workers: usize,
+    /// Who take the calls: the callers, or with `--frames` the connections; each gets one
+    /// permit past the end, to see that it is over.
+    takers: usize,
 }
 
 impl Schedule {
@@ -614,7 +616,7 @@ impl Schedule {
     }
 }
 
-/// An open loop's calls, released by [`pace`] (a permit each) for the workers to take.
+/// An open loop's calls, released by [`pace`] (a permit each) for the takers to take.
 struct Pacer {
     schedule: Schedule,
     permits: tokio::sync::Semaphore,
@@ -644,7 +646,7 @@ fn pace(pacer: &Pacer, stop: &AtomicBool) {
         let next = schedule.due(released).max(now + PACE_QUANTUM);
         std::thread::sleep(next.saturating_duration_since(std::time::Instant::now()));
     }
-    permits.add_permits(schedule.workers);
+    permits.add_permits(schedule.takers);
 }
 
 /// The generator's CPU seconds, the server's CPU ticks and the machine's stolen ticks at
@@ -858,7 +860,7 @@ fn begin(plan: &Plan, callers: usize) -> (Arc<Shared>, Option<std::thread::JoinH
                 start: start.into_std(),
                 rps,
                 end: end.map(Instant::into_std),
-                workers: callers,
+                takers: callers,
             },
             permits: tokio::sync::Semaphore::new(0),
         }),
@@ -1157,7 +1159,7 @@ mod tests {
                 start,
                 rps: 1000.0,
                 end,
-                workers: 3,
+                takers: 3,
             },
             permits: tokio::sync::Semaphore::new(0),
         };
@@ -1168,7 +1170,7 @@ mod tests {
         // Not ahead of the schedule: slot 20 is due at 20 ms.
         assert!(start.elapsed() >= Duration::from_millis(20));
 
-        // Stopped (a --total reached): nothing more is released but the workers' permits.
+        // Stopped (a --total reached): nothing more is released but the takers' permits.
         let stopped = pacer(None);
         pace(&stopped, &AtomicBool::new(true));
         assert_eq!(stopped.permits.available_permits(), 3);

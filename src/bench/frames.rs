@@ -154,6 +154,7 @@ async fn capture(head: &Head) -> anyhow::Result<(Bytes, Bytes, Bytes)> {
     let (ours, mut theirs) = tokio::io::duplex(1 << 20);
     let (sender, connection) = lean::h2_builder().handshake::<_, Bytes>(ours).await?;
     let connection = tokio::spawn(connection);
+    // Held until the bytes are read: a dropped request is reset, maybe before it is sent.
     let mut calls = Vec::new();
     for _ in 0..2 {
         let mut sender = sender.clone().ready().await?;
@@ -252,6 +253,31 @@ fn put_head(out: &mut BytesMut, len: usize, kind: u8, flags: u8, stream: u32) {
     out.put_u8(kind);
     out.put_u8(flags);
     out.put_u32(stream);
+}
+
+/// `payload` as frames of at most `max` bytes on `stream`, the first of type `kinds.0`, the
+/// others `kinds.1` (a header block's CONTINUATION, or DATA again), the last flagged `last`
+/// (END_HEADERS, END_STREAM); an empty payload is one empty frame.
+fn put_frames(
+    out: &mut BytesMut,
+    stream: u32,
+    payload: &[u8],
+    max: usize,
+    kinds: (u8, u8),
+    last: u8,
+) {
+    let mut chunks = payload.chunks(max).peekable();
+    let mut kind = kinds.0;
+    loop {
+        let chunk = chunks.next().unwrap_or_default();
+        let end = chunks.peek().is_none();
+        put_head(out, chunk.len(), kind, if end { last } else { 0 }, stream);
+        out.extend_from_slice(chunk);
+        if end {
+            return;
+        }
+        kind = kinds.1;
+    }
 }
 
 /// One call in flight.
@@ -441,30 +467,13 @@ impl Conn {
             let id = self.next_id;
             self.next_id += 2;
             let block = if id == 1 {
-                self.first_block.clone()
+                &self.first_block
             } else {
-                self.block.clone()
+                &self.block
             };
-            let mut chunks = block.chunks(self.peer_frame);
-            let first = chunks.next().unwrap_or_default();
-            let rest = chunks.len();
-            let flags = if rest == 0 { END_HEADERS } else { 0 };
-            put_head(out, first.len(), HEADERS, flags, id);
-            out.extend_from_slice(first);
-            for (k, chunk) in block.chunks(self.peer_frame).skip(1).enumerate() {
-                let flags = if k + 1 == rest { END_HEADERS } else { 0 };
-                put_head(out, chunk.len(), CONTINUATION, flags, id);
-                out.extend_from_slice(chunk);
-            }
-            let mut data = body.chunks(self.peer_frame).peekable();
-            if data.peek().is_none() {
-                put_head(out, 0, DATA, END_STREAM, id);
-            }
-            while let Some(chunk) = data.next() {
-                let flags = if data.peek().is_none() { END_STREAM } else { 0 };
-                put_head(out, chunk.len(), DATA, flags, id);
-                out.extend_from_slice(chunk);
-            }
+            let max = self.peer_frame;
+            put_frames(out, id, block, max, (HEADERS, CONTINUATION), END_HEADERS);
+            put_frames(out, id, &body, max, (DATA, DATA), END_STREAM);
             self.send_window -= body.len() as i64;
             if self.in_flight.is_empty() {
                 self.base = id;
@@ -993,6 +1002,43 @@ mod tests {
             ],
             "{frames:?}"
         );
+    }
+
+    #[test]
+    fn a_payload_is_cut_into_frames_of_the_peers_size_the_last_flagged() {
+        let heads = |out: &BytesMut| {
+            let mut at = 0;
+            let mut heads = Vec::new();
+            while let Some((len, kind, flags, stream)) = frame_head(&out[at..]) {
+                heads.push((len, kind, flags, stream));
+                at += 9 + len;
+            }
+            assert_eq!(at, out.len(), "whole frames");
+            heads
+        };
+        let mut out = BytesMut::new();
+        put_frames(
+            &mut out,
+            5,
+            &[7; 25],
+            10,
+            (HEADERS, CONTINUATION),
+            END_HEADERS,
+        );
+        assert_eq!(
+            heads(&out),
+            [
+                (10, HEADERS, 0, 5),
+                (10, CONTINUATION, 0, 5),
+                (5, CONTINUATION, END_HEADERS, 5)
+            ]
+        );
+        let mut out = BytesMut::new();
+        put_frames(&mut out, 7, &[], 10, (DATA, DATA), END_STREAM);
+        assert_eq!(heads(&out), [(0, DATA, END_STREAM, 7)], "an empty body");
+        let mut out = BytesMut::new();
+        put_frames(&mut out, 7, &[1; 10], 10, (DATA, DATA), END_STREAM);
+        assert_eq!(heads(&out), [(10, DATA, END_STREAM, 7)], "one full frame");
     }
 
     #[test]

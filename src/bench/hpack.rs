@@ -281,16 +281,20 @@ mod tests {
 
     #[test]
     fn broken_blocks_are_errors_not_panics() {
-        for bad in [
-            &b"\xff"[..],                // an integer cut short
-            b"\xff\xff\xff\xff\xff\x7f", // an integer too large
-            b"\xbe",                     // index 62 with an empty table
-            b"\x80",                     // index 0
-            b"\x40\x85ab",               // a string cut short
-            b"\x3f\xe2\x1f",             // a size update to 4,097
+        for (bad, why) in [
+            (&b"\xff"[..], "a block cut inside an integer"),
+            (b"\xff\xff\xff\xff\xff\x7f", "an integer too large"),
+            (b"\xbe", "an index past the table"), // 62, the table empty
+            (b"\x80", "index 0"),
+            (b"\x40\x85ab", "a block cut inside a string"),
+            (
+                b"\x3f\xe2\x1f",
+                "a table size update past the table's limit",
+            ), // 4,097
         ] {
-            assert!(
-                Decoder::default().decode(bad, |_, _| {}).is_err(),
+            assert_eq!(
+                Decoder::default().decode(bad, |_, _| {}),
+                Err(why),
                 "{bad:?}"
             );
         }
